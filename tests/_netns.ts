@@ -1,0 +1,131 @@
+/**
+ * Helpers for end-to-end tests that need root: throwaway network namespaces, commands run
+ * inside them, and a test wrapper that skips where root is missing (and fails under CI).
+ *
+ * @module
+ */
+
+/** True where this process can create namespaces and TUN devices. */
+export function canRunRootTests(): string | undefined {
+  if (Deno.build.os !== "linux") return "not Linux";
+  if (Deno.uid() !== 0) return "not root";
+  try {
+    Deno.statSync("/dev/net/tun");
+  } catch {
+    return "no /dev/net/tun";
+  }
+  return undefined;
+}
+
+const missing = canRunRootTests();
+
+/**
+ * Registers a test that needs root and real devices. Without them it is ignored locally and
+ * fails under CI (`CI=true`), so that a green CI run always includes it.
+ */
+export function rootTest(name: string, fn: (t: Deno.TestContext) => Promise<void> | void): void {
+  const ci = Deno.env.get("CI") === "true";
+  Deno.test({
+    name,
+    ignore: missing !== undefined && !ci,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: missing !== undefined ? () => {
+      throw new Error(`root test cannot run here (${missing}); CI requires it`);
+    } : fn,
+  });
+}
+
+/** The result of a finished command. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `cmd` to completion; throws with its output unless `allowFail` and it fails. */
+export async function run(cmd: string[], allowFail = false): Promise<RunResult> {
+  const [program, ...args] = cmd;
+  const out = await new Deno.Command(program!, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const result = {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+  if (!allowFail && out.code !== 0) {
+    throw new Error(`${cmd.join(" ")} exited ${out.code}: ${result.stderr}${result.stdout}`);
+  }
+  return result;
+}
+
+let counter = 0;
+
+/** A network namespace that exists until disposed. */
+export class Netns implements AsyncDisposable {
+  readonly name: string;
+
+  private constructor(name: string) {
+    this.name = name;
+  }
+
+  /** Creates a fresh namespace with loopback up; the name is unique to this process. */
+  static async create(tag: string): Promise<Netns> {
+    const name = `vpnt-${tag}-${Deno.pid}-${counter++}`;
+    await run(["ip", "netns", "add", name]);
+    const ns = new Netns(name);
+    await ns.run(["ip", "link", "set", "lo", "up"]);
+    return ns;
+  }
+
+  /** The argv prefix that runs a program inside this namespace. */
+  exec(cmd: string[]): string[] {
+    return ["ip", "netns", "exec", this.name, ...cmd];
+  }
+
+  /** Runs a command inside this namespace to completion. */
+  run(cmd: string[], allowFail = false): Promise<RunResult> {
+    return run(this.exec(cmd), allowFail);
+  }
+
+  /** Starts a long-running command inside this namespace. */
+  spawn(cmd: string[], options: Deno.CommandOptions = {}): Deno.ChildProcess {
+    const [program, ...args] = this.exec(cmd);
+    return new Deno.Command(program!, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      ...options,
+    }).spawn();
+  }
+
+  /** Deletes the namespace; every process still in it loses its interfaces. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await run(["ip", "netns", "del", this.name], true);
+  }
+}
+
+/** Joins two namespaces with a veth pair and gives each end an address. */
+export async function veth(
+  a: Netns,
+  aAddr: string,
+  b: Netns,
+  bAddr: string,
+): Promise<void> {
+  const id = `${Deno.pid % 10000}${counter++}`;
+  await run(["ip", "link", "add", `va${id}`, "netns", a.name, "type", "veth", "peer", `vb${id}`, "netns", b.name]);
+  await a.run(["ip", "addr", "add", aAddr, "dev", `va${id}`]);
+  await b.run(["ip", "addr", "add", bAddr, "dev", `vb${id}`]);
+  await a.run(["ip", "link", "set", `va${id}`, "up"]);
+  await b.run(["ip", "link", "set", `vb${id}`, "up"]);
+}
+
+/** The argv that runs a Deno script with every permission this project uses. */
+export function denoScript(path: string, ...args: string[]): string[] {
+  return [Deno.execPath(), "run", "--allow-all", "--unstable-net", path, ...args];
+}
