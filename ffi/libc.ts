@@ -26,7 +26,12 @@ const symbols = {
   /** int ioctl(int fd, unsigned long request, unsigned long arg): the integer form */
   ioctl_int: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
   /** int poll(struct pollfd *fds, nfds_t nfds, int timeout): on a worker thread */
-  poll_async: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  poll_async: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   /** int poll(struct pollfd *fds, nfds_t nfds, int timeout) */
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   /** int eventfd(unsigned int initval, int flags) */
@@ -47,12 +52,25 @@ const symbols = {
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-let library: Deno.DynamicLibrary<typeof symbols> | undefined;
+/**
+ * Deno types 64-bit parameters (`size_t`, `unsigned long`) as `bigint`, but takes plain numbers
+ * for them at run time, at the same cost; a BigInt would be an allocation per packet.
+ */
+type NumberArgs<T> = {
+  [K in keyof T]: T[K] extends (...args: infer A) => infer R
+    ? (...args: { [I in keyof A]: A[I] extends bigint ? number | bigint : A[I] }) => R
+    : T[K];
+};
+
+/** The typed libc symbols. */
+export type Libc = NumberArgs<Deno.DynamicLibrary<typeof symbols>["symbols"]>;
+
+let library: Libc | undefined;
 
 /** The libc symbols, opened on first use so that importing this module needs no permission. */
-export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
-  library ??= Deno.dlopen("libc.so.6", symbols);
-  return library.symbols;
+export function libc(): Libc {
+  library ??= Deno.dlopen("libc.so.6", symbols).symbols as Libc;
+  return library;
 }
 
 /** A libc call failed; `errno` and `code` say why, `call` says which. */

@@ -30,9 +30,11 @@ export function rootTest(name: string, fn: (t: Deno.TestContext) => Promise<void
     ignore: missing !== undefined && !ci,
     sanitizeResources: false,
     sanitizeOps: false,
-    fn: missing !== undefined ? () => {
-      throw new Error(`root test cannot run here (${missing}); CI requires it`);
-    } : fn,
+    fn: missing !== undefined
+      ? () => {
+        throw new Error(`root test cannot run here (${missing}); CI requires it`);
+      }
+      : fn,
   });
 }
 
@@ -118,7 +120,20 @@ export async function veth(
   bAddr: string,
 ): Promise<void> {
   const id = `${Deno.pid % 10000}${counter++}`;
-  await run(["ip", "link", "add", `va${id}`, "netns", a.name, "type", "veth", "peer", `vb${id}`, "netns", b.name]);
+  await run([
+    "ip",
+    "link",
+    "add",
+    `va${id}`,
+    "netns",
+    a.name,
+    "type",
+    "veth",
+    "peer",
+    `vb${id}`,
+    "netns",
+    b.name,
+  ]);
   await a.run(["ip", "addr", "add", aAddr, "dev", `va${id}`]);
   await b.run(["ip", "addr", "add", bAddr, "dev", `vb${id}`]);
   await a.run(["ip", "link", "set", `va${id}`, "up"]);
@@ -128,4 +143,52 @@ export async function veth(
 /** The argv that runs a Deno script with every permission this project uses. */
 export function denoScript(path: string, ...args: string[]): string[] {
   return [Deno.execPath(), "run", "--allow-all", "--unstable-net", path, ...args];
+}
+
+/** Reads a child's stdout as JSON lines, one event at a time, each wait bounded. */
+export class JsonLines {
+  readonly #reader: ReadableStreamDefaultReader<string>;
+  #buffered = "";
+  /** Every event read so far. */
+  readonly seen: Record<string, unknown>[] = [];
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  /** The next event for which `match` holds; throws after `timeoutMs` or at end of stream. */
+  async next(
+    match: (event: Record<string, unknown>) => boolean = () => true,
+    timeoutMs = 10_000,
+  ): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      const newline = this.#buffered.indexOf("\n");
+      if (newline >= 0) {
+        const line = this.#buffered.slice(0, newline);
+        this.#buffered = this.#buffered.slice(newline + 1);
+        if (!line.startsWith("{")) continue;
+        const event = JSON.parse(line) as Record<string, unknown>;
+        this.seen.push(event);
+        if (match(event)) return event;
+        continue;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no matching event within ${timeoutMs} ms`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const chunk = await Promise.race([
+        this.#reader.read(),
+        new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), left)),
+      ]).finally(() => clearTimeout(timer));
+      if (chunk === "timeout") {
+        throw new Error(
+          `no matching event within ${timeoutMs} ms; saw ${JSON.stringify(this.seen)}`,
+        );
+      }
+      if (chunk.done) {
+        throw new Error(`stream ended without a matching event; saw ${JSON.stringify(this.seen)}`);
+      }
+      this.#buffered += chunk.value;
+    }
+  }
 }

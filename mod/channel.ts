@@ -1,0 +1,160 @@
+/**
+ * One TLS connection carrying frames: batched, bounded sending and a read loop that hands
+ * each frame to a callback.
+ *
+ * Sending: frames are appended to a `filling` buffer. When no write is in flight, the buffer
+ * is swapped with the `flushing` one and written in one TLS write, so that every packet of a
+ * TUN batch leaves together and the next batch fills while the last one is on its way. A
+ * data frame that finds the filling buffer full is dropped and counted, the way a NIC drops
+ * when its queue is full; a control frame that does not fit means the peer has stopped
+ * reading, and the channel closes.
+ *
+ * @module
+ */
+
+import { FrameReader, FrameType, FrameWriter } from "./wire.ts";
+
+/** Counters of one channel; they only grow. */
+export interface ChannelStats {
+  /** Bytes received, frame headers included. */
+  bytesIn: number;
+  /** Bytes sent, frame headers included. */
+  bytesOut: number;
+  /** Data frames dropped because the send buffer was full. */
+  dropped: number;
+}
+
+/** Receives each frame; the payload is `buffer[start, end)`, valid only during the call. */
+export type FrameHandler = (
+  type: FrameType,
+  buffer: Uint8Array,
+  start: number,
+  end: number,
+) => void;
+
+/** A framed, batched TLS (or any byte stream) connection. */
+export class Channel {
+  readonly stats: ChannelStats = { bytesIn: 0, bytesOut: 0, dropped: 0 };
+  /** `performance.now()` when bytes last arrived; drives the keepalive timeout. */
+  lastReceived = performance.now();
+
+  readonly #conn: Deno.Conn;
+  readonly #reader = new FrameReader();
+  #filling: FrameWriter;
+  #flushing: FrameWriter;
+  #writing = false;
+  #closed = false;
+
+  /** `sendBuffer` bytes per direction of the double buffer. */
+  constructor(conn: Deno.Conn, sendBuffer = 512 * 1024) {
+    this.#conn = conn;
+    this.#filling = new FrameWriter(sendBuffer);
+    this.#flushing = new FrameWriter(sendBuffer);
+  }
+
+  /** True once closed by either side. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Queues a data frame with `packet[0, length)`; false (and counted) when dropped. */
+  queueData(packet: Uint8Array, length: number): boolean {
+    if (this.#closed) return false;
+    if (this.#filling.add(FrameType.DATA, packet, length)) return true;
+    this.stats.dropped++;
+    return false;
+  }
+
+  /** Queues a control frame and starts sending it. */
+  sendControl(type: FrameType, payload: Uint8Array = new Uint8Array(0)): void {
+    if (this.#closed) return;
+    if (!this.#filling.add(type, payload)) {
+      this.close();
+      return;
+    }
+    this.flush();
+  }
+
+  /** Starts writing what is queued, unless a write is already in flight. */
+  flush(): void {
+    if (this.#writing || this.#closed || this.#filling.length === 0) return;
+    this.#writing = true;
+    this.#writeLoop().catch(() => this.close());
+  }
+
+  async #writeLoop(): Promise<void> {
+    try {
+      while (this.#filling.length > 0 && !this.#closed) {
+        const batch = this.#filling;
+        this.#filling = this.#flushing;
+        this.#flushing = batch;
+        const bytes = batch.bytes();
+        for (let off = 0; off < bytes.length;) off += await this.#conn.write(bytes.subarray(off));
+        this.stats.bytesOut += bytes.length;
+        batch.reset();
+      }
+    } finally {
+      this.#writing = false;
+    }
+  }
+
+  /** Sends a last control frame, waits (bounded) for it to leave, then closes. */
+  async closeWith(type: FrameType, payload: Uint8Array, waitMs = 1000): Promise<void> {
+    if (this.#closed) return;
+    this.#filling.add(type, payload);
+    this.flush();
+    const deadline = performance.now() + waitMs;
+    while ((this.#writing || this.#filling.length > 0) && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    this.close();
+  }
+
+  /**
+   * Reads the next frame during the handshake, as a copy; null when the connection ended.
+   * Frames that arrive behind it stay buffered for {@linkcode readFrames}.
+   */
+  async readFrame(): Promise<{ type: FrameType; payload: Uint8Array } | null> {
+    const reader = this.#reader;
+    while (!reader.next()) {
+      if (!await this.#fill()) return null;
+    }
+    return { type: reader.type, payload: reader.payload().slice() };
+  }
+
+  /**
+   * Reads until the connection ends, passing every frame to `onFrame` and calling `onBatch`
+   * after each read's frames. A `FrameError` from a bad peer propagates to the caller.
+   */
+  async readFrames(onFrame: FrameHandler, onBatch: () => void): Promise<void> {
+    const reader = this.#reader;
+    do {
+      while (reader.next()) {
+        onFrame(reader.type, reader.buffer, reader.payloadStart, reader.payloadEnd);
+      }
+      onBatch();
+    } while (await this.#fill());
+  }
+
+  /** One read from the connection into the frame buffer; false at its end. */
+  async #fill(): Promise<boolean> {
+    if (this.#closed) return false;
+    const count = await this.#conn.read(this.#reader.space());
+    if (count === null) return false;
+    this.lastReceived = performance.now();
+    this.stats.bytesIn += count;
+    this.#reader.commit(count);
+    return true;
+  }
+
+  /** Closes the connection; safe to call twice. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the peer or by a failed write.
+    }
+  }
+}

@@ -1,0 +1,179 @@
+/**
+ * Control messages of the TLS channel: JSON payloads of HELLO, AUTH, PUSH, ERROR and BYE
+ * frames, decoded with a check of every field so that a peer's bad message is a clear
+ * {@linkcode FrameError}, never a crash.
+ *
+ * @module
+ */
+
+import { FrameError } from "./wire.ts";
+
+/** Protocol version; it is also in the ALPN id so that mismatched peers fail the handshake. */
+export const PROTOCOL_VERSION = 1;
+
+/** ALPN id of this protocol version. */
+export const ALPN = `vpn/${PROTOCOL_VERSION}`;
+
+/** HELLO: the server's challenge. */
+export interface Hello {
+  version: number;
+  /** 32 random bytes, base64; the client signs them (PROTOCOL.md). */
+  nonce: string;
+}
+
+/** AUTH: the client's certificate and proof that it holds the key. */
+export interface Auth {
+  version: number;
+  /** The client certificate, PEM. */
+  cert: string;
+  /** 32 random bytes of the client, base64. */
+  nonce: string;
+  /** The host name or IP the client dialled; bound into the signature. */
+  server_name: string;
+  /** ECDSA P-256 SHA-256 signature over the challenge, base64. */
+  signature: string;
+  /** The address the client had before, asked back after a reconnect. */
+  address?: string;
+}
+
+/** PUSH: the network settings the server gives an authenticated client. */
+export interface Push {
+  /** The client's tunnel address, e.g. 10.8.0.2. */
+  address: string;
+  /** Prefix length of the tunnel subnet, e.g. 24. */
+  prefix: number;
+  /** The server's tunnel address. */
+  gateway: string;
+  /** Networks reached through the tunnel, CIDR. */
+  routes: string[];
+  /** Inner MTU of the tunnel. */
+  mtu: number;
+  /** Keepalive: ping every `interval` s; end after `timeout` s of silence. */
+  keepalive: { interval: number; timeout: number };
+}
+
+/** Why a session was refused or ended. */
+export type ErrorReason =
+  | "unknown-ca"
+  | "expired"
+  | "not-yet-valid"
+  | "not-client"
+  | "revoked"
+  | "bad-signature"
+  | "bad-certificate"
+  | "pool-exhausted"
+  | "protocol"
+  | "timeout"
+  | "replaced"
+  | "shutdown";
+
+/** ERROR: a refusal or a fatal problem; the sender closes after it. */
+export interface ErrorMessage {
+  reason: ErrorReason;
+  message: string;
+}
+
+/** BYE: an orderly goodbye. */
+export interface Bye {
+  reason: string;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** Encodes a control message as a frame payload. */
+export function encodeMessage(message: Hello | Auth | Push | ErrorMessage | Bye): Uint8Array {
+  return encoder.encode(JSON.stringify(message));
+}
+
+type Fields = Record<string, unknown>;
+
+function parse(payload: Uint8Array, what: string): Fields {
+  let value: unknown;
+  try {
+    value = JSON.parse(decoder.decode(payload));
+  } catch {
+    throw new FrameError(`${what}: payload is not UTF-8 JSON`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new FrameError(`${what}: payload is not a JSON object`);
+  }
+  return value as Fields;
+}
+
+function string(fields: Fields, key: string, what: string, max = 8192): string {
+  const value = fields[key];
+  if (typeof value !== "string" || value.length > max) {
+    throw new FrameError(`${what}: "${key}" must be a string of at most ${max} characters`);
+  }
+  return value;
+}
+
+function integer(fields: Fields, key: string, what: string, min: number, max: number): number {
+  const value = fields[key];
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) {
+    throw new FrameError(`${what}: "${key}" must be a whole number from ${min} to ${max}`);
+  }
+  return value as number;
+}
+
+/** Decodes a HELLO payload. */
+export function decodeHello(payload: Uint8Array): Hello {
+  const f = parse(payload, "HELLO");
+  return {
+    version: integer(f, "version", "HELLO", 0, 255),
+    nonce: string(f, "nonce", "HELLO", 64),
+  };
+}
+
+/** Decodes an AUTH payload. */
+export function decodeAuth(payload: Uint8Array): Auth {
+  const f = parse(payload, "AUTH");
+  const auth: Auth = {
+    version: integer(f, "version", "AUTH", 0, 255),
+    cert: string(f, "cert", "AUTH", 16384),
+    nonce: string(f, "nonce", "AUTH", 64),
+    server_name: string(f, "server_name", "AUTH", 255),
+    signature: string(f, "signature", "AUTH", 256),
+  };
+  if (f.address !== undefined) auth.address = string(f, "address", "AUTH", 64);
+  return auth;
+}
+
+/** Decodes a PUSH payload. */
+export function decodePush(payload: Uint8Array): Push {
+  const f = parse(payload, "PUSH");
+  const routes = f.routes;
+  if (!Array.isArray(routes) || routes.length > 1024 || routes.some((r) => typeof r !== "string")) {
+    throw new FrameError(`PUSH: "routes" must be a list of at most 1024 CIDR strings`);
+  }
+  const keepalive = f.keepalive;
+  if (typeof keepalive !== "object" || keepalive === null) {
+    throw new FrameError(`PUSH: "keepalive" must be an object`);
+  }
+  return {
+    address: string(f, "address", "PUSH", 64),
+    prefix: integer(f, "prefix", "PUSH", 0, 32),
+    gateway: string(f, "gateway", "PUSH", 64),
+    routes: routes as string[],
+    mtu: integer(f, "mtu", "PUSH", 576, 65535),
+    keepalive: {
+      interval: integer(keepalive as Fields, "interval", "PUSH keepalive", 1, 3600),
+      timeout: integer(keepalive as Fields, "timeout", "PUSH keepalive", 2, 86400),
+    },
+  };
+}
+
+/** Decodes an ERROR payload. */
+export function decodeError(payload: Uint8Array): ErrorMessage {
+  const f = parse(payload, "ERROR");
+  return {
+    reason: string(f, "reason", "ERROR", 64) as ErrorReason,
+    message: string(f, "message", "ERROR", 1024),
+  };
+}
+
+/** Decodes a BYE payload. */
+export function decodeBye(payload: Uint8Array): Bye {
+  return { reason: string(parse(payload, "BYE"), "reason", "BYE", 1024) };
+}

@@ -1,0 +1,2 @@
+/** The release of vpn, printed by `vpn version`. */
+export const VERSION = "0.1.0";

@@ -1,0 +1,121 @@
+import { AddressPool } from "../mod/address_pool.ts";
+import { assertEquals, assertThrows } from "./_assert.ts";
+
+Deno.test("AddressPool describes its subnet, server address and capacity", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  assertEquals(pool.subnet, "10.8.0.0/24");
+  assertEquals(pool.serverAddress, "10.8.0.1");
+  assertEquals(pool.prefix, 24);
+  assertEquals(pool.netmask, "255.255.255.0");
+  assertEquals(pool.size, 253);
+  assertEquals(pool.inUse, 0);
+});
+
+Deno.test("AddressPool.allocate() returns the lowest free address", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  assertEquals(pool.allocate("alice"), "10.8.0.2");
+  assertEquals(pool.allocate("bob"), "10.8.0.3");
+  assertEquals(pool.allocate("carol"), "10.8.0.4");
+  assertEquals(pool.inUse, 3);
+});
+
+Deno.test("AddressPool.release() frees an address for the next allocation", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  pool.allocate("alice");
+  pool.allocate("bob");
+  pool.allocate("carol");
+  assertEquals(pool.release("10.8.0.3"), true);
+  assertEquals(pool.release("10.8.0.3"), false);
+  assertEquals(pool.ownerOf("10.8.0.3"), undefined);
+  assertEquals(pool.addressOf("bob"), undefined);
+  assertEquals(pool.inUse, 2);
+  assertEquals(pool.allocate("dave"), "10.8.0.3");
+  assertEquals(pool.allocate("erin"), "10.8.0.5");
+});
+
+Deno.test("AddressPool.release() ignores addresses the pool does not hand out", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  pool.allocate("alice");
+  for (const address of ["10.8.0.0", "10.8.0.1", "10.8.0.255", "10.9.0.2", "nonsense"]) {
+    assertEquals(pool.release(address), false);
+  }
+  assertEquals(pool.inUse, 1);
+});
+
+Deno.test("AddressPool.allocate() gives an owner that holds an address that same address", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  assertEquals(pool.allocate("alice"), "10.8.0.2");
+  assertEquals(pool.allocate("bob"), "10.8.0.3");
+  assertEquals(pool.allocate("alice"), "10.8.0.2");
+  assertEquals(pool.allocate("alice", "10.8.0.50"), "10.8.0.2");
+  assertEquals(pool.inUse, 2);
+});
+
+Deno.test("AddressPool.allocate() honours a free preferred address", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  assertEquals(pool.allocate("alice", "10.8.0.50"), "10.8.0.50");
+  assertEquals(pool.ownerOf("10.8.0.50"), "alice");
+  assertEquals(pool.addressOf("alice"), "10.8.0.50");
+  assertEquals(pool.allocate("bob"), "10.8.0.2");
+  assertEquals(pool.allocate("carol", "10.8.0.254"), "10.8.0.254");
+});
+
+Deno.test("AddressPool.allocate() ignores a preferred address that is taken or not a client's", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  pool.allocate("alice", "10.8.0.50");
+  assertEquals(pool.allocate("bob", "10.8.0.50"), "10.8.0.2");
+  assertEquals(pool.allocate("carol", "10.8.0.1"), "10.8.0.3");
+  assertEquals(pool.allocate("dave", "10.8.0.0"), "10.8.0.4");
+  assertEquals(pool.allocate("erin", "10.8.0.255"), "10.8.0.5");
+  assertEquals(pool.allocate("frank", "10.8.1.7"), "10.8.0.6");
+  assertEquals(pool.allocate("grace", "not an address"), "10.8.0.7");
+});
+
+Deno.test("AddressPool with a /30 gives exactly one client address", () => {
+  const pool = new AddressPool("192.168.7.4/30");
+  assertEquals(pool.serverAddress, "192.168.7.5");
+  assertEquals(pool.size, 1);
+  assertEquals(pool.allocate("alice"), "192.168.7.6");
+  assertEquals(pool.allocate("bob"), undefined);
+  assertEquals(pool.allocate("bob", "192.168.7.7"), undefined);
+});
+
+Deno.test("AddressPool.allocate() returns undefined when exhausted, and recovers on release", () => {
+  const pool = new AddressPool("10.8.0.0/26");
+  const given = new Set<string>();
+  for (let i = 0; i < pool.size; i++) given.add(pool.allocate(`client${i}`)!);
+  assertEquals(given.size, 61);
+  assertEquals([...given].at(-1), "10.8.0.62");
+  assertEquals(pool.allocate("late"), undefined);
+  pool.release("10.8.0.33");
+  assertEquals(pool.allocate("late"), "10.8.0.33");
+  assertEquals(pool.allocate("later"), undefined);
+});
+
+Deno.test("AddressPool over a /16 hands out all 65533 client addresses in order", () => {
+  const pool = new AddressPool("10.8.0.0/16");
+  assertEquals(pool.size, 65533);
+  assertEquals(pool.netmask, "255.255.0.0");
+  assertEquals(pool.allocate("first"), "10.8.0.2");
+  for (let i = 1; i < pool.size - 1; i++) pool.allocate(`client${i}`);
+  assertEquals(pool.allocate("last"), "10.8.255.254");
+  assertEquals(pool.allocate("one too many"), undefined);
+  assertEquals(pool.ownerOf("10.8.1.0"), "client254");
+  pool.release("10.8.200.17");
+  pool.release("10.8.3.3");
+  assertEquals(pool.allocate("again"), "10.8.3.3");
+  assertEquals(pool.allocate("and again"), "10.8.200.17");
+});
+
+Deno.test("AddressPool refuses subnets it cannot serve", () => {
+  assertThrows(() => new AddressPool("10.8.0.0/31"), RangeError, /at most 30 \(a \/30 has two/);
+  assertThrows(() => new AddressPool("10.8.0.0/32"), RangeError, /at most 30/);
+  assertThrows(() => new AddressPool("10.0.0.0/7"), RangeError, /at least 8/);
+  assertThrows(
+    () => new AddressPool("10.8.0.1/24"),
+    RangeError,
+    /^Cannot use subnet "10\.8\.0\.1\/24": host bits are set \(did you mean "10\.8\.0\.0\/24"\?\)$/,
+  );
+  assertThrows(() => new AddressPool("fd00::/64"), TypeError, /must be IPv4/);
+  assertThrows(() => new AddressPool("10.8.0.0"), TypeError, /Cannot parse CIDR/);
+});

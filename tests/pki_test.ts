@@ -1,0 +1,469 @@
+/**
+ * Tests of the PKI: files and modes, client registry, client authentication, and real
+ * rustls connections with the certificates it makes. Each test works in its own temp dir.
+ */
+
+import "reflect-metadata";
+import * as x509 from "@peculiar/x509";
+import { assert, assertEquals, assertMatch, assertRejects, assertThrows } from "./_assert.ts";
+import {
+  authChallenge,
+  AuthError,
+  type AuthFailure,
+  hasPki,
+  initPki,
+  issueClient,
+  listClients,
+  loadServerIdentity,
+  PkiError,
+  readRevokedSerials,
+  revokeClient,
+  signChallenge,
+  verifyClient,
+} from "../mod/pki.ts";
+
+const HOSTS = ["127.0.0.1", "localhost"];
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/** A temp dir with a fresh PKI at `dir/pki` (a path that does not exist before init). */
+async function withPki(
+  fn: (dir: string) => Promise<void>,
+  hosts: string[] = HOSTS,
+): Promise<void> {
+  const root = await Deno.makeTempDir({ prefix: "vpn-pki-test-" });
+  try {
+    const dir = `${root}/pki`;
+    await initPki(dir, { hosts });
+    await fn(dir);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+function mode(path: string): number {
+  return (Deno.statSync(path).mode ?? 0) & 0o777;
+}
+
+function nonce(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(32));
+}
+
+/** A client's full proof for `dir`'s server: what verifyClient() gets. */
+async function proof(
+  dir: string,
+  client: { certPem: string; keyPem: string },
+  now?: Date,
+) {
+  const challenge = authChallenge(nonce(), nonce(), "127.0.0.1");
+  const signature = await signChallenge(client.keyPem, challenge);
+  const { caPem } = await loadServerIdentity(dir);
+  return {
+    certPem: client.certPem,
+    caPem,
+    challenge,
+    signature,
+    revoked: await readRevokedSerials(dir),
+    ...(now ? { now } : {}),
+  };
+}
+
+async function assertAuthFails(
+  fn: () => Promise<unknown>,
+  reason: AuthFailure,
+  pattern?: RegExp,
+): Promise<void> {
+  const error = await assertRejects(fn, AuthError, pattern);
+  assertEquals((error as AuthError).reason, reason);
+}
+
+// --- init --------------------------------------------------------------------------------
+
+Deno.test("initPki() creates CA, server cert and registry with private files 0600", async () => {
+  await withPki(async (dir) => {
+    assert(hasPki(dir));
+    assertEquals(mode(dir), 0o700);
+    for (const f of ["ca.key", "server.key", "clients.json"]) {
+      assertEquals(mode(`${dir}/${f}`), 0o600, f);
+    }
+    for (const f of ["ca.crt", "server.crt"]) assertEquals(mode(`${dir}/${f}`), 0o644, f);
+    assertEquals(Array.from(Deno.readDirSync(dir)).length, 5, "no temp files left behind");
+    assertEquals(await listClients(dir), []);
+    const { keyPem } = await loadServerIdentity(dir);
+    assertMatch(keyPem, /^-----BEGIN PRIVATE KEY-----\n/);
+  });
+});
+
+Deno.test("initPki() makes a CA certificate and a server certificate for the hosts", async () => {
+  await withPki(async (dir) => {
+    const { caPem, certPem } = await loadServerIdentity(dir);
+    const ca = new x509.X509Certificate(caPem);
+    assertMatch(ca.subject, /^CN=vpn CA [0-9a-f]{8}$/);
+    assert(await ca.isSelfSigned());
+    const caBasic = ca.getExtension(x509.BasicConstraintsExtension);
+    assert(caBasic?.ca && caBasic.critical);
+    const caUsage = ca.getExtension(x509.KeyUsagesExtension);
+    assertEquals(caUsage?.usages, x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign);
+    assert(ca.getExtension(x509.SubjectKeyIdentifierExtension));
+
+    const server = new x509.X509Certificate(certPem);
+    assertEquals(server.subject, "CN=127.0.0.1");
+    assert(await server.verify({ publicKey: ca, signatureOnly: true }));
+    const san = server.getExtension(x509.SubjectAlternativeNameExtension);
+    assertEquals(san?.names.toJSON(), [
+      { type: "ip", value: "127.0.0.1" },
+      { type: "dns", value: "localhost" },
+    ]);
+    assertEquals([...server.getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? []], [
+      x509.ExtendedKeyUsage.serverAuth,
+    ]);
+    assertEquals(server.getExtension(x509.BasicConstraintsExtension)?.ca, false);
+    assert(server.getExtension(x509.AuthorityKeyIdentifierExtension));
+    assertMatch(server.serialNumber, /^[4-7][0-9a-f]{31}$/);
+    const days = (server.notAfter.getTime() - Date.now()) / DAY_MS;
+    assert(days > 824 && days <= 825, `server cert lives ${days} days`);
+  });
+});
+
+Deno.test("initPki() refuses to replace a PKI without force and replaces it with force", async () => {
+  await withPki(async (dir) => {
+    await issueClient(dir, "alice");
+    const before = (await loadServerIdentity(dir)).caPem;
+    await assertRejects(
+      () => initPki(dir, { hosts: HOSTS }),
+      PkiError,
+      /ca\.crt exists; pass --force to replace the PKI \(every issued client profile stops working\)/,
+    );
+    assertEquals((await loadServerIdentity(dir)).caPem, before, "the old CA is untouched");
+    await initPki(dir, { hosts: HOSTS, force: true });
+    assert((await loadServerIdentity(dir)).caPem !== before, "a new CA");
+    assertEquals(await listClients(dir), [], "the old CA's clients are gone");
+    assertEquals(mode(`${dir}/ca.key`), 0o600);
+  });
+});
+
+Deno.test("initPki() rejects hosts that are neither addresses nor DNS names", async () => {
+  const root = await Deno.makeTempDir({ prefix: "vpn-pki-test-" });
+  try {
+    for (const host of ["my host", "*.example.com", "a..b", "300.1.1.1", "1.2.3", "-bad.example"]) {
+      await assertRejects(() => initPki(root, { hosts: [host] }), PkiError, /Cannot use host/);
+    }
+    await assertRejects(() => initPki(root, { hosts: [] }), PkiError, /at least one --host/);
+    assert(!hasPki(root), "nothing was written");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("initPki() puts IPv6 addresses in iPAddress SANs", async () => {
+  await withPki(async (dir) => {
+    const server = new x509.X509Certificate((await loadServerIdentity(dir)).certPem);
+    const san = server.getExtension(x509.SubjectAlternativeNameExtension);
+    assertEquals(san?.names.toJSON(), [
+      { type: "dns", value: "vpn.example.org" },
+      { type: "ip", value: "::1" },
+      { type: "ip", value: "2001:db8::7" },
+    ]);
+  }, ["VPN.example.org.", "::1", "[2001:db8::7]"]);
+});
+
+// --- registry ----------------------------------------------------------------------------
+
+Deno.test("issueClient() issues a CA-signed client certificate and records it", async () => {
+  await withPki(async (dir) => {
+    const issued = await issueClient(dir, "alice.laptop_1");
+    const { caPem } = await loadServerIdentity(dir);
+    assertEquals(issued.caPem, caPem);
+    const cert = new x509.X509Certificate(issued.certPem);
+    assertEquals(cert.subject, "CN=alice.laptop_1");
+    assertEquals(cert.serialNumber, issued.serial);
+    assert(await cert.verify({ publicKey: new x509.X509Certificate(caPem), signatureOnly: true }));
+    assertEquals([...cert.getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? []], [
+      x509.ExtendedKeyUsage.clientAuth,
+    ]);
+    assertEquals(
+      cert.getExtension(x509.KeyUsagesExtension)?.usages,
+      x509.KeyUsageFlags.digitalSignature,
+    );
+    assertMatch(issued.keyPem, /^-----BEGIN PRIVATE KEY-----\n/);
+    assertEquals(await listClients(dir), [{
+      name: "alice.laptop_1",
+      serial: issued.serial,
+      notAfter: cert.notAfter.toISOString(),
+      status: "valid",
+    }]);
+    assertEquals(mode(`${dir}/clients.json`), 0o600);
+    assertEquals(Array.from(Deno.readDirSync(dir)).length, 5, "no client key or temp file stored");
+  });
+});
+
+Deno.test("issueClient() refuses a duplicate name until the first is revoked", async () => {
+  await withPki(async (dir) => {
+    await issueClient(dir, "bob");
+    await assertRejects(
+      () => issueClient(dir, "bob"),
+      PkiError,
+      /"bob" already exists; revoke it first/,
+    );
+    await revokeClient(dir, "bob");
+    await issueClient(dir, "bob");
+    const statuses = (await listClients(dir)).map((c) => `${c.name}:${c.status}`);
+    assertEquals(statuses, ["bob:revoked", "bob:valid"]);
+  });
+});
+
+Deno.test("issueClient() keeps every entry when called concurrently", async () => {
+  await withPki(async (dir) => {
+    const names = ["c1", "c2", "c3", "c4", "c5"];
+    await Promise.all(names.map((n) => issueClient(dir, n)));
+    assertEquals((await listClients(dir)).map((c) => c.name).sort(), names);
+  });
+});
+
+Deno.test("issueClient() rejects invalid names", async () => {
+  await withPki(async (dir) => {
+    for (const name of ["", ".hidden", "-x", "a/b", "a b", "x".repeat(65), "é"]) {
+      await assertRejects(() => issueClient(dir, name), PkiError, /Cannot use client name/);
+    }
+    await issueClient(dir, "x".repeat(64));
+  });
+});
+
+Deno.test("issueClient() fails with a clear error when there is no PKI", async () => {
+  const root = await Deno.makeTempDir({ prefix: "vpn-pki-test-" });
+  try {
+    await assertRejects(() => issueClient(root, "alice"), PkiError, /missing; run `vpn init/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("revokeClient() marks the client revoked and lists its serial", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    const bob = await issueClient(dir, "bob");
+    const entry = await revokeClient(dir, "alice");
+    assertEquals(entry.serial, alice.serial);
+    assert(entry.revokedAt && Date.parse(entry.revokedAt) <= Date.now());
+    assertEquals(await readRevokedSerials(dir), new Set([alice.serial]));
+    const listed = await listClients(dir);
+    assertEquals(listed.map((c) => c.status), ["revoked", "valid"]);
+    assertEquals(listed[1]?.serial, bob.serial);
+    await assertRejects(() => revokeClient(dir, "alice"), PkiError, /already revoked/);
+    await assertRejects(() => revokeClient(dir, "carol"), PkiError, /No client named "carol"/);
+  });
+});
+
+Deno.test("listClients() reports expired clients", async () => {
+  await withPki(async (dir) => {
+    await issueClient(dir, "old", { days: 1 });
+    assertEquals((await listClients(dir)).map((c) => c.status), ["valid"]);
+    const later = new Date(Date.now() + 2 * DAY_MS);
+    assertEquals((await listClients(dir, later)).map((c) => c.status), ["expired"]);
+  });
+});
+
+Deno.test("readRevokedSerials() fails closed on a corrupt registry", async () => {
+  await withPki(async (dir) => {
+    await Deno.writeTextFile(`${dir}/clients.json`, "{not json");
+    await assertRejects(() => readRevokedSerials(dir), PkiError, /Cannot parse .*clients\.json/);
+    await Deno.writeTextFile(`${dir}/clients.json`, '{"version":1,"clients":[{"name":1}]}');
+    await assertRejects(() => readRevokedSerials(dir), PkiError, /entry 0 is malformed/);
+  });
+});
+
+// --- authentication ----------------------------------------------------------------------
+
+Deno.test("authChallenge() binds the label, both nonces and the server name", () => {
+  const s = nonce();
+  const c = nonce();
+  const base = authChallenge(s, c, "vpn.example.org");
+  assertEquals(new TextDecoder().decode(base.subarray(0, 12)), "vpn-auth-v1\0");
+  assertEquals(authChallenge(s, c, "VPN.example.org"), base, "DNS names are case-insensitive");
+  assert(String(authChallenge(s, c, "other.example.org")) !== String(base));
+  assert(String(authChallenge(c, s, "vpn.example.org")) !== String(base));
+  assertThrows(() => authChallenge(new Uint8Array(8), c, "x"), RangeError, /nonce of 8 bytes/);
+});
+
+Deno.test("verifyClient() accepts a good client", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    const ok = await verifyClient(await proof(dir, alice));
+    assertEquals(ok, { name: "alice", serial: alice.serial });
+  });
+});
+
+Deno.test("verifyClient() rejects a certificate from another CA", async () => {
+  await withPki(async (dir) => {
+    await withPki(async (other) => {
+      const stranger = await issueClient(other, "alice");
+      await assertAuthFails(
+        async () => verifyClient(await proof(dir, stranger)),
+        "unknown-ca",
+        /not signed by this server's CA/,
+      );
+    });
+  });
+});
+
+Deno.test("verifyClient() rejects a revoked certificate", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    await revokeClient(dir, "alice");
+    await assertAuthFails(async () => verifyClient(await proof(dir, alice)), "revoked");
+  });
+});
+
+Deno.test("verifyClient() rejects an expired certificate", async () => {
+  await withPki(async (dir) => {
+    const old = await issueClient(dir, "old", {
+      notBefore: new Date(Date.now() - 3 * DAY_MS),
+      notAfter: new Date(Date.now() - DAY_MS),
+    });
+    await assertAuthFails(async () => verifyClient(await proof(dir, old)), "expired", /expired at/);
+    const fresh = await issueClient(dir, "fresh", { days: 1 });
+    const later = new Date(Date.now() + 2 * DAY_MS);
+    await assertAuthFails(async () => verifyClient(await proof(dir, fresh, later)), "expired");
+  });
+});
+
+Deno.test("verifyClient() rejects a certificate that is not yet valid", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    const earlier = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await assertAuthFails(
+      async () => verifyClient(await proof(dir, alice, earlier)),
+      "not-yet-valid",
+    );
+  });
+});
+
+Deno.test("verifyClient() rejects the server certificate used as a client", async () => {
+  await withPki(async (dir) => {
+    const { certPem, keyPem, caPem } = await loadServerIdentity(dir);
+    await assertAuthFails(
+      async () => verifyClient(await proof(dir, { certPem, keyPem })),
+      "not-client",
+      /not issued for client authentication/,
+    );
+    const caKey = await Deno.readTextFile(`${dir}/ca.key`);
+    await assertAuthFails(
+      async () => verifyClient(await proof(dir, { certPem: caPem, keyPem: caKey })),
+      "not-client",
+      /CA certificate/,
+    );
+  });
+});
+
+Deno.test("verifyClient() rejects a signature over a different challenge", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    const bob = await issueClient(dir, "bob");
+    const good = await proof(dir, alice);
+    // Same nonces, but the client dialled another name: a relayed challenge.
+    const relayed = authChallenge(nonce(), nonce(), "rogue.example.org");
+    await assertAuthFails(
+      async () => verifyClient({ ...good, signature: await signChallenge(alice.keyPem, relayed) }),
+      "bad-signature",
+      /signature does not match/,
+    );
+    await assertAuthFails(
+      async () =>
+        verifyClient({ ...good, signature: await signChallenge(bob.keyPem, good.challenge) }),
+      "bad-signature",
+    );
+    await assertAuthFails(
+      () => verifyClient({ ...good, signature: new Uint8Array(7) }),
+      "bad-signature",
+    );
+  });
+});
+
+Deno.test("verifyClient() rejects an unparsable certificate", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    const good = await proof(dir, alice);
+    await assertAuthFails(() => verifyClient({ ...good, certPem: "garbage" }), "bad-certificate");
+  });
+});
+
+// --- real TLS ----------------------------------------------------------------------------
+
+/**
+ * Serves one TLS connection with `dir`'s server identity, dials it with `hostname` and
+ * `caPem`, and exchanges a message each way. Rejects if the client's handshake fails.
+ */
+async function tlsRoundTrip(dir: string, hostname: string, caPem: string): Promise<void> {
+  const { certPem, keyPem } = await loadServerIdentity(dir);
+  const listener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: certPem, key: keyPem });
+  const served = (async () => {
+    const conn = await listener.accept();
+    try {
+      const buf = new Uint8Array(5);
+      let got = 0;
+      while (got < 5) {
+        const n = await conn.read(buf.subarray(got));
+        if (n === null) throw new Error("client closed early");
+        got += n;
+      }
+      assertEquals(new TextDecoder().decode(buf), "hello");
+      await conn.write(new TextEncoder().encode("world"));
+    } finally {
+      conn.close();
+    }
+  })();
+  try {
+    const conn = await Deno.connectTls({ hostname, port: listener.addr.port, caCerts: [caPem] });
+    try {
+      await conn.handshake();
+      await conn.write(new TextEncoder().encode("hello"));
+      const buf = new Uint8Array(5);
+      let got = 0;
+      while (got < 5) {
+        const n = await conn.read(buf.subarray(got));
+        if (n === null) break;
+        got += n;
+      }
+      assertEquals(new TextDecoder().decode(buf.subarray(0, got)), "world");
+    } finally {
+      conn.close();
+    }
+    await served;
+  } finally {
+    listener.close();
+    // A failed handshake fails the server side too; that is expected, not a test failure.
+    await served.catch(() => {});
+  }
+}
+
+Deno.test("TLS: rustls accepts the server certificate for an IP address SAN", async () => {
+  await withPki(async (dir) => {
+    await tlsRoundTrip(dir, "127.0.0.1", (await loadServerIdentity(dir)).caPem);
+  });
+});
+
+Deno.test("TLS: rustls accepts the server certificate for a DNS name SAN", async () => {
+  await withPki(async (dir) => {
+    await tlsRoundTrip(dir, "localhost", (await loadServerIdentity(dir)).caPem);
+  });
+});
+
+Deno.test("TLS: a client trusting another CA refuses the server", async () => {
+  await withPki(async (dir) => {
+    await withPki(async (other) => {
+      const otherCa = (await loadServerIdentity(other)).caPem;
+      await assertRejects(() => tlsRoundTrip(dir, "127.0.0.1", otherCa), Error, /certificate/i);
+    });
+  });
+});
+
+Deno.test("TLS: a client dialling a name not in the certificate refuses the server", async () => {
+  await withPki(async (dir) => {
+    // The server is reached at 127.0.0.1, but its certificate names only vpn.example.org.
+    const { caPem } = await loadServerIdentity(dir);
+    await assertRejects(
+      () => tlsRoundTrip(dir, "127.0.0.1", caPem),
+      Error,
+      /certificate/i,
+    );
+  }, ["vpn.example.org"]);
+});

@@ -1,0 +1,111 @@
+import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import {
+  encodeFrame,
+  FrameError,
+  FrameReader,
+  FrameType,
+  FrameWriter,
+  HEADER_LEN,
+  MAX_PAYLOAD,
+} from "../mod/wire.ts";
+import { decodeAuth, decodeHello, decodePush, encodeMessage, type Push } from "../mod/messages.ts";
+
+function feed(reader: FrameReader, bytes: Uint8Array): void {
+  const space = reader.space();
+  space.set(bytes);
+  reader.commit(bytes.length);
+}
+
+Deno.test("encodeFrame() writes type and a 24-bit big-endian length", () => {
+  const frame = encodeFrame(FrameType.PING, new Uint8Array([9, 8, 7]));
+  assertEquals([...frame], [0x05, 0, 0, 3, 9, 8, 7]);
+  const big = encodeFrame(FrameType.DATA, new Uint8Array(MAX_PAYLOAD));
+  assertEquals([...big.subarray(0, 4)], [0, 0x01, 0x00, 0x09]);
+});
+
+Deno.test("FrameReader.next() parses several frames from one read", () => {
+  const writer = new FrameWriter();
+  writer.add(FrameType.DATA, new Uint8Array([1, 2, 3]));
+  writer.add(FrameType.PING, new Uint8Array(8).fill(4));
+  writer.add(FrameType.DATA, new Uint8Array(1400).fill(5), 100);
+  const reader = new FrameReader();
+  feed(reader, writer.bytes());
+  const frames: [number, number[]][] = [];
+  while (reader.next()) frames.push([reader.type, [...reader.payload()].slice(0, 3)]);
+  assertEquals(frames, [[0, [1, 2, 3]], [5, [4, 4, 4]], [0, [5, 5, 5]]]);
+  assertEquals(reader.payloadEnd - reader.payloadStart, 100);
+});
+
+Deno.test("FrameReader.next() waits for a frame split across reads", () => {
+  const frame = encodeFrame(FrameType.DATA, new Uint8Array(3000).fill(6));
+  const whole = new FrameReader();
+  feed(whole, frame.subarray(0, 2));
+  assert(!whole.next());
+  feed(whole, frame.subarray(2, 1800));
+  assert(!whole.next());
+  feed(whole, frame.subarray(1800));
+  assert(whole.next());
+  assertEquals(whole.payload().length, 3000);
+  assert(!whole.next());
+});
+
+Deno.test("FrameReader.space() keeps unparsed bytes across many reads", () => {
+  const reader = new FrameReader();
+  const frame = encodeFrame(FrameType.DATA, new Uint8Array(50_000).fill(1));
+  let parsed = 0;
+  for (let round = 0; round < 40; round++) {
+    for (let off = 0; off < frame.length; off += 7000) {
+      feed(reader, frame.subarray(off, Math.min(off + 7000, frame.length)));
+      while (reader.next()) parsed++;
+    }
+  }
+  assertEquals(parsed, 40);
+});
+
+Deno.test("FrameReader.next() refuses an oversized frame and an unknown type", () => {
+  const oversized = new FrameReader();
+  feed(oversized, new Uint8Array([0, 0x01, 0x00, 0x0a]));
+  assertThrows(() => oversized.next(), FrameError, /65546 bytes exceeds the 65545-byte limit/);
+  const unknown = new FrameReader();
+  feed(unknown, new Uint8Array([0x42, 0, 0, 0]));
+  assertThrows(() => unknown.next(), FrameError, /unknown frame type 0x42/);
+});
+
+Deno.test("FrameWriter.add() refuses a frame that does not fit, then takes it after reset()", () => {
+  const writer = new FrameWriter(HEADER_LEN + MAX_PAYLOAD);
+  const packet = new Uint8Array(MAX_PAYLOAD);
+  assert(writer.add(FrameType.DATA, packet));
+  assert(!writer.add(FrameType.DATA, new Uint8Array(1)));
+  writer.reset();
+  assertEquals(writer.length, 0);
+  assert(writer.add(FrameType.DATA, new Uint8Array(1)));
+});
+
+Deno.test("decodePush() round-trips a PUSH message", () => {
+  const push: Push = {
+    address: "10.8.0.2",
+    prefix: 24,
+    gateway: "10.8.0.1",
+    routes: ["192.168.50.0/24"],
+    mtu: 1400,
+    keepalive: { interval: 10, timeout: 60 },
+  };
+  assertEquals(decodePush(encodeMessage(push)), push);
+});
+
+Deno.test("decodeAuth() and decodeHello() refuse malformed payloads with FrameError", () => {
+  const bytes = (text: string) => new TextEncoder().encode(text);
+  assertThrows(() => decodeHello(bytes("not json")), FrameError, /not UTF-8 JSON/);
+  assertThrows(() => decodeHello(bytes("[1]")), FrameError, /not a JSON object/);
+  assertThrows(() => decodeHello(new Uint8Array([0xff, 0xfe])), FrameError, /not UTF-8 JSON/);
+  assertThrows(
+    () => decodeAuth(bytes(JSON.stringify({ version: 1, cert: 5 }))),
+    FrameError,
+    /"cert" must be a string/,
+  );
+  assertThrows(
+    () => decodePush(bytes(JSON.stringify({ routes: "x" }))),
+    FrameError,
+    /"routes" must be a list/,
+  );
+});
