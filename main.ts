@@ -6,6 +6,19 @@
  * @module
  */
 
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import {
+  clientAdd,
+  clientList,
+  clientRevoke,
+  connect,
+  DEFAULT_DIR,
+  exitCodeOf,
+  init,
+  serve,
+  UsageError,
+} from "./mod/commands.ts";
+import type { LogLevel } from "./mod/log.ts";
 import { VERSION } from "./mod/version.ts";
 
 const HELP = `vpn ${VERSION}: an SSL VPN with a TUN device on each side
@@ -13,35 +26,173 @@ const HELP = `vpn ${VERSION}: an SSL VPN with a TUN device on each side
 Usage: vpn <command> [options]
 
 Commands:
-  version               print the version
-  help                  print this help
+  serve [--dir DIR] [--config FILE]
+        run the server; creates a PKI in DIR first if there is none
+  init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]
+        create a CA, a server certificate and DIR/server.yaml
+  client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]
+        issue a client certificate into one profile file (default ./NAME.yaml)
+  client revoke NAME [--dir DIR]
+        revoke a client; a running server drops it within seconds
+  client list [--dir DIR]
+        list issued clients: name, serial, status, expiry
+  connect [HOST[:PORT]] --profile FILE [--dev NAME]
+        join a server; HOST:PORT overrides the profile's remote
+  version
+        print the version
 
 Options:
-  -h, --help            print this help
+  --dir DIR        PKI and server.yaml directory (default ${DEFAULT_DIR})
+  -v, --verbose    log debug messages
+  -q, --quiet      log errors only
+  -h, --help       print this help
+
+Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error.
 `;
 
-/** Runs the command line `args` and returns the exit code. */
-export function main(args: string[]): number {
-  const [command, ...rest] = args;
-  switch (command) {
-    case undefined:
-    case "help":
-    case "-h":
-    case "--help":
-      console.log(HELP);
-      return 0;
-    case "version":
-    case "--version":
-      console.log(`vpn ${VERSION} (deno ${Deno.version.deno})`);
-      return rest.length === 0 ? 0 : usage(`"version" takes no arguments`);
-    default:
-      return usage(`unknown command "${command}"`);
+const LOGGING = {
+  verbose: { type: "boolean", short: "v" },
+  quiet: { type: "boolean", short: "q" },
+} as const satisfies ParseArgsConfig["options"];
+
+const DIR = {
+  dir: { type: "string", default: DEFAULT_DIR },
+} as const satisfies ParseArgsConfig["options"];
+
+function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[], options: T) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
   }
 }
 
-function usage(problem: string): number {
-  console.error(`vpn: ${problem}\n\n${HELP}`);
-  return 2;
+function level(values: { verbose?: boolean; quiet?: boolean }): LogLevel | undefined {
+  if (values.verbose) return "debug";
+  if (values.quiet) return "error";
+  return undefined;
 }
 
-if (import.meta.main) Deno.exit(main(Deno.args));
+function positionals(list: string[], count: number, usage: string): string[] {
+  if (list.length !== count) throw new UsageError(`usage: ${usage}`);
+  return list;
+}
+
+function port(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < 1 || value > 65535) {
+    throw new UsageError(`--port ${text}: must be a whole number from 1 to 65535`);
+  }
+  return value;
+}
+
+async function run(command: string, rest: string[]): Promise<number> {
+  switch (command) {
+    case "serve": {
+      const { values, positionals: extra } = parse(rest, {
+        ...DIR,
+        ...LOGGING,
+        config: { type: "string" },
+      });
+      positionals(extra, 0, "vpn serve [--dir DIR] [--config FILE]");
+      const options = { dir: values.dir, ...(values.config ? { config: values.config } : {}) };
+      const logLevel = level(values);
+      return await serve(logLevel ? { ...options, level: logLevel } : options);
+    }
+    case "init": {
+      const { values, positionals: extra } = parse(rest, {
+        ...DIR,
+        host: { type: "string", multiple: true },
+        subnet: { type: "string" },
+        port: { type: "string" },
+        force: { type: "boolean", default: false },
+      });
+      positionals(
+        extra,
+        0,
+        "vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]",
+      );
+      const listenPort = port(values.port);
+      return await init({
+        dir: values.dir,
+        hosts: values.host ?? [],
+        force: values.force,
+        ...(values.subnet ? { subnet: values.subnet } : {}),
+        ...(listenPort ? { port: listenPort } : {}),
+      });
+    }
+    case "client": {
+      const [action, ...args] = rest;
+      if (action === "add") {
+        const { values, positionals: names } = parse(args, {
+          ...DIR,
+          remote: { type: "string" },
+          out: { type: "string" },
+        });
+        const [name] = positionals(
+          names,
+          1,
+          "vpn client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]",
+        );
+        return await clientAdd({
+          name: name!,
+          dir: values.dir,
+          ...(values.remote ? { remote: values.remote } : {}),
+          ...(values.out ? { out: values.out } : {}),
+        });
+      }
+      if (action === "revoke") {
+        const { values, positionals: names } = parse(args, DIR);
+        const [name] = positionals(names, 1, "vpn client revoke NAME [--dir DIR]");
+        return await clientRevoke({ name: name!, dir: values.dir });
+      }
+      if (action === "list") {
+        const { values, positionals: extra } = parse(args, DIR);
+        positionals(extra, 0, "vpn client list [--dir DIR]");
+        return await clientList({ dir: values.dir });
+      }
+      throw new UsageError(`unknown "client" action "${action ?? ""}"; use add, revoke or list`);
+    }
+    case "connect": {
+      const { values, positionals: remote } = parse(rest, {
+        ...LOGGING,
+        profile: { type: "string" },
+        dev: { type: "string" },
+      });
+      if (remote.length > 1 || values.profile === undefined) {
+        throw new UsageError("usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME]");
+      }
+      const logLevel = level(values);
+      return await connect({
+        profile: values.profile,
+        ...(remote[0] ? { remote: remote[0] } : {}),
+        ...(values.dev ? { dev: values.dev } : {}),
+        ...(logLevel ? { level: logLevel } : {}),
+      });
+    }
+    case "version":
+    case "--version":
+      positionals(rest, 0, "vpn version");
+      console.log(`vpn ${VERSION} (deno ${Deno.version.deno})`);
+      return 0;
+    default:
+      throw new UsageError(`unknown command "${command}"\n\n${HELP}`);
+  }
+}
+
+/** Runs the command line `args` and returns the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  if (command === undefined || command === "help" || command === "-h" || command === "--help") {
+    console.log(HELP);
+    return 0;
+  }
+  try {
+    return await run(command, rest);
+  } catch (error) {
+    return exitCodeOf(error);
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

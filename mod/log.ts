@@ -12,7 +12,11 @@ export type { LogLevel };
 
 /** Sets up logging for the whole process; later calls replace the level. */
 export function setupLogging(level: LogLevel): void {
-  const format = getTextFormatter({ timestamp: "date-time-tz" });
+  // Strings unquoted: log lines read as sentences ("alice connected from 10.0.0.5:4000").
+  const format = getTextFormatter({
+    timestamp: "date-time-tz",
+    value: (value) => typeof value === "string" ? value : Deno.inspect(value),
+  });
   const encoder = new TextEncoder();
   configureSync({
     reset: true,

@@ -38,7 +38,8 @@ const CA_CERT = "ca.crt";
 const CA_KEY = "ca.key";
 const SERVER_CERT = "server.crt";
 const SERVER_KEY = "server.key";
-const REGISTRY = "clients.json";
+/** The client registry in the PKI directory; revocations show up here. */
+export const REGISTRY_FILE = "clients.json";
 const REGISTRY_VERSION = 1;
 
 const PRIVATE_MODE = 0o600;
@@ -380,7 +381,7 @@ export async function initPki(dir: string, options: InitOptions): Promise<void> 
 }
 
 function refuseExistingPki(dir: string): void {
-  for (const file of [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, REGISTRY]) {
+  for (const file of [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, REGISTRY_FILE]) {
     const path = join(dir, file);
     if (fileExists(path)) {
       throw new PkiError(
@@ -416,6 +417,16 @@ export async function loadServerIdentity(dir: string): Promise<ServerIdentity> {
     certPem: await readPkiFile(dir, SERVER_CERT),
     keyPem: await readPkiFile(dir, SERVER_KEY),
   };
+}
+
+/**
+ * The names and IP addresses in a certificate's subjectAltName, lower case: the names a client
+ * may have dialled to reach this server.
+ */
+export function certificateNames(certPem: string): string[] {
+  const cert = parseCert(certPem, "server certificate");
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
+  return (san?.names.toJSON() ?? []).map((name) => name.value.toLowerCase());
 }
 
 // --- client registry ---------------------------------------------------------------------
@@ -461,8 +472,8 @@ function isClientEntry(v: unknown): v is ClientEntry {
 }
 
 async function readRegistry(dir: string): Promise<ClientEntry[]> {
-  const path = join(dir, REGISTRY);
-  const text = await readPkiFile(dir, REGISTRY);
+  const path = join(dir, REGISTRY_FILE);
+  const text = await readPkiFile(dir, REGISTRY_FILE);
   let data: unknown;
   try {
     data = JSON.parse(text);
@@ -480,7 +491,11 @@ async function readRegistry(dir: string): Promise<ClientEntry[]> {
 
 async function writeRegistry(dir: string, clients: ClientEntry[]): Promise<void> {
   const file: RegistryFile = { version: REGISTRY_VERSION, clients };
-  await writeFileAtomic(join(dir, REGISTRY), JSON.stringify(file, null, 2) + "\n", PRIVATE_MODE);
+  await writeFileAtomic(
+    join(dir, REGISTRY_FILE),
+    JSON.stringify(file, null, 2) + "\n",
+    PRIVATE_MODE,
+  );
 }
 
 /**

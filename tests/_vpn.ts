@@ -1,0 +1,210 @@
+/**
+ * A real VPN in namespaces for end-to-end tests: one server namespace, client namespaces
+ * joined to it by veth pairs, `vpn` processes started from main.ts, and their logs.
+ *
+ * Client i reaches the server at 172.30.(i+1).1; the server certificate names all of them.
+ *
+ * @module
+ */
+
+import { denoScript, Netns, run } from "./_netns.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** Polls `check` until it returns a value other than undefined, for at most `ms`. */
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined> | T | undefined,
+  ms = 15_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** A `vpn` process with its output kept. */
+export class VpnProcess {
+  readonly child: Deno.ChildProcess;
+  readonly output: string[] = [];
+  readonly #reading: Promise<void>;
+
+  constructor(child: Deno.ChildProcess) {
+    this.child = child;
+    this.#reading = Promise.all([this.#collect(child.stdout), this.#collect(child.stderr)]).then(
+      () => {},
+    );
+  }
+
+  async #collect(stream: ReadableStream<Uint8Array>): Promise<void> {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) this.output.push(text);
+  }
+
+  /** Everything the process printed so far. */
+  get log(): string {
+    return this.output.join("");
+  }
+
+  /** Waits until the output matches `pattern`. */
+  waitForLog(pattern: RegExp, ms = 15_000): Promise<true> {
+    return waitFor(`log ${pattern}`, () => pattern.test(this.log) ? true : undefined, ms);
+  }
+
+  /** Sends a signal and waits (bounded) for the exit code. */
+  async stop(signal: Deno.Signal = "SIGTERM", ms = 10_000): Promise<number> {
+    try {
+      this.child.kill(signal);
+    } catch { /* already gone */ }
+    return await this.exited(ms);
+  }
+
+  /** The exit code, waiting at most `ms` (then the process is killed). */
+  async exited(ms = 15_000): Promise<number> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const status = await Promise.race([
+      this.child.status,
+      new Promise<undefined>((resolve) => timer = setTimeout(() => resolve(undefined), ms)),
+    ]);
+    clearTimeout(timer);
+    if (status === undefined) {
+      this.child.kill("SIGKILL");
+      await this.child.status;
+      await this.#reading;
+      throw new Error(`process did not exit within ${ms} ms; output:\n${this.log}`);
+    }
+    await this.#reading;
+    return status.code;
+  }
+}
+
+/** A server namespace and client namespaces, torn down on dispose. */
+export class Topology implements AsyncDisposable {
+  readonly server: Netns;
+  readonly clients: Netns[];
+  readonly dir: string;
+  readonly #processes: VpnProcess[] = [];
+
+  private constructor(server: Netns, clients: Netns[], dir: string) {
+    this.server = server;
+    this.clients = clients;
+    this.dir = dir;
+  }
+
+  /** Creates the namespaces and links, and a PKI for the server's link addresses. */
+  static async create(clientCount: number, initArgs: string[] = []): Promise<Topology> {
+    const dir = await Deno.makeTempDir({ prefix: "vpn-e2e-" });
+    const server = await Netns.create("srv");
+    const clients: Netns[] = [];
+    const topology = new Topology(server, clients, dir);
+    try {
+      const hosts: string[] = [];
+      for (let i = 0; i < clientCount; i++) {
+        const ns = await Netns.create(`c${i}`);
+        clients.push(ns);
+        const link = `${Deno.pid % 1000}x${i}`;
+        await run([
+          "ip",
+          "link",
+          "add",
+          `vs${link}`,
+          "netns",
+          server.name,
+          "type",
+          "veth",
+          "peer",
+          `vc${link}`,
+          "netns",
+          ns.name,
+        ]);
+        await server.run(["ip", "addr", "add", `${topology.serverIp(i)}/24`, "dev", `vs${link}`]);
+        await ns.run(["ip", "addr", "add", `172.30.${i + 1}.2/24`, "dev", `vc${link}`]);
+        await server.run(["ip", "link", "set", `vs${link}`, "up"]);
+        await ns.run(["ip", "link", "set", `vc${link}`, "up"]);
+        hosts.push("--host", topology.serverIp(i));
+      }
+      await topology.vpn(["init", "--dir", dir, ...hosts, ...initArgs]);
+      return topology;
+    } catch (error) {
+      await topology[Symbol.asyncDispose]();
+      throw error;
+    }
+  }
+
+  /** The server's link address as seen by client i. */
+  serverIp(i: number): string {
+    return `172.30.${i + 1}.1`;
+  }
+
+  /** Runs a short `vpn` command in the root namespace (init, client add/revoke/list). */
+  async vpn(args: string[], allowFail = false) {
+    return await run(denoScript(MAIN, ...args), allowFail);
+  }
+
+  /** Writes server.yaml lines (YAML text) over the defaults. */
+  async configure(yaml: string): Promise<void> {
+    await Deno.writeTextFile(`${this.dir}/server.yaml`, yaml);
+  }
+
+  /** Starts `vpn serve` in the server namespace and waits until it listens. */
+  async startServer(extra: string[] = []): Promise<VpnProcess> {
+    const process = new VpnProcess(
+      this.server.spawn(denoScript(MAIN, "serve", "--dir", this.dir, "-v", ...extra)),
+    );
+    this.#processes.push(process);
+    await process.waitForLog(/listening on/);
+    return process;
+  }
+
+  /** Issues a client certificate; returns the profile path. */
+  async addClient(name: string): Promise<string> {
+    const out = `${this.dir}/${name}.yaml`;
+    await this.vpn(["client", "add", name, "--dir", this.dir, "--out", out]);
+    return out;
+  }
+
+  /** Starts `vpn connect` in client namespace i to its server address. */
+  connect(i: number, profile: string, extra: string[] = []): VpnProcess {
+    const ns = this.clients[i]!;
+    const process = new VpnProcess(
+      ns.spawn(
+        denoScript(MAIN, "connect", `${this.serverIp(i)}:1194`, "--profile", profile, ...extra),
+      ),
+    );
+    this.#processes.push(process);
+    return process;
+  }
+
+  /** Waits until a TUN in namespace `ns` carries `address` and returns that device's name. */
+  waitForAddress(ns: Netns, address: string, ms = 15_000): Promise<string> {
+    return waitFor(`${address} in ${ns.name}`, async () => {
+      const links = JSON.parse((await ns.run(["ip", "-j", "-4", "addr", "show"])).stdout);
+      const link = links.find((l: { addr_info: { local: string }[] }) =>
+        l.addr_info.some((a) => a.local === address)
+      );
+      return link?.ifname as string | undefined;
+    }, ms);
+  }
+
+  /** Pings from namespace `ns`; true when every echo came back. */
+  async ping(ns: Netns, address: string, count = 3): Promise<boolean> {
+    const result = await ns.run(
+      ["ping", "-c", String(count), "-i", "0.2", "-W", "2", address],
+      true,
+    );
+    return result.code === 0;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const process of this.#processes) {
+      try {
+        process.child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await process.child.status;
+    }
+    for (const ns of [this.server, ...this.clients]) await ns[Symbol.asyncDispose]();
+    await Deno.remove(this.dir, { recursive: true });
+  }
+}

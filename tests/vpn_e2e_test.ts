@@ -1,0 +1,205 @@
+/**
+ * The VPN end to end: `vpn serve` and `vpn connect` processes on real TUNs, in namespaces
+ * joined by veth pairs (tests/_vpn.ts), over real TLS.
+ */
+
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
+import { denoScript, JsonLines, rootTest } from "./_netns.ts";
+import { Topology } from "./_vpn.ts";
+
+const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
+
+rootTest("vpn: two clients get .2 and .3, ping the server and move bulk data intact", async () => {
+  await using net = await Topology.create(2);
+  const server = await net.startServer();
+  const a = net.connect(0, await net.addClient("alice"));
+  await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+  const b = net.connect(1, await net.addClient("bob"));
+  await net.waitForAddress(net.clients[1]!, "10.8.0.3");
+  assert(await net.ping(net.clients[0]!, "10.8.0.1"), a.log);
+  assert(await net.ping(net.clients[1]!, "10.8.0.1"), b.log);
+
+  const sink = net.server.spawn(denoScript(TRANSFER, "sink", "10.8.0.1", "5201"));
+  const events = new JsonLines(sink.stdout);
+  await events.next((e) => e.listening === true);
+  const sent = await net.clients[1]!.run(
+    denoScript(TRANSFER, "send", "10.8.0.1", "5201", String(24 << 20)),
+  );
+  const received = await events.next((e) => e.sha256 !== undefined, 60_000);
+  await sink.status;
+  assertEquals(received.bytes, 24 << 20);
+  assertEquals(received.sha256, JSON.parse(sent.stdout).sha256);
+  await server.waitForLog(/alice connected from 172\.30\.1\.2:\d+, address 10\.8\.0\.2/);
+});
+
+rootTest("vpn: client_to_client off blocks client-to-client traffic, on allows it", async () => {
+  await using net = await Topology.create(2);
+  for (const on of [false, true]) {
+    await net.configure(`client_to_client: ${on}\n`);
+    const server = await net.startServer();
+    const a = net.connect(0, await net.addClient(`alice-${on}`));
+    const b = net.connect(1, await net.addClient(`bob-${on}`));
+    await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    await net.waitForAddress(net.clients[1]!, "10.8.0.3");
+    assert(await net.ping(net.clients[0]!, "10.8.0.1"), "the server is reachable either way");
+    assertEquals(await net.ping(net.clients[0]!, "10.8.0.3", 2), on, `client_to_client: ${on}`);
+    await a.stop();
+    await b.stop();
+    await server.stop();
+  }
+});
+
+rootTest("vpn: a pushed route reaches a network behind the server", async () => {
+  await using net = await Topology.create(1);
+  // The network behind the server: a veth pair inside the server namespace.
+  await net.server.run(["ip", "link", "add", "lan0", "type", "veth", "peer", "lan1"]);
+  await net.server.run(["ip", "addr", "add", "192.168.50.1/24", "dev", "lan0"]);
+  await net.server.run(["ip", "link", "set", "lan0", "up"]);
+  await net.server.run(["ip", "link", "set", "lan1", "up"]);
+  await net.configure("push:\n  routes: [192.168.50.0/24]\n");
+  await net.startServer();
+  net.connect(0, await net.addClient("alice"));
+  const dev = await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+  const routes = JSON.parse(
+    (await net.clients[0]!.run(["ip", "-j", "route", "show", "dev", dev])).stdout,
+  );
+  assert(routes.some((r: { dst: string }) => r.dst === "192.168.50.0/24"), JSON.stringify(routes));
+  assert(await net.ping(net.clients[0]!, "192.168.50.1"));
+});
+
+rootTest("vpn: a revoked client is dropped within 5 s and refused afterwards", async () => {
+  await using net = await Topology.create(1);
+  const server = await net.startServer();
+  const profile = await net.addClient("mallory");
+  const client = net.connect(0, profile);
+  await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+  await net.vpn(["client", "revoke", "mallory", "--dir", net.dir]);
+  assertEquals(await client.exited(10_000), 1, client.log);
+  assertMatch(client.log, /refused this client: certificate .*revoked/);
+  await server.waitForLog(/mallory: certificate revoked, dropping its session/);
+  const again = net.connect(0, profile);
+  assertEquals(await again.exited(), 1);
+  assertMatch(again.log, /revoked/);
+  const list = await net.vpn(["client", "list", "--dir", net.dir]);
+  assertMatch(list.stdout, /mallory\s+[0-9a-f]+\s+revoked/);
+});
+
+rootTest("vpn: a profile from another CA is refused", async () => {
+  await using net = await Topology.create(1);
+  await using other = await Topology.create(0);
+  const server = await net.startServer();
+  const stranger = net.connect(0, await other.addClient("stranger"));
+  assertEquals(await stranger.exited(), 1);
+  // The stranger's profile trusts another CA, so it refuses our server's certificate first.
+  assertMatch(stranger.log, /not trusted by this profile/);
+
+  // With our CA but its own certificate, the server refuses it: unknown CA.
+  const foreign = await Deno.readTextFile(`${other.dir}/stranger.yaml`);
+  const ours = await Deno.readTextFile(`${net.dir}/ca.crt`);
+  const mixed = foreign.replace(
+    /ca: \|[\s\S]*?-----END CERTIFICATE-----\n/,
+    `ca: |\n${ours.replace(/^/gm, "  ")}\n`,
+  );
+  const path = `${net.dir}/mixed.yaml`;
+  await Deno.writeTextFile(path, mixed, { mode: 0o600 });
+  const refused = net.connect(0, path);
+  assertEquals(await refused.exited(), 1, refused.log);
+  assertMatch(refused.log, /refused this client: certificate is not signed by this server's CA/);
+  await server.waitForLog(/refused 172\.30\.1\.2:\d+: unknown-ca/);
+});
+
+rootTest("vpn: a /30 subnet refuses the second client with the pool error", async () => {
+  await using net = await Topology.create(2, ["--subnet", "10.9.0.0/30"]);
+  const server = await net.startServer();
+  net.connect(0, await net.addClient("first"));
+  await net.waitForAddress(net.clients[0]!, "10.9.0.2");
+  const second = net.connect(1, await net.addClient("second"));
+  await second.waitForLog(/address pool exhausted/);
+  await server.waitForLog(/refused second from .*: address pool exhausted/);
+  assert(await net.ping(net.clients[0]!, "10.9.0.1"), "the first client is unaffected");
+});
+
+rootTest(
+  "vpn: after a server restart the client comes back by itself with its old address",
+  async () => {
+    await using net = await Topology.create(2);
+    let server = await net.startServer();
+    const a = net.connect(0, await net.addClient("alice"));
+    await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    const b = net.connect(1, await net.addClient("bob"));
+    await net.waitForAddress(net.clients[1]!, "10.8.0.3");
+    await a.stop();
+    await server.stop("SIGKILL");
+    server = await net.startServer();
+    // bob asks for .3 back although .2, the lowest free address, is free again.
+    await b.waitForLog(/reconnecting in/);
+    await server.waitForLog(/bob connected from .*, address 10\.8\.0\.3/, 30_000);
+    assert(await net.ping(net.clients[1]!, "10.8.0.1"), b.log);
+  },
+);
+
+rootTest(
+  "vpn: SIGTERM on a client removes its TUN and routes, and the server frees the address",
+  async () => {
+    await using net = await Topology.create(1);
+    await net.configure("push:\n  routes: [192.168.60.0/24]\n");
+    const server = await net.startServer();
+    const client = net.connect(0, await net.addClient("alice"));
+    const dev = await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    assertEquals(await client.stop("SIGTERM"), 0, client.log);
+    const links = await net.clients[0]!.run(["ip", "-j", "link", "show"]);
+    assert(!links.stdout.includes(`"${dev}"`), links.stdout);
+    const routes = await net.clients[0]!.run(["ip", "route", "show"]);
+    assert(
+      !routes.stdout.includes("192.168.60.0") && !routes.stdout.includes("10.8.0.0"),
+      routes.stdout,
+    );
+    await server.waitForLog(/alice .* disconnected: client said goodbye/);
+  },
+);
+
+rootTest(
+  "vpn: garbage, oversized frames and idle connections on the port do not disturb a client",
+  async () => {
+    await using net = await Topology.create(2);
+    const server = await net.startServer();
+    net.connect(0, await net.addClient("alice"));
+    await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    const ca = await Deno.readTextFile(`${net.dir}/ca.crt`);
+    const attacker = net.clients[1]!;
+    const script = `
+    const host = "${net.serverIp(1)}";
+    const idle = [];
+    for (let i = 0; i < 20; i++) idle.push(await Deno.connect({ hostname: host, port: 1194 }));
+    const junk = await Deno.connect({ hostname: host, port: 1194 });
+    await junk.write(crypto.getRandomValues(new Uint8Array(4096))).catch(() => {});
+    const tls = await Deno.connectTls({ hostname: host, port: 1194, caCerts: [${
+      JSON.stringify(ca)
+    }], alpnProtocols: ["vpn/1"] });
+    await tls.read(new Uint8Array(4096));
+    await tls.write(new Uint8Array([0, 0xff, 0xff, 0xff, 1, 2, 3]));
+    const buf = new Uint8Array(4096);
+    let closed = false;
+    for (let i = 0; i < 10; i++) {
+      const n = await tls.read(buf).catch(() => null);
+      if (n === null) { closed = true; break; }
+    }
+    console.log(JSON.stringify({ oversizedClosed: closed }));
+    await new Promise((r) => setTimeout(r, 3000));
+    for (const c of idle) c.close();
+  `;
+    const path = `${net.dir}/attack.ts`;
+    await Deno.writeTextFile(path, script);
+    const attack = attacker.spawn(denoScript(path));
+    const events = new JsonLines(attack.stdout);
+    const result = await events.next((e) => e.oversizedClosed !== undefined, 20_000);
+    assertEquals(result.oversizedClosed, true);
+    assert(await net.ping(net.clients[0]!, "10.8.0.1", 5), "the connected client still works");
+    await attack.status;
+    await server.waitForLog(/exceeds the 65545-byte limit/);
+    assert(
+      await net.ping(net.clients[0]!, "10.8.0.1"),
+      "and still after the idle connections went",
+    );
+  },
+);
