@@ -32,6 +32,7 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_RCVTIMEO = 20;
 export const MSG_DONTWAIT = 0x40;
+export const SHUT_RDWR = 2;
 
 /** <linux/if_tun.h> ioctls and flags. */
 export const TUNSETIFF = 0x400454ca;

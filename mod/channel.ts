@@ -6,13 +6,16 @@
  * is swapped with the `flushing` one and written in one TLS write, so that every packet of a
  * TUN batch leaves together and the next batch fills while the last one is on its way. A
  * data frame that finds the filling buffer full is dropped and counted, the way a NIC drops
- * when its queue is full; a control frame that does not fit means the peer has stopped
- * reading, and the channel closes.
+ * when its queue is full. Control frames wait in a short queue of their own and leave first;
+ * when even that queue is full the peer has stopped reading, and the channel closes.
  *
  * @module
  */
 
-import { FrameReader, FrameType, FrameWriter } from "./wire.ts";
+import { encodeFrame, FrameReader, FrameType, FrameWriter } from "./wire.ts";
+
+/** Control frames queued at once; more means the peer does not read, and the channel closes. */
+const MAX_CONTROL_QUEUE = 64;
 
 /** Counters of one channel; they only grow. */
 export interface ChannelStats {
@@ -40,6 +43,7 @@ export class Channel {
 
   readonly #conn: Deno.Conn;
   readonly #reader = new FrameReader();
+  readonly #control: Uint8Array[] = [];
   #filling: FrameWriter;
   #flushing: FrameWriter;
   #writing = false;
@@ -65,32 +69,36 @@ export class Channel {
     return false;
   }
 
-  /** Queues a control frame and starts sending it. */
+  /** Queues a control frame ahead of queued data and starts sending it. */
   sendControl(type: FrameType, payload: Uint8Array = new Uint8Array(0)): void {
     if (this.#closed) return;
-    if (!this.#filling.add(type, payload)) {
+    if (this.#control.length >= MAX_CONTROL_QUEUE) {
+      // The peer has stopped reading: even a few small frames cannot leave.
       this.close();
       return;
     }
+    this.#control.push(encodeFrame(type, payload));
     this.flush();
   }
 
   /** Starts writing what is queued, unless a write is already in flight. */
   flush(): void {
-    if (this.#writing || this.#closed || this.#filling.length === 0) return;
+    if (this.#writing || this.#closed) return;
+    if (this.#filling.length === 0 && this.#control.length === 0) return;
     this.#writing = true;
     this.#writeLoop().catch(() => this.close());
   }
 
   async #writeLoop(): Promise<void> {
     try {
-      while (this.#filling.length > 0 && !this.#closed) {
+      while (!this.#closed && (this.#control.length > 0 || this.#filling.length > 0)) {
+        // Control frames (keepalive answers among them) never wait behind a full data buffer.
+        for (let frame; (frame = this.#control.shift()) !== undefined;) await this.#writeAll(frame);
+        if (this.#filling.length === 0) continue;
         const batch = this.#filling;
         this.#filling = this.#flushing;
         this.#flushing = batch;
-        const bytes = batch.bytes();
-        for (let off = 0; off < bytes.length;) off += await this.#conn.write(bytes.subarray(off));
-        this.stats.bytesOut += bytes.length;
+        await this.#writeAll(batch.bytes());
         batch.reset();
       }
     } finally {
@@ -98,13 +106,17 @@ export class Channel {
     }
   }
 
+  async #writeAll(bytes: Uint8Array): Promise<void> {
+    for (let off = 0; off < bytes.length;) off += await this.#conn.write(bytes.subarray(off));
+    this.stats.bytesOut += bytes.length;
+  }
+
   /** Sends a last control frame, waits (bounded) for it to leave, then closes. */
   async closeWith(type: FrameType, payload: Uint8Array, waitMs = 1000): Promise<void> {
     if (this.#closed) return;
-    this.#filling.add(type, payload);
-    this.flush();
+    this.sendControl(type, payload);
     const deadline = performance.now() + waitMs;
-    while ((this.#writing || this.#filling.length > 0) && performance.now() < deadline) {
+    while (this.#writing && performance.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     this.close();

@@ -37,8 +37,12 @@ const BACKOFF_MIN_S = 1;
 const BACKOFF_MAX_S = 60;
 const BATCH = 64;
 
-/** Refusals that no retry can fix: the certificate itself is not accepted. */
+/**
+ * Refusals that no retry can fix: the certificate itself is not accepted, or another client
+ * with the same certificate took over the session (retrying would only push it out again).
+ */
 const FATAL: ReadonlySet<ErrorReason> = new Set([
+  "replaced",
   "unknown-ca",
   "expired",
   "not-yet-valid",
@@ -77,7 +81,10 @@ export class Client {
   #tun: TunDevice | undefined;
   #tunIndex = 0;
   #push: Push | undefined;
+  /** The authenticated session's channel: where TUN packets go. */
   #channel: Channel | undefined;
+  /** A channel still in its handshake. */
+  #connecting: Channel | undefined;
   #stopped = false;
   #wake: (() => void) | undefined;
   #pump: Promise<void> | undefined;
@@ -129,6 +136,7 @@ export class Client {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#wake?.();
+    this.#connecting?.close();
     await this.#channel?.closeWith(FrameType.BYE, encodeMessage({ reason }));
   }
 
@@ -140,7 +148,8 @@ export class Client {
       `TCP/TLS connect to ${host}:${port}`,
     );
     const channel = new Channel(conn);
-    this.#channel = channel;
+    // Not yet #channel: TUN packets must not go out before AUTH. stop() still reaches it.
+    this.#connecting = channel;
     try {
       await withTimeout(conn.handshake(), CONNECT_TIMEOUT_MS, "TLS handshake");
       const credentials = {
@@ -155,11 +164,13 @@ export class Client {
         "authentication",
       );
       this.#configure(push);
+      this.#channel = channel;
       return channel;
     } catch (error) {
       channel.close();
-      this.#channel = undefined;
       throw error;
+    } finally {
+      this.#connecting = undefined;
     }
   }
 

@@ -115,8 +115,9 @@ export interface ServerConfig {
   /** How dead peers are noticed. */
   keepalive: KeepaliveConfig;
   /**
-   * Whether clients may reach each other through the server. When false, the server drops
-   * packets from one client to another.
+   * Whether the server forwards packets between clients itself. When false (as in OpenVPN),
+   * such packets go into the server's TUN, where the host's routing and firewall decide:
+   * with IP forwarding off, clients cannot reach each other.
    *
    * @default false
    */
@@ -302,7 +303,8 @@ const SERVER_COMMENTS = {
   keepalive: "How dead peers are noticed, in seconds.",
   "keepalive.interval": "Send a keepalive after this much silence (1-3600).",
   "keepalive.timeout": "Drop a peer not heard from for this long (greater than interval).",
-  client_to_client: "Let clients reach each other through the server.",
+  client_to_client:
+    "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",
   push: "What clients are told to set up.",
   "push.routes": "Networks clients route through the VPN, e.g. [192.168.50.0/24, fd00:50::/64].",
   dev: "TUN device name, at most 15 bytes; %d becomes the lowest free number.",

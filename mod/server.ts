@@ -20,6 +20,7 @@
 
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
+import { shutdownTcp } from "../ffi/socket.ts";
 import { AddressPool } from "./address_pool.ts";
 import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
@@ -82,9 +83,11 @@ export class Server {
   /** Live sessions by their tunnel address (u32) and by certificate serial. */
   readonly #byAddress = new Map<number, Session>();
   readonly #bySerial = new Map<string, Session>();
-  #preAuth = 0;
+  /** Connections still in their handshake, each with its way to be dropped. */
+  readonly #preAuth = new Set<() => void>();
   #registryMtime = 0;
   #revocationTimer: ReturnType<typeof setInterval> | undefined;
+  #revocationCheck: Promise<void> | undefined;
   #stopped = false;
   readonly #done: Promise<void>;
 
@@ -156,6 +159,8 @@ export class Server {
     this.#stopped = true;
     clearInterval(this.#revocationTimer);
     this.#listener.close();
+    for (const drop of this.#preAuth) drop();
+    await this.#revocationCheck;
     await Promise.all([...this.#bySerial.values()].map((s) => s.end("bye", reason)));
     this.#tun.close();
     await this.#done;
@@ -165,7 +170,7 @@ export class Server {
   async #acceptLoop(): Promise<void> {
     try {
       for await (const conn of this.#listener) {
-        if (this.#preAuth >= MAX_PRE_AUTH) {
+        if (this.#preAuth.size >= MAX_PRE_AUTH) {
           this.stats.refused++;
           conn.close();
           continue;
@@ -180,18 +185,25 @@ export class Server {
   async #handshake(conn: Deno.TlsConn): Promise<void> {
     const peer = `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`;
     const channel = new Channel(conn);
-    this.#preAuth++;
-    const timer = setTimeout(() => channel.close(), PRE_AUTH_TIMEOUT_MS);
+    let tlsDone = false;
+    const drop = () => {
+      channel.close();
+      // A TlsConn closed mid-handshake keeps its socket open (ffi/socket.ts says why).
+      if (!tlsDone) shutdownTcp(conn.localAddr, conn.remoteAddr);
+    };
+    this.#preAuth.add(drop);
+    const timer = setTimeout(drop, PRE_AUTH_TIMEOUT_MS);
     try {
       const { alpnProtocol } = await conn.handshake();
+      tlsDone = true;
       if (alpnProtocol !== ALPN) throw new FrameError(`client offered no "${ALPN}" ALPN id`);
       logger.debug("TLS from {peer}", { peer });
+      // A revocation made a moment ago must already count for this client.
+      await this.#checkRevocations();
       const client = await acceptClient(channel, this.#trust);
-      clearTimeout(timer);
       this.#admit(channel, client.name, client.serial, client.address, peer);
     } catch (error) {
       this.stats.refused++;
-      clearTimeout(timer);
       if (error instanceof AuthError) {
         logger.warn("refused {peer}: {reason}: {message}", {
           peer,
@@ -203,9 +215,10 @@ export class Server {
         logger.debug("dropped {peer} before auth: {error}", { peer, error: String(error) });
         if (error instanceof FrameError) await refuse(channel, "protocol", error.message);
       }
-      channel.close();
+      drop();
     } finally {
-      this.#preAuth--;
+      clearTimeout(timer);
+      this.#preAuth.delete(drop);
     }
   }
 
@@ -302,7 +315,15 @@ export class Server {
     }
   }
 
-  async #checkRevocations(): Promise<void> {
+  /** Re-reads the revocation list if the registry changed; one check at a time. */
+  #checkRevocations(): Promise<void> {
+    this.#revocationCheck ??= this.#reloadRevocations().finally(() => {
+      this.#revocationCheck = undefined;
+    });
+    return this.#revocationCheck;
+  }
+
+  async #reloadRevocations(): Promise<void> {
     try {
       const { mtime } = await Deno.stat(`${this.#dir}/${REGISTRY_FILE}`);
       const changed = mtime?.getTime() ?? 0;

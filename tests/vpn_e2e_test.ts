@@ -5,9 +5,10 @@
 
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { denoScript, JsonLines, rootTest } from "./_netns.ts";
-import { Topology } from "./_vpn.ts";
+import { Topology, VpnProcess, waitFor } from "./_vpn.ts";
 
 const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 rootTest("vpn: two clients get .2 and .3, ping the server and move bulk data intact", async () => {
   await using net = await Topology.create(2);
@@ -203,3 +204,76 @@ rootTest(
     );
   },
 );
+
+rootTest(
+  "vpn: a silent client is dropped after the keepalive timeout and reconnects when the path is back",
+  async () => {
+    await using net = await Topology.create(1);
+    await net.configure("keepalive:\n  interval: 1\n  timeout: 3\n");
+    const server = await net.startServer();
+    const client = net.connect(0, await net.addClient("alice"));
+    await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    const block = ["iptables", "-I", "OUTPUT", "-d", net.serverIp(0), "-j", "DROP"];
+    await net.clients[0]!.run(block);
+    await server.waitForLog(/alice .* disconnected: no data for 3 s/);
+    await client.waitForLog(/session ended: no data from the server for 3 s/);
+    await net.clients[0]!.run(["iptables", "-D", ...block.slice(2)]);
+    await waitFor(
+      "alice back",
+      () => (server.log.match(/alice connected/g)?.length ?? 0) >= 2 || undefined,
+      30_000,
+    );
+    assert(await net.ping(net.clients[0]!, "10.8.0.1"), client.log);
+  },
+);
+
+rootTest("vpn: a connection that does not authenticate within 10 s is closed", async () => {
+  await using net = await Topology.create(1);
+  await net.startServer();
+  const script = `
+    const conn = await Deno.connect({ hostname: "${net.serverIp(0)}", port: 1194 });
+    const started = Date.now();
+    const n = await conn.read(new Uint8Array(16)).catch(() => null);
+    console.log(JSON.stringify({ closed: n === null, seconds: (Date.now() - started) / 1000 }));
+  `;
+  const path = `${net.dir}/idle.ts`;
+  await Deno.writeTextFile(path, script);
+  const { stdout } = await net.clients[0]!.run(denoScript(path));
+  const result = JSON.parse(stdout);
+  assertEquals(result.closed, true);
+  assert(result.seconds >= 9, `closed after ${result.seconds} s, before the 10 s pre-auth limit`);
+});
+
+rootTest(
+  "vpn: the same certificate connecting again replaces the old session and keeps the address",
+  async () => {
+    await using net = await Topology.create(2);
+    const server = await net.startServer();
+    const profile = await net.addClient("alice");
+    const first = net.connect(0, profile);
+    await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    const second = net.connect(1, profile);
+    await net.waitForAddress(net.clients[1]!, "10.8.0.2");
+    assertEquals(await first.exited(), 1);
+    assertMatch(first.log, /the same certificate connected again/);
+    assert(await net.ping(net.clients[1]!, "10.8.0.1"), second.log);
+    await server.waitForLog(/alice connected from 172\.30\.2\.2:\d+, address 10\.8\.0\.2/);
+  },
+);
+
+rootTest("vpn serve with an empty directory creates a PKI and serves", async () => {
+  await using net = await Topology.create(1);
+  const dir = `${net.dir}/fresh`;
+  const server = net.server.spawn(denoScript(MAIN, "serve", "--dir", dir));
+  const process = new VpnProcess(server);
+  try {
+    await process.waitForLog(/listening on 0\.0\.0\.0:1194/);
+    for (const file of ["ca.crt", "ca.key", "server.crt", "server.key", "server.yaml"]) {
+      await Deno.stat(`${dir}/${file}`);
+    }
+    assertEquals((await Deno.stat(`${dir}/ca.key`)).mode! & 0o777, 0o600);
+    assertEquals((await Deno.stat(`${dir}/server.key`)).mode! & 0o777, 0o600);
+  } finally {
+    assertEquals(await process.stop(), 0);
+  }
+});
