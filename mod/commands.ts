@@ -122,6 +122,19 @@ export async function serve(options: ServeCommand): Promise<number> {
   return 0;
 }
 
+async function readProfile(path: string) {
+  try {
+    return await loadProfile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new UsageError(
+        `${path} does not exist; on the server, "vpn client add NAME" writes one`,
+      );
+    }
+    throw error;
+  }
+}
+
 async function readServerConfig(path: string): Promise<ServerConfig> {
   try {
     return await loadServerConfig(path);
@@ -197,7 +210,7 @@ export interface ConnectCommand {
 
 /** `vpn connect`: runs the client until SIGINT or SIGTERM, or until the server refuses it. */
 export async function connect(options: ConnectCommand): Promise<number> {
-  const profile = await loadProfile(options.profile);
+  const profile = await readProfile(options.profile);
   const { host, port } = parseRemote(options.remote ?? profile.remote);
   setupLogging(options.level ?? "info");
   const client = new Client({ profile, host, port, ...(options.dev ? { dev: options.dev } : {}) });

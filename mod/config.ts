@@ -54,7 +54,7 @@ export interface ListenConfig {
 /** How the server and its clients notice a dead peer (`keepalive` in `server.yaml`). */
 export interface KeepaliveConfig {
   /**
-   * Seconds of silence after which a peer sends a keepalive, from 1 to 3600.
+   * Seconds between the keepalive pings each side sends, from 1 to 3600.
    *
    * @default 10
    */
@@ -301,7 +301,7 @@ const SERVER_COMMENTS = {
   subnet: "IPv4 subnet of the VPN (/8 to /30). The server takes the first host address.",
   mtu: "MTU of the tunnel in bytes (576-65535), set on the TUN device and pushed to clients.",
   keepalive: "How dead peers are noticed, in seconds.",
-  "keepalive.interval": "Send a keepalive after this much silence (1-3600).",
+  "keepalive.interval": "Seconds between keepalive pings from each side (1-3600).",
   "keepalive.timeout": "Drop a peer not heard from for this long (greater than interval).",
   client_to_client:
     "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",
