@@ -93,6 +93,11 @@ export class Client {
     this.#options = options;
   }
 
+  /** True while a session is up: packets read from the TUN go to the server. */
+  get connected(): boolean {
+    return this.#channel !== undefined;
+  }
+
   /** Connects and keeps the tunnel up until {@linkcode stop}; throws ClientError if refused. */
   async run(): Promise<void> {
     let failures = 0;

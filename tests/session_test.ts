@@ -175,7 +175,7 @@ class Lab {
   async connected(name: string, credentials?: Credentials): Promise<RunningClient> {
     const running = await this.connect(name, credentials);
     await waitFor(
-      () => running.client.address !== undefined,
+      () => running.client.connected,
       SHORT_MS,
       `${name} gets an address`,
     );
@@ -301,7 +301,11 @@ Deno.test("Server gives two clients .2 and .3 and a reconnecting client its old 
     await lab.startServer(port);
 
     // Bob's Client reconnects by itself (after its ~1 s backoff) and asks for .3 back.
-    await waitFor(() => lab.server.sessionCount === 1, 10_000, "bob reconnects");
+    await waitFor(
+      () => lab.server.sessionCount === 1 && bob.client.connected,
+      10_000,
+      "bob reconnects",
+    );
     assertEquals(bob.client.address, "10.8.0.3");
     await assertPasses(bob.tun, lab.serverTun, ipv4Packet("10.8.0.3", "10.8.0.1", "back"));
 
