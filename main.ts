@@ -19,6 +19,7 @@ import {
   UsageError,
 } from "./mod/commands.ts";
 import type { LogLevel } from "./mod/log.ts";
+import { type Proto, PROTOS } from "./mod/config.ts";
 import { VERSION } from "./mod/version.ts";
 
 const HELP = `vpn ${VERSION}: an SSL VPN with a TUN device on each side
@@ -36,8 +37,9 @@ Commands:
         revoke a client; a running server drops it within seconds
   client list [--dir DIR]
         list issued clients: name, serial, status, expiry
-  connect [HOST[:PORT]] --profile FILE [--dev NAME]
-        join a server; HOST:PORT overrides the profile's remote
+  connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]
+        join a server; HOST:PORT overrides the profile's remote; --proto how data
+        travels: auto (UDP when it works, else TLS; the default), udp (or fail), tcp
   version
         print the version
 
@@ -159,15 +161,23 @@ async function run(command: string, rest: string[]): Promise<number> {
         ...LOGGING,
         profile: { type: "string" },
         dev: { type: "string" },
+        proto: { type: "string" },
       });
       if (remote.length > 1 || values.profile === undefined) {
-        throw new UsageError("usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME]");
+        throw new UsageError(
+          "usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]",
+        );
+      }
+      const proto = values.proto;
+      if (proto !== undefined && !PROTOS.includes(proto as Proto)) {
+        throw new UsageError(`--proto ${proto}: must be auto, udp or tcp`);
       }
       const logLevel = level(values);
       return await connect({
         profile: values.profile,
         ...(remote[0] ? { remote: remote[0] } : {}),
         ...(values.dev ? { dev: values.dev } : {}),
+        ...(proto ? { proto: proto as Proto } : {}),
         ...(logLevel ? { level: logLevel } : {}),
       });
     }

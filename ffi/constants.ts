@@ -32,6 +32,11 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_RCVTIMEO = 20;
 export const MSG_DONTWAIT = 0x40;
+export const MSG_TRUNC = 0x20;
+export const SO_SNDBUFFORCE = 32;
+export const SO_RCVBUFFORCE = 33;
+export const IPPROTO_IPV6 = 41;
+export const IPV6_V6ONLY = 26;
 export const SHUT_RDWR = 2;
 
 /** <linux/if_tun.h> ioctls and flags. */

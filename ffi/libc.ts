@@ -52,6 +52,20 @@ const symbols = {
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** int shutdown(int sockfd, int how) */
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  /**
+   * ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
+   *                const struct sockaddr *dest_addr, socklen_t addrlen)
+   */
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "i32" },
+  /**
+   * int recvmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags,
+   *              struct timespec *timeout): msgvec as a pointer so a call can start mid-array
+   */
+  recvmmsg: { parameters: ["i32", "pointer", "u32", "i32", "pointer"], result: "i32" },
+  /** int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags) */
+  sendmmsg: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
+  /** int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen) */
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   /** unsigned int if_nametoindex(const char *ifname) */
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
   /** int *__errno_location(void) */

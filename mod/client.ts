@@ -17,16 +17,22 @@
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
 import { Channel } from "./channel.ts";
-import type { ClientProfile } from "./config.ts";
+import type { ClientProfile, Proto } from "./config.ts";
+import { cryptoUnavailable } from "../ffi/crypto.ts";
+import { ClientUdp } from "./client_udp.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
 import { log } from "./log.ts";
 import {
   ALPN,
   decodeBye,
   decodeError,
+  decodeRekey,
+  decodeUdpAccept,
+  decodeUdpRefuse,
   encodeMessage,
   type ErrorReason,
   type Push,
+  type UdpAccept,
 } from "./messages.ts";
 import { FrameError, FrameType, MAX_PAYLOAD } from "./wire.ts";
 
@@ -36,6 +42,10 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const BACKOFF_MIN_S = 1;
 const BACKOFF_MAX_S = 60;
 const BATCH = 64;
+/** How long `auto` and `udp` wait for the first answer over UDP (ms). */
+const UDP_PROBE_MS = 2000;
+/** AEADs offered for the UDP data channel, most preferred first. */
+const CIPHERS = ["aes-256-gcm", "chacha20-poly1305"];
 
 /**
  * Refusals that no retry can fix: the certificate itself is not accepted, or another client
@@ -60,6 +70,8 @@ export interface ClientOptions {
   port: number;
   /** TUN name or pattern; default the profile's. */
   dev?: string;
+  /** How data travels: `auto` (UDP when it works, else TLS), `udp` (or fail), `tcp`. Default the profile's. */
+  proto?: Proto;
   /** A TUN to use as is (tests); by default a Linux TUN is created and configured. */
   tun?: TunDevice;
 }
@@ -85,6 +97,10 @@ export class Client {
   #channel: Channel | undefined;
   /** A channel still in its handshake. */
   #connecting: Channel | undefined;
+  /** The UDP data channel of the current session, once the server accepted it. */
+  #udp: ClientUdp | undefined;
+  /** The server's IP as the TLS connection saw it: where datagrams go. */
+  #serverIp = "";
   #stopped = false;
   #wake: (() => void) | undefined;
   #pump: Promise<void> | undefined;
@@ -108,6 +124,7 @@ export class Client {
           failures = 0;
           await this.#runSession(channel);
         } catch (error) {
+          if (error instanceof ClientError) throw error;
           if (error instanceof RefusedError && FATAL.has(error.reason)) {
             throw new ClientError(`the server refused this client: ${error.message}`);
           }
@@ -152,6 +169,7 @@ export class Client {
       CONNECT_TIMEOUT_MS,
       `TCP/TLS connect to ${host}:${port}`,
     );
+    this.#serverIp = conn.remoteAddr.hostname;
     const channel = new Channel(conn);
     // Not yet #channel: TUN packets must not go out before AUTH. stop() still reaches it.
     this.#connecting = channel;
@@ -229,14 +247,24 @@ export class Client {
     const toTun: Uint8Array[] = [];
     let count = 0;
     let ended: string | undefined;
+    let fatal: ClientError | undefined;
+    const fail = (error: ClientError) => {
+      fatal = error;
+      channel.close();
+    };
+    const udpRandom = this.#offerUdp(channel, fail);
     const keepalive = setInterval(() => {
       if (performance.now() - channel.lastReceived > timeout * 1000) {
         ended = `no data from the server for ${timeout} s`;
         channel.close();
-      } else channel.sendControl(FrameType.PING);
+        return;
+      }
+      channel.sendControl(FrameType.PING);
+      this.#udp?.tick();
     }, interval * 1000);
     try {
       await channel.readFrames((type, buffer, start, end) => {
+        const payload = () => buffer.subarray(start, end);
         switch (type) {
           case FrameType.DATA:
             toTun[count++] = buffer.subarray(start, end);
@@ -247,14 +275,34 @@ export class Client {
           case FrameType.PONG:
             return;
           case FrameType.BYE:
-            ended = `server said goodbye: ${decodeBye(buffer.subarray(start, end)).reason}`;
+            ended = `server said goodbye: ${decodeBye(payload()).reason}`;
             channel.close();
             return;
           case FrameType.ERROR: {
-            const error = decodeError(buffer.subarray(start, end));
+            const error = decodeError(payload());
             channel.close();
             throw new RefusedError(error);
           }
+          case FrameType.UDP_ACCEPT:
+            if (udpRandom !== undefined) {
+              this.#startUdp(decodeUdpAccept(payload()), udpRandom, fail);
+            }
+            return;
+          case FrameType.UDP_REFUSE:
+            this.#udpUnavailable(
+              `the server refused UDP: ${decodeUdpRefuse(payload()).reason}`,
+              fail,
+            );
+            return;
+          case FrameType.REKEY:
+            if (this.#udp) {
+              const ack = this.#udp.rekey(decodeRekey(payload(), "REKEY"));
+              channel.sendControl(FrameType.REKEY_ACK, encodeMessage(ack));
+            }
+            return;
+          case FrameType.REKEY_DONE:
+            this.#udp?.rekeyDone(decodeRekey(payload(), "REKEY_DONE"));
+            return;
           default:
             throw new FrameError(`unexpected frame type ${type} after PUSH`);
         }
@@ -263,14 +311,68 @@ export class Client {
         count = 0;
       });
     } catch (error) {
-      if (ended === undefined) throw error;
+      if (ended === undefined && fatal === undefined) throw error;
     } finally {
       clearInterval(keepalive);
       channel.close();
       if (this.#channel === channel) this.#channel = undefined;
+      await this.#udp?.close();
+      this.#udp = undefined;
     }
+    if (fatal) throw fatal;
     if (!this.#stopped) {
       logger.warn("session ended: {reason}", { reason: ended ?? "connection closed" });
+    }
+  }
+
+  /** Asks for the UDP data channel unless `tcp`; returns the key material sent. */
+  #offerUdp(channel: Channel, fail: (error: ClientError) => void): Uint8Array | undefined {
+    const proto = this.#options.proto ?? this.#options.profile.proto;
+    if (proto === "tcp") return undefined;
+    const missing = cryptoUnavailable();
+    if (missing !== undefined) {
+      this.#udpUnavailable(`no UDP data channel without libcrypto (${missing})`, fail);
+      return undefined;
+    }
+    const random = crypto.getRandomValues(new Uint8Array(32));
+    channel.sendControl(
+      FrameType.UDP_OFFER,
+      encodeMessage({ ciphers: CIPHERS, random: random.toBase64() }),
+    );
+    return random;
+  }
+
+  #startUdp(accept: UdpAccept, random: Uint8Array, fail: (error: ClientError) => void): void {
+    const { timeout } = this.#push!.keepalive;
+    const udp = ClientUdp.open(
+      accept,
+      random,
+      this.#serverIp,
+      this.#options.port,
+      this.#tun!,
+      timeout * 1000,
+    );
+    this.#udp = udp;
+    udp.probe(UDP_PROBE_MS).then((works) => {
+      if (!works && this.#udp === udp) {
+        this.#udpUnavailable(
+          `UDP to ${udp.server} got no answer within ${UDP_PROBE_MS / 1000} s`,
+          fail,
+        );
+      }
+    });
+  }
+
+  /** UDP cannot be had: `udp` fails, `auto` stays on TLS and says why. */
+  #udpUnavailable(why: string, fail: (error: ClientError) => void): void {
+    if ((this.#options.proto ?? this.#options.profile.proto) === "udp") {
+      fail(
+        new ClientError(
+          `${why}; with --proto udp the client stops (use --proto auto to fall back to TLS)`,
+        ),
+      );
+    } else {
+      logger.warn("{why}; data stays on TLS (later pings try UDP again)", { why });
     }
   }
 
@@ -281,8 +383,14 @@ export class Client {
       for (let n; (n = await tun.read(bufs, sizes)) > 0;) {
         const channel = this.#channel;
         if (channel === undefined) continue; // between sessions: dropped, like an unplugged cable
-        for (let i = 0; i < n; i++) channel.queueData(bufs[i]!, sizes[i]!);
-        channel.flush();
+        const udp = this.#udp;
+        if (udp?.active) {
+          for (let i = 0; i < n; i++) udp.queue(bufs[i]!, sizes[i]!);
+          udp.flush();
+        } else {
+          for (let i = 0; i < n; i++) channel.queueData(bufs[i]!, sizes[i]!);
+          channel.flush();
+        }
       }
     } catch (error) {
       if (!this.#stopped) logger.error("TUN read failed: {error}", { error: String(error) });

@@ -15,6 +15,7 @@ import {
   parseRemote,
   parseServerConfig,
   profileYaml,
+  type Proto,
   type ServerConfig,
   serverConfigYaml,
 } from "./config.ts";
@@ -205,6 +206,7 @@ export interface ConnectCommand {
   profile: string;
   remote?: string;
   dev?: string;
+  proto?: Proto;
   level?: LogLevel;
 }
 
@@ -213,7 +215,13 @@ export async function connect(options: ConnectCommand): Promise<number> {
   const profile = await readProfile(options.profile);
   const { host, port } = parseRemote(options.remote ?? profile.remote);
   setupLogging(options.level ?? "info");
-  const client = new Client({ profile, host, port, ...(options.dev ? { dev: options.dev } : {}) });
+  const client = new Client({
+    profile,
+    host,
+    port,
+    proto: options.proto ?? profile.proto,
+    ...(options.dev ? { dev: options.dev } : {}),
+  });
   const stop = () => client.stop();
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);

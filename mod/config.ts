@@ -115,6 +115,13 @@ export interface ServerConfig {
   /** How dead peers are noticed. */
   keepalive: KeepaliveConfig;
   /**
+   * Seconds a UDP data channel key is used before the server agrees a new one with the client
+   * over TLS, from 1 to 86400. A key is also replaced after 2^32 packets, whichever comes first.
+   *
+   * @default 3600
+   */
+  rekey_interval: number;
+  /**
    * Whether the server forwards packets between clients itself. When false (as in OpenVPN),
    * such packets go into the server's TUN, where the host's routing and firewall decide:
    * with IP forwarding off, clients cannot reach each other.
@@ -203,6 +210,7 @@ export function defaultServerConfig(): ServerConfig {
     subnet: "10.8.0.0/24",
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
+    rekey_interval: 3600,
     client_to_client: false,
     push: { routes: [] },
     dev: "vpn%d",
@@ -267,6 +275,13 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
       "must be a whole number of bytes from 576 to 65535",
     ),
     keepalive: { interval, timeout },
+    rekey_interval: r.value(
+      top.rekey_interval,
+      "rekey_interval",
+      d.rekey_interval,
+      wholeNumber(1, 86400),
+      "must be a whole number of seconds from 1 to 86400",
+    ),
     client_to_client: r.value(
       top.client_to_client,
       "client_to_client",
@@ -303,6 +318,7 @@ const SERVER_COMMENTS = {
   keepalive: "How dead peers are noticed, in seconds.",
   "keepalive.interval": "Seconds between keepalive pings from each side (1-3600).",
   "keepalive.timeout": "Drop a peer not heard from for this long (greater than interval).",
+  rekey_interval: "Seconds before a UDP data channel key is replaced (1-86400).",
   client_to_client:
     "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",
   push: "What clients are told to set up.",

@@ -78,11 +78,42 @@ export interface Bye {
   reason: string;
 }
 
+/** UDP_OFFER: the client asks for the UDP data channel. */
+export interface UdpOffer {
+  /** AEADs the client can use, most preferred first. */
+  ciphers: string[];
+  /** 32 random bytes, base64: the client's half of the key material. */
+  random: string;
+}
+
+/** UDP_ACCEPT: the server's answer to a UDP_OFFER. */
+export interface UdpAccept {
+  /** The AEAD chosen, from the client's list. */
+  cipher: string;
+  /** The session id every datagram of this session carries. */
+  session: number;
+  /** 32 random bytes, base64: the server's half of the key material. */
+  random: string;
+}
+
+/** UDP_REFUSE: no UDP data channel. */
+export interface UdpRefuse {
+  reason: string;
+}
+
+/** REKEY, REKEY_ACK and REKEY_DONE: the next epoch's key material (none in REKEY_DONE). */
+export interface Rekey {
+  epoch: number;
+  random?: string;
+}
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
 /** Encodes a control message as a frame payload. */
-export function encodeMessage(message: Hello | Auth | Push | ErrorMessage | Bye): Uint8Array {
+export function encodeMessage(
+  message: Hello | Auth | Push | ErrorMessage | Bye | UdpOffer | UdpAccept | UdpRefuse | Rekey,
+): Uint8Array {
   return encoder.encode(JSON.stringify(message));
 }
 
@@ -176,4 +207,37 @@ export function decodeError(payload: Uint8Array): ErrorMessage {
 /** Decodes a BYE payload. */
 export function decodeBye(payload: Uint8Array): Bye {
   return { reason: string(parse(payload, "BYE"), "reason", "BYE", 1024) };
+}
+
+/** Decodes a UDP_OFFER payload. */
+export function decodeUdpOffer(payload: Uint8Array): UdpOffer {
+  const f = parse(payload, "UDP_OFFER");
+  const ciphers = f.ciphers;
+  if (!Array.isArray(ciphers) || ciphers.length > 8 || ciphers.some((c) => typeof c !== "string")) {
+    throw new FrameError(`UDP_OFFER: "ciphers" must be a list of at most 8 names`);
+  }
+  return { ciphers: ciphers as string[], random: string(f, "random", "UDP_OFFER", 64) };
+}
+
+/** Decodes a UDP_ACCEPT payload. */
+export function decodeUdpAccept(payload: Uint8Array): UdpAccept {
+  const f = parse(payload, "UDP_ACCEPT");
+  return {
+    cipher: string(f, "cipher", "UDP_ACCEPT", 64),
+    session: integer(f, "session", "UDP_ACCEPT", 0, 0xffffffff),
+    random: string(f, "random", "UDP_ACCEPT", 64),
+  };
+}
+
+/** Decodes a UDP_REFUSE payload. */
+export function decodeUdpRefuse(payload: Uint8Array): UdpRefuse {
+  return { reason: string(parse(payload, "UDP_REFUSE"), "reason", "UDP_REFUSE", 1024) };
+}
+
+/** Decodes a REKEY, REKEY_ACK or REKEY_DONE payload. */
+export function decodeRekey(payload: Uint8Array, what: string): Rekey {
+  const f = parse(payload, what);
+  const rekey: Rekey = { epoch: integer(f, "epoch", what, 1, Number.MAX_SAFE_INTEGER) };
+  if (f.random !== undefined) rekey.random = string(f, "random", what, 64);
+  return rekey;
 }

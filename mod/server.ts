@@ -1,19 +1,22 @@
 /**
- * The VPN server: one TUN, one TLS listener, one session per authenticated client, and the
- * server as the gateway of a star.
+ * The VPN server: one TUN, one TLS listener and one UDP socket on the same port, one session
+ * per authenticated client, and the server as the gateway of a star.
  *
  * Outbound, server TUN → client (`#tunToClients`):
  *   1. one awaited batch read from the server TUN;
  *   2. route each IPv4 packet by destination to the session that owns that address;
- *   3. copy it into that session's send buffer (dropped and counted when full);
- *   4. after the batch, every session that got packets sends them in one TLS write.
+ *   3. seal it into the UDP batch when that client's UDP path is alive (mod/server_udp.ts),
+ *      else copy it into the session's TLS send buffer (dropped and counted when full);
+ *   4. after the batch (`flush`): one `sendmmsg` for the UDP datagrams, one TLS write per
+ *      session that got packets.
  *
- * Inbound, client → server (`Session.#onFrame`):
- *   1. one TLS read; every complete frame in it is parsed in place;
+ * Inbound, client → server (`fromClient`, fed by mod/session.ts for TLS frames and by
+ * mod/server_udp.ts for datagrams):
+ *   1. one TLS read or one batch of datagrams, every packet in it parsed in place;
  *   2. a packet whose source is not the session's address is dropped and counted;
- *   3. with `client_to_client`, a packet for another client goes straight to its session;
- *      everything else is collected for the TUN, where the host routes it (like OpenVPN);
- *   4. after the read, the collected packets go into the TUN in one batch.
+ *   3. with `client_to_client`, a packet for another client goes straight out to it (step 3
+ *      above); everything else is collected for the TUN, where the host routes it (like OpenVPN);
+ *   4. after the read (`flush`), the collected packets go into the TUN in one batch.
  *
  * @module
  */
@@ -25,9 +28,11 @@ import { AddressPool } from "./address_pool.ts";
 import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
 import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts";
-import { ipv4Destination, ipv4Source, packetVersion, parseIPv4 } from "./ip.ts";
+import { ipv4Destination, ipv4Source, packetVersion } from "./ip.ts";
 import { log } from "./log.ts";
-import { ALPN, decodeBye, encodeMessage, type ErrorReason } from "./messages.ts";
+import { ALPN } from "./messages.ts";
+import { ServerUdp } from "./server_udp.ts";
+import { Session } from "./session.ts";
 import {
   AuthError,
   certificateNames,
@@ -35,7 +40,7 @@ import {
   readRevokedSerials,
   REGISTRY_FILE,
 } from "./pki.ts";
-import { FrameError, FrameType, MAX_PAYLOAD } from "./wire.ts";
+import { FrameError, MAX_PAYLOAD } from "./wire.ts";
 
 const logger = log("server");
 
@@ -74,6 +79,10 @@ export class Server {
   readonly pool: AddressPool;
   /** Where the listener is bound. */
   readonly port: number;
+  /** The UDP data channel, unless `listen.udp` is off or libcrypto is missing. */
+  readonly udp: ServerUdp | undefined;
+  /** Why there is no UDP data channel, told to clients that offer one. */
+  readonly udpOff: string;
 
   readonly #config: ServerConfig;
   readonly #dir: string;
@@ -88,8 +97,13 @@ export class Server {
   #registryMtime = 0;
   #revocationTimer: ReturnType<typeof setInterval> | undefined;
   #revocationCheck: Promise<void> | undefined;
+  #reportedRejects = 0;
   #stopped = false;
   readonly #done: Promise<void>;
+  /** The inbound batch: packets for the TUN, and sessions with TLS frames to flush. */
+  readonly #toTun: Uint8Array[] = [];
+  #toTunCount = 0;
+  readonly #touched: Session[] = [];
 
   private constructor(
     options: ServerOptions,
@@ -105,7 +119,19 @@ export class Server {
     this.#listener = listener;
     this.#trust = trust;
     this.port = listener.addr.port;
-    this.#revocationTimer = setInterval(() => this.#checkRevocations(), REVOCATION_POLL_MS);
+    const { listen, keepalive, rekey_interval } = options.config;
+    const udp = listen.udp
+      ? ServerUdp.open(listen.host, this.port, this, keepalive.timeout, rekey_interval)
+      : "UDP is off on this server (listen.udp: false)";
+    this.udp = typeof udp === "string" ? undefined : udp;
+    this.udpOff = typeof udp === "string" ? udp : "";
+    if (listen.udp && this.udp === undefined) {
+      logger.warn("{why}; clients use TLS only", { why: udp });
+    }
+    this.#revocationTimer = setInterval(() => {
+      this.#checkRevocations();
+      this.#reportRejects();
+    }, REVOCATION_POLL_MS);
     this.#done = Promise.all([this.#acceptLoop(), this.#tunToClients()]).then(() => {});
   }
 
@@ -133,10 +159,18 @@ export class Server {
       tun.close();
       throw error;
     }
-    const server = new Server(options, pool, tun, listener, trust);
-    logger.info("listening on {host}:{port} (TLS), subnet {subnet}, TUN {tun}", {
+    let server: Server;
+    try {
+      server = new Server(options, pool, tun, listener, trust);
+    } catch (error) {
+      listener.close();
+      tun.close();
+      throw error;
+    }
+    logger.info("listening on {host}:{port} ({transports}), subnet {subnet}, TUN {tun}", {
       host: config.listen.host,
       port: server.port,
+      transports: server.udp ? "TLS and UDP" : "TLS",
       subnet: config.subnet,
       tun: tun.name,
     });
@@ -162,6 +196,7 @@ export class Server {
     for (const drop of this.#preAuth) drop();
     await this.#revocationCheck;
     await Promise.all([...this.#bySerial.values()].map((s) => s.end("bye", reason)));
+    await this.udp?.close();
     this.#tun.close();
     await this.#done;
     logger.info("stopped: {reason}", { reason });
@@ -261,6 +296,7 @@ export class Server {
 
   /** Called by a session when it ends: frees its address unless a newer session has it. */
   forget(session: Session): void {
+    this.udp?.forget(session);
     if (this.#bySerial.get(session.serial) === session) this.#bySerial.delete(session.serial);
     if (this.#byAddress.get(session.addressNumber) === session) {
       this.#byAddress.delete(session.addressNumber);
@@ -273,20 +309,54 @@ export class Server {
     return this.#config;
   }
 
-  /** The TUN, for sessions to write into. */
-  get tun(): TunDevice {
-    return this.#tun;
+  /**
+   * Inbound: a packet from `session`'s client (a TLS frame or a datagram), in
+   * `buffer[start, end)`. Call {@linkcode flush} at the end of the batch.
+   */
+  fromClient(session: Session, buffer: Uint8Array, start: number, end: number): void {
+    if (
+      end - start < 20 || packetVersion(buffer, start) !== 4 ||
+      ipv4Source(buffer, start) !== session.addressNumber
+    ) {
+      this.stats.spoofed++;
+      return;
+    }
+    if (this.#config.client_to_client) {
+      const peer = this.#byAddress.get(ipv4Destination(buffer, start));
+      if (peer !== undefined && peer !== session) {
+        this.#toClient(peer, buffer.subarray(start, end), end - start);
+        return;
+      }
+    }
+    this.#toTun[this.#toTunCount++] = buffer.subarray(start, end);
   }
 
-  /** The session that owns a tunnel address, if any. */
-  sessionFor(address: number): Session | undefined {
-    return this.#byAddress.get(address);
+  /** Outbound: a packet for `session`'s client, over UDP when that path is alive, else TLS. */
+  #toClient(session: Session, packet: Uint8Array, length: number): void {
+    if (this.udp?.queue(session, packet, length)) return;
+    if (session.channel.queueData(packet, length) && !session.touched) {
+      session.touched = true;
+      this.#touched.push(session);
+    }
+  }
+
+  /** Ends a batch: the TUN gets its packets, UDP its datagrams, each touched session a write. */
+  flush(): void {
+    if (this.#toTunCount > 0) {
+      this.#tun.write(this.#toTun, this.#toTunCount);
+      this.#toTunCount = 0;
+    }
+    this.udp?.flush();
+    for (const session of this.#touched) {
+      session.touched = false;
+      session.channel.flush();
+    }
+    this.#touched.length = 0;
   }
 
   async #tunToClients(): Promise<void> {
     const bufs = Array.from({ length: BATCH }, () => new Uint8Array(MAX_PAYLOAD));
     const sizes = new Array<number>(BATCH).fill(0);
-    const touched: Session[] = [];
     try {
       for (let n; (n = await this.#tun.read(bufs, sizes)) > 0;) {
         for (let i = 0; i < n; i++) {
@@ -295,24 +365,28 @@ export class Server {
           const session = size >= 20 && packetVersion(packet) === 4
             ? this.#byAddress.get(ipv4Destination(packet))
             : undefined;
-          if (session === undefined) {
-            this.stats.unroutable++;
-            continue;
-          }
-          if (session.channel.queueData(packet, size) && !session.touched) {
-            session.touched = true;
-            touched.push(session);
-          }
+          if (session === undefined) this.stats.unroutable++;
+          else this.#toClient(session, packet, size);
         }
-        for (const session of touched) {
-          session.touched = false;
-          session.channel.flush();
-        }
-        touched.length = 0;
+        this.flush();
       }
     } catch (error) {
       if (!this.#stopped) logger.error("TUN read failed: {error}", { error: String(error) });
     }
+  }
+
+  /** Says, at most once a second, how many datagrams were dropped since the last time. */
+  #reportRejects(): void {
+    const rejected = this.udp?.stats.rejected ?? 0;
+    if (rejected === this.#reportedRejects) return;
+    logger.info(
+      "UDP: dropped {count} datagrams (unknown session, malformed, replayed or forged), {total} in all",
+      {
+        count: rejected - this.#reportedRejects,
+        total: rejected,
+      },
+    );
+    this.#reportedRejects = rejected;
   }
 
   /** Re-reads the revocation list if the registry changed; one check at a time. */
@@ -340,145 +414,6 @@ export class Server {
         session.end("revoked", "certificate revoked");
       }
     }
-  }
-}
-
-/** One authenticated client. */
-class Session {
-  readonly channel: Channel;
-  readonly name: string;
-  readonly serial: string;
-  readonly address: string;
-  readonly addressNumber: number;
-  /** Set while the session is in the current TUN batch's list of sessions to flush. */
-  touched = false;
-
-  readonly #server: Server;
-  readonly #peer: string;
-  readonly #toTun: Uint8Array[] = [];
-  #toTunCount = 0;
-  readonly #forwarded: Session[] = [];
-  #keepalive: ReturnType<typeof setInterval> | undefined;
-  #ended = false;
-
-  constructor(
-    server: Server,
-    channel: Channel,
-    name: string,
-    serial: string,
-    address: string,
-    peer: string,
-  ) {
-    this.#server = server;
-    this.channel = channel;
-    this.name = name;
-    this.serial = serial;
-    this.address = address;
-    this.addressNumber = parseIPv4(address);
-    this.#peer = peer;
-  }
-
-  /** Starts the read loop and the keepalive. */
-  start(): void {
-    const { interval, timeout } = this.#server.config.keepalive;
-    this.#keepalive = setInterval(() => {
-      if (performance.now() - this.channel.lastReceived > timeout * 1000) {
-        this.end("timeout", `no data for ${timeout} s`);
-      } else {
-        this.channel.sendControl(FrameType.PING);
-      }
-    }, interval * 1000);
-    this.channel.readFrames(
-      (type, buffer, start, end) => this.#onFrame(type, buffer, start, end),
-      () => this.#onBatch(),
-    ).then(
-      () => this.end("closed", "connection closed by the client"),
-      (error) => {
-        if (error instanceof FrameError) this.end("protocol", error.message);
-        else this.end("closed", `connection lost: ${error.message ?? error}`);
-      },
-    );
-  }
-
-  #onFrame(type: FrameType, buffer: Uint8Array, start: number, end: number): void {
-    if (type === FrameType.DATA) {
-      this.#onPacket(buffer, start, end);
-      return;
-    }
-    switch (type) {
-      case FrameType.PING:
-        this.channel.sendControl(FrameType.PONG, buffer.slice(start, end));
-        return;
-      case FrameType.PONG:
-        return;
-      case FrameType.BYE:
-        this.end("closed", `client said goodbye: ${decodeBye(buffer.subarray(start, end)).reason}`);
-        return;
-      default:
-        throw new FrameError(`unexpected frame type ${type} after auth`);
-    }
-  }
-
-  #onPacket(buffer: Uint8Array, start: number, end: number): void {
-    const server = this.#server;
-    if (
-      end - start < 20 || packetVersion(buffer, start) !== 4 ||
-      ipv4Source(buffer, start) !== this.addressNumber
-    ) {
-      server.stats.spoofed++;
-      return;
-    }
-    if (server.config.client_to_client) {
-      const peer = server.sessionFor(ipv4Destination(buffer, start));
-      if (peer !== undefined && peer !== this) {
-        if (peer.channel.queueData(buffer.subarray(start, end), end - start) && !peer.touched) {
-          peer.touched = true;
-          this.#forwarded.push(peer);
-        }
-        return;
-      }
-    }
-    this.#toTun[this.#toTunCount++] = buffer.subarray(start, end);
-  }
-
-  #onBatch(): void {
-    if (this.#toTunCount > 0) {
-      this.#server.tun.write(this.#toTun, this.#toTunCount);
-      this.#toTunCount = 0;
-    }
-    for (const peer of this.#forwarded) {
-      peer.touched = false;
-      peer.channel.flush();
-    }
-    this.#forwarded.length = 0;
-  }
-
-  /**
-   * Ends the session and frees its address. The client is told why: an ERROR for a problem,
-   * a BYE for a shutdown, nothing when the connection is already gone (`closed`).
-   */
-  async end(reason: ErrorReason | "bye" | "closed", message: string): Promise<void> {
-    if (this.#ended) return;
-    this.#ended = true;
-    clearInterval(this.#keepalive);
-    this.#server.forget(this);
-    const { bytesIn, bytesOut, dropped } = this.channel.stats;
-    logger.info(
-      "{name} ({address}, {peer}) disconnected: {message}; {bytesIn} bytes in, {bytesOut} out, {dropped} dropped",
-      {
-        name: this.name,
-        address: this.address,
-        peer: this.#peer,
-        message,
-        bytesIn,
-        bytesOut,
-        dropped,
-      },
-    );
-    if (reason === "closed") this.channel.close();
-    else if (reason === "bye") {
-      await this.channel.closeWith(FrameType.BYE, encodeMessage({ reason: message }));
-    } else await refuse(this.channel, reason, message);
   }
 }
 

@@ -27,6 +27,18 @@ export const FrameType = {
   PONG: 0x06,
   /** Either way: orderly goodbye; the sender closes after it. */
   BYE: 0x07,
+  /** Client to server: asks for the UDP data channel, with its key material. */
+  UDP_OFFER: 0x08,
+  /** Server to client: the UDP data channel's session id, cipher and key material. */
+  UDP_ACCEPT: 0x09,
+  /** Server to client: no UDP data channel, and why. */
+  UDP_REFUSE: 0x0a,
+  /** Server to client: new key material for the next epoch. */
+  REKEY: 0x0b,
+  /** Client to server: its key material for that epoch; it can now receive with it. */
+  REKEY_ACK: 0x0c,
+  /** Server to client: the server sends with the new epoch; the client may too. */
+  REKEY_DONE: 0x0d,
 } as const;
 
 /** One of {@linkcode FrameType}. */
@@ -66,7 +78,7 @@ export function encodeFrame(type: FrameType, payload: Uint8Array = new Uint8Arra
 }
 
 function isFrameType(type: number): type is FrameType {
-  return type <= FrameType.BYE;
+  return type <= FrameType.REKEY_DONE;
 }
 
 /**

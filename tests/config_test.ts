@@ -26,6 +26,7 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
     subnet: "10.8.0.0/24",
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
+    rekey_interval: 3600,
     client_to_client: false,
     push: { routes: [] },
     dev: "vpn%d",
@@ -47,6 +48,7 @@ listen: { host: "::", port: 443, udp: false }
 subnet: 10.99.0.0/16
 mtu: 65535
 keepalive: { interval: 5, timeout: 6 }
+rekey_interval: 60
 client_to_client: true
 push:
   routes: [192.168.50.0/24, "FD00:50::/64"]
@@ -58,6 +60,7 @@ log: { level: debug }
     subnet: "10.99.0.0/16",
     mtu: 65535,
     keepalive: { interval: 5, timeout: 6 },
+    rekey_interval: 60,
     client_to_client: true,
     push: { routes: ["192.168.50.0/24", "fd00:50::/64"] },
     dev: "tun7",
@@ -218,6 +221,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     subnet: "10.99.0.0/16",
     mtu: 9000,
     keepalive: { interval: 3, timeout: 20 },
+    rekey_interval: 600,
     client_to_client: true,
     push: { routes: ["192.168.50.0/24", "fd00:50::/64"] },
     dev: "tun%d",
@@ -231,7 +235,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
   const keyLines = lines.filter((line) => /^\s*[a-z_]+:/.test(line));
-  assertEquals(keyLines.length, 15);
+  assertEquals(keyLines.length, 16);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);
@@ -392,4 +396,12 @@ Deno.test("parseRemote() refuses bad forms with the reason", () => {
   assertThrows(() => parseRemote("10.0.0.256"), TypeError, /not a host name or IPv4 address/);
   assertThrows(() => parseRemote("bad host"), TypeError);
   assertThrows(() => parseRemote("-bad.example"), TypeError);
+});
+
+Deno.test("parseServerConfig() checks rekey_interval", () => {
+  assertEquals(parseServerConfig("rekey_interval: 2\n", "server.yaml").rekey_interval, 2);
+  assertMatch(
+    serverError("rekey_interval: 0\n").message,
+    /rekey_interval: 0 is not allowed: must be a whole number of seconds from 1 to 86400/,
+  );
 });

@@ -1,0 +1,615 @@
+/**
+ * A UDP socket through libc, received and sent in batches: the data channel's hot path.
+ *
+ * Receive path: the socket is non-blocking. `recv()` first takes what the kernel already holds
+ * with one synchronous `recvmmsg(2)` (a whole batch per system call); only when the queue is
+ * empty does it await one `poll(2)` on a worker thread (30-50 us), which also watches an eventfd
+ * so that `close()` wakes it at once. No FFI call is ever left pending on a closed socket
+ * (DESIGN.md: `Deno.listenDatagram` receives at half the rate of this poll and drain).
+ *
+ * Send path: synchronous `sendmmsg(2)` for a batch, `sendto(2)` for one datagram, both with
+ * `MSG_DONTWAIT`: a full socket buffer drops the datagram, as a busy NIC would.
+ *
+ * No promise and no allocation per datagram: the caller owns slot buffers and address slots
+ * and reuses them. The `struct mmsghdr` and `struct iovec` arrays that point at them are built
+ * once per buffer set (cached by the identity of the `bufs` array) and only re-pointed when a
+ * slot holds another buffer or address than last time.
+ *
+ * @module
+ */
+
+import { check, errno, ErrnoError, libc } from "./libc.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  EAGAIN,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  EINTR,
+  IPPROTO_IPV6,
+  IPV6_V6ONLY,
+  MSG_DONTWAIT,
+  MSG_TRUNC,
+  POLLIN,
+  SO_RCVBUF,
+  SO_RCVBUFFORCE,
+  SO_SNDBUF,
+  SO_SNDBUFFORCE,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  SOL_SOCKET,
+} from "./constants.ts";
+import { formatIpAddress, type IpAddress, parseIpAddress } from "./netlink_message.ts";
+
+/**
+ * A socket address as stored bytes: a `Uint8Array` of {@linkcode SOCKADDR_LEN} bytes holding a
+ * `struct sockaddr_in` (family 2) or `struct sockaddr_in6` (family 10).
+ */
+export type SockAddr = Uint8Array;
+
+/** Size of a {@linkcode SockAddr}: `sizeof(struct sockaddr_in6)`. */
+export const SOCKADDR_LEN = 28;
+
+/** The largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header). */
+export const MAX_UDP_PAYLOAD = 65507;
+
+/** Socket buffer size asked for in each direction; the kernel may grant less. */
+export const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+const SOCKADDR_IN_LEN = 16;
+// struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; } and struct iovec, x86_64 and
+// aarch64: msghdr is { msg_name @0, msg_namelen @8, msg_iov @16, msg_iovlen @24,
+// msg_control @32, msg_controllen @40, msg_flags @48 }, msg_len @56, padded to 64.
+const MMSGHDR_LEN = 64;
+const MSG_NAMELEN = 8;
+const MSG_IOV = 16;
+const MSG_IOVLEN = 24;
+const MSG_FLAGS = 48;
+const MSG_LEN = 56;
+const IOVEC_LEN = 16;
+// A safety net only: close() wakes the poll through the eventfd.
+const POLL_TIMEOUT_MS = 1000;
+
+/** A zeroed {@linkcode SockAddr} (family 0: no address yet). */
+export function newSockAddr(): SockAddr {
+  // Its own ArrayBuffer keeps the bytes off the V8 heap, where no GC moves them (see MsgVec).
+  return new Uint8Array(new ArrayBuffer(SOCKADDR_LEN));
+}
+
+/** The `sa_family` of `addr` (host byte order, little-endian on every target of this code). */
+function familyOf(addr: SockAddr): number {
+  return addr[0]! | (addr[1]! << 8);
+}
+
+/** The `socklen_t` to pass with `addr`. */
+function lengthOf(addr: SockAddr): number {
+  return familyOf(addr) === AF_INET6 ? SOCKADDR_LEN : SOCKADDR_IN_LEN;
+}
+
+function checkSlot(addr: SockAddr): void {
+  if (addr.length < SOCKADDR_LEN) {
+    throw new RangeError(
+      `A socket address slot holds ${SOCKADDR_LEN} bytes, got ${addr.length}; use newSockAddr()`,
+    );
+  }
+}
+
+/** Parses an IP literal, IPv6 optionally in brackets as in a URL ("[::1]"). */
+function parseHost(host: string): IpAddress {
+  const bracketed = host.startsWith("[") && host.endsWith("]");
+  const address = parseIpAddress(bracketed ? host.slice(1, -1) : host);
+  if (bracketed && address.family === 4) {
+    throw new TypeError(`Cannot parse IP address "${host}": brackets are for IPv6 addresses`);
+  }
+  return address;
+}
+
+function isV4Mapped(bytes: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (bytes[i] !== 0) return false;
+  return bytes[10] === 0xff && bytes[11] === 0xff;
+}
+
+/**
+ * Encodes `host:port` as a {@linkcode SockAddr}, into `out` when given.
+ *
+ * `family` is that of the socket that will use the address: an IPv4 host for an IPv6
+ * (dual-stack) socket becomes v4-mapped ("::ffff:1.2.3.4"), the form in which such a socket
+ * reports IPv4 peers, so that `sendTo` works and {@linkcode sameSockAddr} matches what `recv`
+ * returned; a v4-mapped host for an IPv4 socket becomes plain IPv4. Without `family` the
+ * host's own family is used.
+ *
+ * @example
+ * ```ts
+ * import { encodeSockAddr, formatSockAddr } from "./udp.ts";
+ * console.log(formatSockAddr(encodeSockAddr("10.8.0.1", 1194, undefined, 6))); // [::ffff:10.8.0.1]:1194
+ * ```
+ * @throws {TypeError} when `host` is not an IP literal, or is IPv6 for an IPv4 socket
+ * @throws {RangeError} when `port` is not an integer from 0 to 65535
+ */
+export function encodeSockAddr(
+  host: string,
+  port: number,
+  out: SockAddr = newSockAddr(),
+  family?: 4 | 6,
+): SockAddr {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`Cannot use port ${port} of "${host}": a port is an integer 0 to 65535`);
+  }
+  checkSlot(out);
+  const address = parseHost(host);
+  let bytes = address.bytes;
+  let v6 = (family ?? address.family) === 6;
+  if (v6 && bytes.length === 4) {
+    bytes = new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...bytes]);
+  } else if (!v6 && bytes.length === 16) {
+    if (!isV4Mapped(bytes)) {
+      throw new TypeError(
+        `Cannot reach "${host}" from an IPv4 socket; bind "::" to reach IPv6 peers`,
+      );
+    }
+    bytes = bytes.subarray(12);
+  }
+  v6 = bytes.length === 16;
+  out.fill(0);
+  const view = new DataView(out.buffer, out.byteOffset, SOCKADDR_LEN);
+  view.setUint16(0, v6 ? AF_INET6 : AF_INET, true);
+  view.setUint16(2, port);
+  out.set(bytes, v6 ? 8 : 4);
+  return out;
+}
+
+/**
+ * Formats a {@linkcode SockAddr} for messages: "1.2.3.4:5", "[::1]:5", "[fe80::1%2]:5" (with
+ * the scope id when one is set), "(address family 0)" for an unset one.
+ */
+export function formatSockAddr(addr: SockAddr): string {
+  const family = familyOf(addr);
+  const port = (addr[2]! << 8) | addr[3]!;
+  if (family === AF_INET) return `${addr.subarray(4, 8).join(".")}:${port}`;
+  if (family !== AF_INET6) return `(address family ${family})`;
+  const scope = new DataView(addr.buffer, addr.byteOffset, SOCKADDR_LEN).getUint32(24, true);
+  return `[${formatIpAddress(addr.subarray(8, 24))}${scope ? `%${scope}` : ""}]:${port}`;
+}
+
+/**
+ * True when `a` and `b` hold the same family, port and address. IPv6 flow info and scope id are
+ * not compared (a peer is its address and port). Allocates nothing: it runs per datagram.
+ */
+export function sameSockAddr(a: SockAddr, b: SockAddr): boolean {
+  // Family and port are bytes 0-3 of both layouts.
+  if (a[0] !== b[0] || a[1] !== b[1] || a[2] !== b[2] || a[3] !== b[3]) return false;
+  const v6 = familyOf(a) === AF_INET6;
+  const end = v6 ? 24 : 8;
+  for (let i = v6 ? 8 : 4; i < end; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Copies the address in `from` into the slot `to`. */
+export function copySockAddr(from: SockAddr, to: SockAddr): void {
+  to.set(from.subarray(0, SOCKADDR_LEN));
+}
+
+/** Counters of one socket; they only grow. */
+export interface UdpStats {
+  /** Datagrams returned by `recv()`. */
+  received: number;
+  /** Datagrams the kernel accepted from `sendTo()` and `sendBatch()`. */
+  sent: number;
+  /** Datagrams dropped on send: socket buffer full, no route, refused, or socket closed. */
+  sendErrors: number;
+  /** Datagrams dropped on receive because they were larger than their slot buffer. */
+  truncated: number;
+}
+
+/** A UDP socket could not be bound; `message` says why and what to do. */
+export class UdpError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "UdpError";
+  }
+}
+
+/** A pointer's address as a bigint; 0 for a zero-length buffer. */
+function addressOf(bytes: Uint8Array): bigint {
+  // Reading `.buffer` moves a small typed array that V8 keeps inside its heap (where a GC may
+  // move it) to memory of its own for good (JSTypedArray::GetBuffer); an ArrayBuffer's memory
+  // never moves after that, so the address stays valid as long as the array lives.
+  void bytes.buffer;
+  return Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes));
+}
+
+/**
+ * `struct mmsghdr[size]` followed by `struct iovec[size]` for one caller's buffer set, slot i
+ * pointing at `bufs[i]` (one iovec) and `addrs[i]` (msg_name). It keeps references to the
+ * buffers and addresses it points at, so that they live at least as long as the pointers.
+ */
+class MsgVec {
+  readonly size: number;
+  readonly view: DataView;
+  /** `&msgvec[i]`, made once so that a call starting mid-array allocates nothing. */
+  readonly pointers: Deno.PointerObject[] = [];
+  readonly #bufs: (Uint8Array | undefined)[];
+  readonly #addrs: (SockAddr | undefined)[];
+
+  constructor(size: number) {
+    this.size = size;
+    const bytes = new Uint8Array(new ArrayBuffer(size * (MMSGHDR_LEN + IOVEC_LEN)));
+    // The view keeps the memory alive as long as the pointers into it.
+    this.view = new DataView(bytes.buffer);
+    const base = addressOf(bytes);
+    this.#bufs = new Array<undefined>(size);
+    this.#addrs = new Array<undefined>(size);
+    for (let i = 0; i < size; i++) {
+      const at = i * MMSGHDR_LEN;
+      this.view.setBigUint64(at + MSG_IOV, base + BigInt(this.#iovAt(i)), true);
+      this.view.setBigUint64(at + MSG_IOVLEN, 1n, true);
+      this.pointers.push(Deno.UnsafePointer.create(base + BigInt(at))!);
+    }
+  }
+
+  #iovAt(i: number): number {
+    return this.size * MMSGHDR_LEN + i * IOVEC_LEN;
+  }
+
+  /**
+   * Points slots 0..count at `bufs[i]` and `addrs[i]` where they changed and sets their lengths:
+   * to send, `lengths[i]` bytes to an address of its family's length; to receive (no
+   * `lengths`), the whole buffer from an address of up to {@linkcode SOCKADDR_LEN} bytes
+   * (msg_namelen is in-out: the kernel lowers it). Checks run on every call: a wrong pointer or
+   * length here is memory corruption, not an exception.
+   */
+  point(bufs: Uint8Array[], addrs: SockAddr[], count: number, lengths?: number[]): void {
+    const view = this.view;
+    for (let i = 0; i < count; i++) {
+      const buf = bufs[i]!;
+      const addr = addrs[i];
+      if (addr === undefined) {
+        throw new RangeError(`No address slot ${i}: addrs needs one slot per buffer`);
+      }
+      checkSlot(addr);
+      const iov = this.#iovAt(i);
+      if (buf !== this.#bufs[i]) {
+        view.setBigUint64(iov, addressOf(buf), true);
+        this.#bufs[i] = buf;
+      }
+      if (addr !== this.#addrs[i]) {
+        view.setBigUint64(i * MMSGHDR_LEN, addressOf(addr), true);
+        this.#addrs[i] = addr;
+      }
+      // A detached buffer has length 0, so a stale pointer is never written through.
+      let length = buf.length;
+      let namelen = SOCKADDR_LEN;
+      if (lengths !== undefined) {
+        const size = lengths[i]!;
+        if (!(size >= 0 && size <= length)) {
+          throw new RangeError(`Datagram ${i} is ${size} bytes, its buffer holds ${length}`);
+        }
+        length = size;
+        namelen = lengthOf(addr);
+      }
+      view.setUint32(i * MMSGHDR_LEN + MSG_NAMELEN, namelen, true);
+      // iov_len is a size_t: the high half stays 0 from the start, the low half takes the
+      // length without the BigInt a 64-bit write would allocate.
+      view.setUint32(iov + 8, length, true);
+    }
+  }
+}
+
+/** A UDP socket (`SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC`) with batch receive and send. */
+export class UdpSocket implements Disposable {
+  /** 4 for an IPv4 socket; 6 for an IPv6 one, dual-stack, whose IPv4 peers are v4-mapped. */
+  readonly family: 4 | 6;
+  /** The bound port: the one asked for, or the one the kernel chose for port 0. */
+  readonly port: number;
+  /** Receive buffer the kernel granted, as `getsockopt(SO_RCVBUF)` says (twice the payload). */
+  readonly receiveBufferBytes: number;
+  /** Send buffer the kernel granted, as `getsockopt(SO_SNDBUF)` says (twice the payload). */
+  readonly sendBufferBytes: number;
+  /**
+   * Set when the kernel granted smaller buffers than {@linkcode SOCKET_BUFFER_BYTES}: a
+   * message saying so and how to raise the limit, for the caller to log. Small buffers drop
+   * bursts at high rates.
+   */
+  readonly bufferWarning: string | undefined;
+  readonly stats: UdpStats = { received: 0, sent: 0, sendErrors: 0, truncated: 0 };
+
+  #fd: number;
+  #wakeFd: number;
+  #closed = false;
+  #polling: Promise<number> | undefined;
+  #receiving = false;
+  readonly #name: string;
+  readonly #recvVecs = new WeakMap<Uint8Array[], MsgVec>();
+  readonly #sendVecs = new WeakMap<Uint8Array[], MsgVec>();
+  // struct pollfd[2] { int fd; short events; short revents; }: the socket, then the eventfd.
+  readonly #pollfds = new Uint8Array(new ArrayBuffer(16));
+
+  private constructor(fd: number, wakeFd: number, family: 4 | 6, port: number, name: string) {
+    this.#fd = fd;
+    this.#wakeFd = wakeFd;
+    this.family = family;
+    this.port = port;
+    this.#name = name;
+    this.receiveBufferBytes = getIntOption(fd, SO_RCVBUF);
+    this.sendBufferBytes = getIntOption(fd, SO_SNDBUF);
+    // The kernel doubles what it grants, for its bookkeeping overhead.
+    const wanted = 2 * SOCKET_BUFFER_BYTES;
+    this.bufferWarning = this.receiveBufferBytes < wanted || this.sendBufferBytes < wanted
+      ? `UDP ${name}: the kernel granted socket buffers of ${this.receiveBufferBytes / 2} ` +
+        `(receive) and ${this.sendBufferBytes / 2} (send) bytes, less than the ` +
+        `${SOCKET_BUFFER_BYTES} asked for; bursts may drop. Raise the limits ` +
+        `(sysctl -w net.core.rmem_max=${SOCKET_BUFFER_BYTES} net.core.wmem_max=${SOCKET_BUFFER_BYTES}) ` +
+        `or run with CAP_NET_ADMIN`
+      : undefined;
+    const view = new DataView(this.#pollfds.buffer);
+    view.setInt32(0, fd, true);
+    view.setInt16(4, POLLIN, true);
+    view.setInt32(8, wakeFd, true);
+    view.setInt16(12, POLLIN, true);
+  }
+
+  /**
+   * Binds `host:port` (port 0: one the kernel chooses, see {@linkcode UdpSocket.port}).
+   * An IPv4 host makes an IPv4 socket; an IPv6 host an IPv6 one that also takes IPv4 ("::" is
+   * every address of both families).
+   *
+   * @example
+   * ```ts
+   * import { UdpSocket } from "./udp.ts";
+   * using socket = UdpSocket.bind("127.0.0.1", 0);
+   * console.log(socket.port > 0); // true
+   * ```
+   * @throws {UdpError} when the address is in use, not local, or the port privileged
+   * @throws {TypeError} when `host` is not an IP literal
+   */
+  static bind(host: string, port: number): UdpSocket {
+    const address = encodeSockAddr(host, port);
+    const v6 = familyOf(address) === AF_INET6;
+    const name = formatSockAddr(address);
+    const c = libc();
+    const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw bindError(name, port, "socket", errno());
+    let wakeFd = -1;
+    try {
+      // Dual-stack whatever net.ipv6.bindv6only says: "::" must take IPv4 clients too.
+      if (v6) setIntOption(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0, "IPV6_V6ONLY");
+      growBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, "SO_RCVBUF");
+      growBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, "SO_SNDBUF");
+      if (c.bind(fd, address, lengthOf(address)) < 0) throw bindError(name, port, "bind", errno());
+      const local = newSockAddr();
+      const length = new Uint32Array([SOCKADDR_LEN]);
+      check("getsockname", c.getsockname(fd, local, length));
+      wakeFd = check("eventfd", c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+      const boundPort = (local[2]! << 8) | local[3]!;
+      return new UdpSocket(fd, wakeFd, v6 ? 6 : 4, boundPort, formatSockAddr(local));
+    } catch (error) {
+      c.close(fd);
+      if (wakeFd >= 0) c.close(wakeFd);
+      throw error;
+    }
+  }
+
+  /**
+   * Waits for datagrams and receives up to `bufs.length`: datagram i into `bufs[i]`, its length
+   * into `sizes[i]`, its source into `addrs[i]` (on a dual-stack socket IPv4 sources arrive
+   * v4-mapped). Datagrams larger than their buffer are dropped and counted in
+   * `stats.truncated`. Resolves the count, or 0 once the socket is closed.
+   *
+   * The structs pointing at the slots are cached per `bufs` array: pass the same arrays every
+   * time. Replacing an element is allowed (its slot is re-pointed on the next call).
+   */
+  async recv(bufs: Uint8Array[], sizes: number[], addrs: SockAddr[]): Promise<number> {
+    if (this.#receiving) throw new Error(`UDP ${this.#name}: recv() is already in progress`);
+    const vec = vecFor(this.#recvVecs, bufs);
+    this.#receiving = true;
+    try {
+      while (!this.#closed) {
+        const count = this.#drain(vec, bufs, sizes, addrs);
+        if (count > 0) return count;
+        this.#polling = libc().poll_async(this.#pollfds, 2, POLL_TIMEOUT_MS);
+        await this.#polling;
+        this.#polling = undefined;
+      }
+      // A closed socket keeps its fds until the poll that watched them has returned.
+      this.#release();
+      return 0;
+    } finally {
+      this.#receiving = false;
+    }
+  }
+
+  /** One `recvmmsg` of what the kernel holds, truncated datagrams dropped; 0 when empty. */
+  #drain(vec: MsgVec, bufs: Uint8Array[], sizes: number[], addrs: SockAddr[]): number {
+    for (;;) {
+      // Before every call: the kernel lowered msg_namelen of the slots it filled last time
+      // (msg_len and msg_flags it only writes).
+      vec.point(bufs, addrs, vec.size);
+      const n = libc().recvmmsg(this.#fd, vec.pointers[0]!, vec.size, MSG_DONTWAIT, null);
+      if (n < 0) {
+        const code = errno();
+        if (code === EAGAIN) return 0;
+        if (code === EINTR) continue;
+        throw new ErrnoError(`recvmmsg(UDP ${this.#name})`, code);
+      }
+      const kept = this.#collect(vec.view, n, bufs, sizes, addrs);
+      this.stats.received += kept;
+      // Only truncated datagrams: the queue may hold more, so look again before polling.
+      if (kept > 0) return kept;
+    }
+  }
+
+  /** Lengths of the `n` datagrams received, with truncated ones dropped and the rest moved up. */
+  #collect(
+    view: DataView,
+    n: number,
+    bufs: Uint8Array[],
+    sizes: number[],
+    addrs: SockAddr[],
+  ): number {
+    let kept = 0;
+    for (let i = 0; i < n; i++) {
+      const at = i * MMSGHDR_LEN;
+      const length = view.getUint32(at + MSG_LEN, true);
+      if ((view.getInt32(at + MSG_FLAGS, true) & MSG_TRUNC) !== 0) {
+        this.stats.truncated++;
+        continue;
+      }
+      if (kept !== i) {
+        // Rare (only after a truncated datagram), so the subarray allocation does not matter.
+        const to = bufs[kept]!;
+        if (length > to.length) { // slots of unequal sizes: it would not have fit there
+          this.stats.truncated++;
+          continue;
+        }
+        to.set(bufs[i]!.subarray(0, length));
+        copySockAddr(addrs[i]!, addrs[kept]!);
+      }
+      sizes[kept++] = length;
+    }
+    return kept;
+  }
+
+  /**
+   * Sends one datagram, `buf[0..length)`, to `addr` now. Returns false, and counts it in
+   * `stats.sendErrors`, when the kernel refuses it: socket buffer full (it drops, as a NIC
+   * would), no route, or the socket closed.
+   */
+  sendTo(buf: Uint8Array, length: number, addr: SockAddr): boolean {
+    if (!(length >= 0 && length <= buf.length)) {
+      throw new RangeError(`Datagram is ${length} bytes, its buffer holds ${buf.length}`);
+    }
+    checkSlot(addr);
+    const n = this.#closed
+      ? -1
+      : libc().sendto(this.#fd, buf, length, MSG_DONTWAIT, addr, lengthOf(addr));
+    if (n === length) {
+      this.stats.sent++;
+      return true;
+    }
+    this.stats.sendErrors++;
+    return false;
+  }
+
+  /**
+   * Sends `bufs[0..count)`, datagram i being `bufs[i][0..sizes[i])` to `addrs[i]`, in as few
+   * `sendmmsg` calls as the kernel allows (one when all go). A datagram the kernel refuses is
+   * skipped; once the socket buffer is full the rest of the batch is dropped. Returns how many
+   * the kernel accepted; the others count in `stats.sendErrors`.
+   *
+   * The structs pointing at the slots are cached per `bufs` array, as for `recv()`.
+   */
+  sendBatch(bufs: Uint8Array[], sizes: number[], addrs: SockAddr[], count: number): number {
+    if (!(Number.isInteger(count) && count >= 0 && count <= bufs.length)) {
+      throw new RangeError(`Cannot send ${count} datagrams from ${bufs.length} buffers`);
+    }
+    if (count === 0) return 0;
+    if (this.#closed) {
+      this.stats.sendErrors += count;
+      return 0;
+    }
+    const vec = vecFor(this.#sendVecs, bufs);
+    vec.point(bufs, addrs, count, sizes);
+    const sendmmsg = libc().sendmmsg;
+    let sent = 0;
+    let next = 0;
+    while (next < count) {
+      const n = sendmmsg(this.#fd, vec.pointers[next]!, count - next, MSG_DONTWAIT);
+      if (n > 0) {
+        sent += n;
+        next += n;
+        continue;
+      }
+      // The kernel reports an error only for the first datagram of a call; that one failed.
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code === EAGAIN) break;
+      next++;
+    }
+    this.stats.sent += sent;
+    this.stats.sendErrors += count - sent;
+    return sent;
+  }
+
+  /**
+   * Closes the socket. A pending `recv()` is woken and resolves 0; the fds are released once
+   * its poll has returned. Safe to call twice.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#polling === undefined) {
+      this.#release();
+      return;
+    }
+    // Wake the poll on its worker thread; recv() releases the fds once it has returned.
+    libc().write(this.#wakeFd, new BigUint64Array([1n]), 8);
+  }
+
+  #release(): void {
+    if (this.#fd < 0) return;
+    libc().close(this.#fd);
+    libc().close(this.#wakeFd);
+    this.#fd = -1;
+    this.#wakeFd = -1;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** The cached structs for `bufs`, built on first use or when the array changed length. */
+function vecFor(cache: WeakMap<Uint8Array[], MsgVec>, bufs: Uint8Array[]): MsgVec {
+  let vec = cache.get(bufs);
+  if (vec === undefined || vec.size !== bufs.length) {
+    if (bufs.length === 0) throw new RangeError("A batch needs at least one buffer");
+    vec = new MsgVec(bufs.length);
+    cache.set(bufs, vec);
+  }
+  return vec;
+}
+
+function setIntOption(fd: number, level: number, option: number, value: number, name: string) {
+  check(`setsockopt(${name})`, libc().setsockopt(fd, level, option, new Int32Array([value]), 4));
+}
+
+function getIntOption(fd: number, option: number): number {
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  check("getsockopt", libc().getsockopt(fd, SOL_SOCKET, option, value, length));
+  return value[0]!;
+}
+
+/**
+ * Asks for {@linkcode SOCKET_BUFFER_BYTES}. The FORCE option (CAP_NET_ADMIN) goes past
+ * net.core.rmem_max/wmem_max; without the capability it fails and the plain option is capped
+ * at those limits, which the constructor reports in `bufferWarning`.
+ */
+function growBuffer(fd: number, force: number, plain: number, name: string): void {
+  const value = new Int32Array([SOCKET_BUFFER_BYTES]);
+  if (libc().setsockopt(fd, SOL_SOCKET, force, value, 4) === 0) return;
+  check(`setsockopt(${name})`, libc().setsockopt(fd, SOL_SOCKET, plain, value, 4));
+}
+
+function bindError(name: string, port: number, call: string, code: number): Error {
+  const cause = new ErrnoError(`${call}(UDP ${name})`, code);
+  const because = (why: string) => new UdpError(`Cannot bind UDP ${name}: ${why}`, { cause });
+  switch (cause.code) {
+    case "EADDRINUSE":
+      return because(
+        `the address is already in use; stop the process holding it (ss -ulpn 'sport = :${port}' shows it) or choose another port`,
+      );
+    case "EACCES":
+      return because(
+        "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port from 1024 up",
+      );
+    case "EADDRNOTAVAIL":
+      return because(
+        'no interface of this host has that address; bind "0.0.0.0", "::" or an address of this host',
+      );
+    case "EAFNOSUPPORT":
+      return because('IPv6 is disabled on this host; bind an IPv4 address such as "0.0.0.0"');
+  }
+  return cause;
+}

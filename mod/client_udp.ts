@@ -1,0 +1,240 @@
+/**
+ * The client's side of the UDP data channel, beside its TLS session.
+ *
+ * Outbound: packets read from the TUN are sealed into pre-allocated datagram slots and leave in
+ * one `sendmmsg` per TUN batch (`queue`, `flush`). Inbound (`#receive`): one awaited batch of
+ * datagrams; each is authenticated and decrypted, DATA goes to the TUN in one batch, PONG marks
+ * the path alive. The client PINGs every keepalive interval; while answers come back the path
+ * is `active` and carries the data, otherwise the data stays on (or falls back to) TLS.
+ *
+ * @module
+ */
+
+import type { TunDevice } from "../ffi/tun.ts";
+import {
+  encodeSockAddr,
+  formatSockAddr,
+  newSockAddr,
+  type SockAddr,
+  UdpSocket,
+} from "../ffi/udp.ts";
+import type { CipherName } from "../ffi/crypto.ts";
+import {
+  DatagramCrypto,
+  DatagramSlots,
+  DatagramType,
+  deriveKeys,
+  type EpochKeys,
+} from "./datagram.ts";
+import { log } from "./log.ts";
+import type { Rekey, UdpAccept } from "./messages.ts";
+
+const logger = log("client");
+
+/** How often a probe is sent while waiting for the first answer (ms). */
+const PROBE_EVERY_MS = 200;
+
+/** The client's UDP path to the server. */
+export class ClientUdp implements Disposable {
+  readonly crypto: DatagramCrypto;
+  /** Where datagrams go, e.g. `10.0.0.1:1194`. */
+  readonly server: string;
+
+  readonly #socket: UdpSocket;
+  readonly #serverAddr: SockAddr;
+  readonly #tun: TunDevice;
+  readonly #out = new DatagramSlots(64);
+  readonly #ping = new Uint8Array(8);
+  readonly #receiving: Promise<void>;
+  #lastHeard = -Infinity;
+  #active = false;
+  #timeoutMs: number;
+  #clientRandom: Uint8Array;
+  #pending: EpochKeys | undefined;
+  #wakeProbe: (() => void) | undefined;
+
+  private constructor(
+    socket: UdpSocket,
+    serverAddr: SockAddr,
+    crypto: DatagramCrypto,
+    tun: TunDevice,
+    clientRandom: Uint8Array,
+    timeoutMs: number,
+  ) {
+    this.#socket = socket;
+    this.#serverAddr = serverAddr;
+    this.server = formatSockAddr(serverAddr);
+    this.crypto = crypto;
+    this.#tun = tun;
+    this.#clientRandom = clientRandom;
+    this.#timeoutMs = timeoutMs;
+    this.#receiving = this.#receive();
+  }
+
+  /**
+   * Opens the path after the server's UDP_ACCEPT. `host` is the server's IP as the TLS
+   * connection saw it; `clientRandom` is what this client sent in its UDP_OFFER.
+   */
+  static open(
+    accept: UdpAccept,
+    clientRandom: Uint8Array,
+    host: string,
+    port: number,
+    tun: TunDevice,
+    timeoutMs: number,
+  ): ClientUdp {
+    const ipv6 = host.includes(":");
+    const socket = UdpSocket.bind(ipv6 ? "::" : "0.0.0.0", 0);
+    try {
+      const crypto = new DatagramCrypto(accept.session, accept.cipher as CipherName, true);
+      const keys = deriveKeys(
+        clientRandom,
+        Uint8Array.fromBase64(accept.random),
+        accept.session,
+        0,
+      );
+      crypto.installReceive(keys);
+      crypto.installSend(keys);
+      const serverAddr = encodeSockAddr(host, port, newSockAddr(), socket.family);
+      return new ClientUdp(socket, serverAddr, crypto, tun, clientRandom, timeoutMs);
+    } catch (error) {
+      socket.close();
+      throw error;
+    }
+  }
+
+  /** True while the server has answered within the keepalive timeout: data goes here. */
+  get active(): boolean {
+    return this.#active;
+  }
+
+  /** Probes until the server answers or `ms` pass; true when the path works. */
+  async probe(ms: number): Promise<boolean> {
+    const deadline = performance.now() + ms;
+    while (!this.#active && performance.now() < deadline) {
+      this.#sendPing();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(PROBE_EVERY_MS, deadline - performance.now()));
+        this.#wakeProbe = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    this.#wakeProbe = undefined;
+    return this.#active;
+  }
+
+  /** Keepalive tick: ping, and fall back to TLS when the server has gone quiet. */
+  tick(): void {
+    if (this.#active && performance.now() - this.#lastHeard > this.#timeoutMs) {
+      this.#active = false;
+      logger.warn("no answer over UDP from {server} for {seconds} s; data falls back to TLS", {
+        server: this.server,
+        seconds: this.#timeoutMs / 1000,
+      });
+    }
+    this.#sendPing();
+  }
+
+  /** Seals one packet into the outgoing batch; false when it was dropped. */
+  queue(packet: Uint8Array, length: number): boolean {
+    const out = this.#out;
+    if (out.count === out.bufs.length) this.flush();
+    const i = out.count;
+    const size = this.crypto.seal(DatagramType.DATA, packet, length, out.bufs[i]!, out.bodies[i]!);
+    if (size === 0) return false;
+    out.sizes[i] = size;
+    out.addrs[i] = this.#serverAddr;
+    out.count++;
+    return true;
+  }
+
+  /** Sends the outgoing batch. */
+  flush(): void {
+    const out = this.#out;
+    if (out.count === 0) return;
+    this.#socket.sendBatch(out.bufs, out.sizes, out.addrs, out.count);
+    out.count = 0;
+  }
+
+  /** The server's REKEY: installs the next epoch's receiving key, returns the REKEY_ACK. */
+  rekey(message: Rekey): Rekey {
+    const random = crypto.getRandomValues(new Uint8Array(32));
+    const keys = deriveKeys(
+      random,
+      Uint8Array.fromBase64(message.random ?? ""),
+      this.crypto.sessionId,
+      message.epoch,
+    );
+    this.crypto.installReceive(keys);
+    this.#pending = keys;
+    this.#clientRandom = random;
+    return { epoch: message.epoch, random: random.toBase64() };
+  }
+
+  /** The server's REKEY_DONE: the server can open the new epoch, so send with it. */
+  rekeyDone(message: Rekey): void {
+    if (this.#pending?.epoch !== message.epoch) return;
+    this.crypto.installSend(this.#pending);
+    this.#pending = undefined;
+    logger.debug("UDP keys of epoch {epoch} in use", { epoch: message.epoch });
+  }
+
+  #sendPing(): void {
+    const out = this.#out;
+    this.flush();
+    crypto.getRandomValues(this.#ping);
+    const size = this.crypto.seal(DatagramType.PING, this.#ping, 8, out.bufs[0]!, out.bodies[0]!);
+    if (size > 0) this.#socket.sendTo(out.bufs[0]!, size, this.#serverAddr);
+  }
+
+  async #receive(): Promise<void> {
+    const slots = new DatagramSlots(64);
+    const plain = slots.bufs.map(() => new Uint8Array(slots.bufs[0]!.length));
+    const toTun: Uint8Array[] = [];
+    try {
+      for (let n; (n = await this.#socket.recv(slots.bufs, slots.sizes, slots.addrs)) > 0;) {
+        let count = 0;
+        for (let i = 0; i < n; i++) {
+          const length = this.crypto.open(
+            slots.bufs[i]!,
+            slots.sizes[i]!,
+            slots.bodies[i]!,
+            plain[i]!,
+          );
+          if (length < 0) continue;
+          this.#heard();
+          if (this.crypto.type === DatagramType.DATA) {
+            toTun[count++] = plain[i]!.subarray(0, length);
+          }
+        }
+        if (count > 0) this.#tun.write(toTun, count);
+      }
+    } catch (error) {
+      logger.error("UDP receive failed: {error}", { error: String(error) });
+    }
+  }
+
+  #heard(): void {
+    this.#lastHeard = performance.now();
+    if (this.#active) return;
+    this.#active = true;
+    this.#wakeProbe?.();
+    logger.info("data goes over UDP to {server} ({cipher})", {
+      server: this.server,
+      cipher: this.crypto.cipher,
+    });
+  }
+
+  /** Closes the socket and frees the keys. Safe to call twice. */
+  async close(): Promise<void> {
+    this.#socket.close();
+    await this.#receiving;
+    this.crypto.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

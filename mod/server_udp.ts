@@ -1,0 +1,294 @@
+/**
+ * The server's side of the UDP data channel: one socket on the listen port for every client.
+ *
+ * Inbound (`#receive`): one awaited batch of datagrams; each is matched to its session by the
+ * session id in its header, authenticated, decrypted and checked against the replay window.
+ * Anything that fails is dropped and counted, with no reply and no allocation. An accepted
+ * datagram (re)sets the client's UDP address, so NAT rebinding works and a forged source
+ * cannot take a session over. DATA joins the server's inbound batch, PING is answered.
+ *
+ * Outbound (`queue`, `flush`): packets for a client whose UDP path is alive are sealed into
+ * pre-allocated slots and leave in one `sendmmsg` per batch.
+ *
+ * Keys are agreed in the TLS session (UDP_OFFER, UDP_ACCEPT) and replaced by the server after
+ * `rekey_interval` seconds or 2^32 packets (REKEY, REKEY_ACK, REKEY_DONE), with both epochs
+ * open during the change so that nothing in flight is lost.
+ *
+ * @module
+ */
+
+import { type CipherName, cryptoUnavailable } from "../ffi/crypto.ts";
+import { copySockAddr, formatSockAddr, newSockAddr, sameSockAddr, UdpSocket } from "../ffi/udp.ts";
+import {
+  DatagramCrypto,
+  datagramSession,
+  DatagramSlots,
+  DatagramType,
+  deriveKeys,
+  OVERHEAD,
+  REKEY_AFTER_PACKETS,
+} from "./datagram.ts";
+import { log } from "./log.ts";
+import { encodeMessage, type Rekey, type UdpOffer } from "./messages.ts";
+import { FrameType } from "./wire.ts";
+import type { Channel } from "./channel.ts";
+
+const logger = log("server");
+
+const CIPHERS: readonly CipherName[] = ["aes-256-gcm", "chacha20-poly1305"];
+const BATCH = 64;
+
+/** What the UDP endpoint needs of a session. */
+export interface UdpClient {
+  readonly name: string;
+  readonly channel: Channel;
+  /** The session's UDP state, once agreed. */
+  udp: UdpState | undefined;
+}
+
+/** One client's UDP data channel on the server. */
+export class UdpState {
+  readonly crypto: DatagramCrypto;
+  /** The client's UDP address, learned from authenticated datagrams only. */
+  readonly peer = newSockAddr();
+  /** True while the client has been heard over UDP within the keepalive timeout. */
+  alive = false;
+  lastHeard = -Infinity;
+  /** The server's half of a rekey in progress. */
+  pending: { epoch: number; random: Uint8Array } | undefined;
+
+  constructor(crypto: DatagramCrypto) {
+    this.crypto = crypto;
+  }
+}
+
+/** Counters of the UDP endpoint; they only grow. */
+export interface UdpStats {
+  /** Datagrams accepted. */
+  accepted: number;
+  /** Datagrams dropped: unknown session, malformed, replayed or failing authentication. */
+  rejected: number;
+}
+
+/** Receives each accepted DATA packet; `flush` ends a batch. */
+export interface UdpSink {
+  fromClient(client: UdpClient, buffer: Uint8Array, start: number, end: number): void;
+  flush(): void;
+}
+
+/** The server's UDP socket and the sessions that use it. */
+export class ServerUdp {
+  readonly stats: UdpStats = { accepted: 0, rejected: 0 };
+  readonly #socket: UdpSocket;
+  readonly #sessions = new Map<number, UdpClient>();
+  readonly #out = new DatagramSlots(BATCH);
+  readonly #timeoutMs: number;
+  readonly #rekeyMs: number;
+  readonly #receiving: Promise<void>;
+
+  private constructor(socket: UdpSocket, sink: UdpSink, timeoutMs: number, rekeyMs: number) {
+    this.#socket = socket;
+    this.#timeoutMs = timeoutMs;
+    this.#rekeyMs = rekeyMs;
+    this.#receiving = this.#receive(sink);
+  }
+
+  /**
+   * Binds the UDP port, or says why not (returns a reason string): no libcrypto, or the port
+   * is taken.
+   */
+  static open(
+    host: string,
+    port: number,
+    sink: UdpSink,
+    keepaliveTimeout: number,
+    rekeyInterval: number,
+  ): ServerUdp | string {
+    const missing = cryptoUnavailable();
+    if (missing !== undefined) return `no UDP data channel without libcrypto (${missing})`;
+    const socket = UdpSocket.bind(host, port);
+    return new ServerUdp(socket, sink, keepaliveTimeout * 1000, rekeyInterval * 1000);
+  }
+
+  /** The UDP port. */
+  get port(): number {
+    return this.#socket.port;
+  }
+
+  /** Answers a client's UDP_OFFER with UDP_ACCEPT and keys of epoch 0. */
+  accept(client: UdpClient, offer: UdpOffer): void {
+    const cipher = CIPHERS.find((c) => offer.ciphers.includes(c));
+    if (cipher === undefined) {
+      client.channel.sendControl(
+        FrameType.UDP_REFUSE,
+        encodeMessage({ reason: `no common cipher; this server has ${CIPHERS.join(", ")}` }),
+      );
+      return;
+    }
+    this.forget(client);
+    let id: number;
+    do id = crypto.getRandomValues(new Uint32Array(1))[0]!; while (this.#sessions.has(id));
+    const random = crypto.getRandomValues(new Uint8Array(32));
+    const state = new UdpState(new DatagramCrypto(id, cipher, false));
+    const keys = deriveKeys(Uint8Array.fromBase64(offer.random), random, id, 0);
+    state.crypto.installReceive(keys);
+    state.crypto.installSend(keys);
+    client.udp = state;
+    this.#sessions.set(id, client);
+    client.channel.sendControl(
+      FrameType.UDP_ACCEPT,
+      encodeMessage({ cipher, session: id, random: random.toBase64() }),
+    );
+  }
+
+  /** Keepalive tick of one client: notices a silent path and starts a rekey when due. */
+  tick(client: UdpClient): void {
+    const state = client.udp;
+    if (state === undefined) return;
+    if (state.alive && performance.now() - state.lastHeard > this.#timeoutMs) {
+      state.alive = false;
+      logger.warn("{name}: UDP silent for {seconds} s; its data goes over TLS", {
+        name: client.name,
+        seconds: this.#timeoutMs / 1000,
+      });
+    }
+    const keys = state.crypto;
+    const due = keys.sent >= REKEY_AFTER_PACKETS ||
+      performance.now() - keys.sendSince >= this.#rekeyMs;
+    if (due && state.pending === undefined) {
+      state.pending = {
+        epoch: keys.sendEpoch + 1,
+        random: crypto.getRandomValues(new Uint8Array(32)),
+      };
+      client.channel.sendControl(
+        FrameType.REKEY,
+        encodeMessage({ epoch: state.pending.epoch, random: state.pending.random.toBase64() }),
+      );
+    }
+  }
+
+  /** The client's REKEY_ACK: both sides now hold the new keys; send with them. */
+  rekeyAck(client: UdpClient, ack: Rekey): void {
+    const state = client.udp;
+    const pending = state?.pending;
+    if (state === undefined || pending === undefined || ack.epoch !== pending.epoch) return;
+    const keys = deriveKeys(
+      Uint8Array.fromBase64(ack.random ?? ""),
+      pending.random,
+      state.crypto.sessionId,
+      ack.epoch,
+    );
+    state.crypto.installReceive(keys);
+    state.crypto.installSend(keys);
+    state.pending = undefined;
+    client.channel.sendControl(FrameType.REKEY_DONE, encodeMessage({ epoch: ack.epoch }));
+    logger.debug("{name}: UDP keys of epoch {epoch} in use", {
+      name: client.name,
+      epoch: ack.epoch,
+    });
+  }
+
+  /** Seals a packet for `client` into the batch; false when its UDP path is not alive. */
+  queue(client: UdpClient, packet: Uint8Array, length: number): boolean {
+    const state = client.udp;
+    if (state === undefined || !state.alive) return false;
+    const out = this.#out;
+    if (out.count === out.bufs.length) this.flush();
+    const i = out.count;
+    const size = state.crypto.seal(DatagramType.DATA, packet, length, out.bufs[i]!, out.bodies[i]!);
+    if (size === 0) return false;
+    out.sizes[i] = size;
+    out.addrs[i] = state.peer;
+    out.count++;
+    return true;
+  }
+
+  /** Sends the batch of sealed datagrams. */
+  flush(): void {
+    const out = this.#out;
+    if (out.count === 0) return;
+    this.#socket.sendBatch(out.bufs, out.sizes, out.addrs, out.count);
+    out.count = 0;
+  }
+
+  /** Drops a client's UDP state (its session ended, or it offered again). */
+  forget(client: UdpClient): void {
+    const state = client.udp;
+    if (state === undefined) return;
+    if (this.#sessions.get(state.crypto.sessionId) === client) {
+      this.#sessions.delete(state.crypto.sessionId);
+    }
+    state.crypto.close();
+    client.udp = undefined;
+  }
+
+  async #receive(sink: UdpSink): Promise<void> {
+    const slots = new DatagramSlots(BATCH);
+    const plain = slots.bufs.map((buf) => new Uint8Array(buf.length));
+    try {
+      for (let n; (n = await this.#socket.recv(slots.bufs, slots.sizes, slots.addrs)) > 0;) {
+        for (let i = 0; i < n; i++) {
+          const datagram = slots.bufs[i]!;
+          const size = slots.sizes[i]!;
+          const client = size >= OVERHEAD
+            ? this.#sessions.get(datagramSession(datagram))
+            : undefined;
+          const state = client?.udp;
+          const length = state === undefined
+            ? -1
+            : state.crypto.open(datagram, size, slots.bodies[i]!, plain[i]!);
+          if (length < 0) {
+            this.stats.rejected++;
+            continue;
+          }
+          this.stats.accepted++;
+          this.#heard(client!, state!, slots.addrs[i]!);
+          const type = state!.crypto.type;
+          if (type === DatagramType.DATA) sink.fromClient(client!, plain[i]!, 0, length);
+          else if (type === DatagramType.PING) this.#pong(state!, plain[i]!, length);
+        }
+        sink.flush();
+        this.flush();
+      }
+    } catch (error) {
+      logger.error("UDP receive failed: {error}", { error: String(error) });
+    }
+  }
+
+  #heard(client: UdpClient, state: UdpState, from: Uint8Array): void {
+    state.lastHeard = performance.now();
+    const moved = !sameSockAddr(state.peer, from);
+    if (moved) copySockAddr(from, state.peer);
+    if (moved || !state.alive) {
+      const message = state.alive
+        ? "{name}: UDP address changed to {addr}"
+        : "{name}: data over UDP from {addr}";
+      logger.info(message, { name: client.name, addr: formatSockAddr(state.peer) });
+    }
+    state.alive = true;
+  }
+
+  #pong(state: UdpState, payload: Uint8Array, length: number): void {
+    const out = this.#out;
+    if (out.count === out.bufs.length) this.flush();
+    const i = out.count;
+    const size = state.crypto.seal(
+      DatagramType.PONG,
+      payload,
+      length,
+      out.bufs[i]!,
+      out.bodies[i]!,
+    );
+    if (size === 0) return;
+    out.sizes[i] = size;
+    out.addrs[i] = state.peer;
+    out.count++;
+  }
+
+  /** Closes the socket and every session's keys. */
+  async close(): Promise<void> {
+    this.#socket.close();
+    await this.#receiving;
+    for (const client of [...this.#sessions.values()]) this.forget(client);
+  }
+}

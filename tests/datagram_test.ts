@@ -1,0 +1,112 @@
+import { assert, assertEquals } from "./_assert.ts";
+import {
+  datagramCounter,
+  DatagramCrypto,
+  datagramSession,
+  DatagramSlots,
+  DatagramType,
+  deriveKeys,
+  HEADER_LEN,
+  OVERHEAD,
+  writeHeader,
+} from "../mod/datagram.ts";
+import type { CipherName } from "../ffi/crypto.ts";
+
+const CLIENT_RANDOM = new Uint8Array(32).fill(1);
+const SERVER_RANDOM = new Uint8Array(32).fill(2);
+
+Deno.test("writeHeader() puts type, phase, session id and a 64-bit counter in 13 bytes", () => {
+  const datagram = new Uint8Array(HEADER_LEN);
+  writeHeader(datagram, DatagramType.PONG, 1, 0xdeadbeef, 2 ** 40 + 5);
+  assertEquals([...datagram], [0x83, 0xde, 0xad, 0xbe, 0xef, 0, 0, 1, 0, 0, 0, 0, 5]);
+  assertEquals(datagramSession(datagram), 0xdeadbeef);
+  assertEquals(datagramCounter(datagram), 2 ** 40 + 5);
+});
+
+Deno.test("deriveKeys() gives each direction its own key and salt, and each epoch new ones", () => {
+  const a = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 0);
+  const b = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 1);
+  const c = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 8, 0);
+  assertEquals(a.clientToServer.key.length, 32);
+  assertEquals(a.clientToServer.salt.length, 4);
+  assert(a.clientToServer.key.toHex() !== a.serverToClient.key.toHex());
+  assert(a.clientToServer.key.toHex() !== b.clientToServer.key.toHex());
+  assert(a.clientToServer.key.toHex() !== c.clientToServer.key.toHex());
+  assertEquals(deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 0), a, "deterministic");
+});
+
+function pair(cipher: CipherName, id = 42) {
+  const client = new DatagramCrypto(id, cipher, true);
+  const server = new DatagramCrypto(id, cipher, false);
+  const keys = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, id, 0);
+  for (const side of [client, server]) {
+    side.installReceive(keys);
+    side.installSend(keys);
+  }
+  return { client, server };
+}
+
+function seal(from: DatagramCrypto, payload: Uint8Array, type: DatagramType = DatagramType.DATA) {
+  const slots = new DatagramSlots(1, 2048);
+  const size = from.seal(type, payload, payload.length, slots.bufs[0]!, slots.bodies[0]!);
+  return slots.bufs[0]!.slice(0, size);
+}
+
+function open(to: DatagramCrypto, datagram: Uint8Array): Uint8Array | undefined {
+  const buf = new Uint8Array(2048);
+  buf.set(datagram);
+  const out = new Uint8Array(2048);
+  const n = to.open(buf, datagram.length, buf.subarray(HEADER_LEN), out);
+  return n < 0 ? undefined : out.slice(0, n);
+}
+
+for (const cipher of ["aes-256-gcm", "chacha20-poly1305"] as const) {
+  Deno.test(`DatagramCrypto (${cipher}) carries packets both ways and nothing else in clear`, () => {
+    const { client, server } = pair(cipher);
+    const packet = crypto.getRandomValues(new Uint8Array(1400));
+    const datagram = seal(client, packet);
+    assertEquals(datagram.length, packet.length + OVERHEAD);
+    assertEquals(datagramSession(datagram), 42);
+    assertEquals(datagramCounter(datagram), 0);
+    assert(!datagram.toHex().includes(packet.subarray(0, 16).toHex()), "the payload is encrypted");
+    assertEquals(open(server, datagram), packet);
+    assertEquals(server.type, DatagramType.DATA);
+    const reply = seal(server, new Uint8Array([1, 2, 3]), DatagramType.PONG);
+    assertEquals(open(client, reply), new Uint8Array([1, 2, 3]));
+    assertEquals(client.type, DatagramType.PONG);
+  });
+}
+
+Deno.test("DatagramCrypto.open() rejects and counts a replay, a flipped byte and a wrong session's key", () => {
+  const { client, server } = pair("aes-256-gcm");
+  const datagram = seal(client, new Uint8Array(100).fill(9));
+  assert(open(server, datagram) !== undefined);
+  assertEquals(open(server, datagram), undefined, "replayed");
+  assertEquals(server.rejects.replayed, 1);
+  for (const at of [0, 4, 8, HEADER_LEN + 10, datagram.length - 1]) {
+    const tampered = seal(client, new Uint8Array(100).fill(9));
+    tampered[at]! ^= 0x01;
+    assertEquals(open(server, tampered), undefined, `byte ${at} flipped`);
+  }
+  assertEquals(server.rejects.forged + server.rejects.malformed + server.rejects.replayed, 6);
+  const stranger = pair("aes-256-gcm", 43).client;
+  assertEquals(open(server, seal(stranger, new Uint8Array(10))), undefined);
+  assertEquals(open(server, new Uint8Array(OVERHEAD - 1)), undefined, "too short");
+  assert(open(server, seal(client, new Uint8Array(5))) !== undefined, "still works afterwards");
+});
+
+Deno.test("DatagramCrypto opens both epochs during a rekey, so nothing in flight is lost", () => {
+  const { client, server } = pair("chacha20-poly1305");
+  const inFlight = seal(client, new Uint8Array([1]));
+  const next = deriveKeys(new Uint8Array(32).fill(3), new Uint8Array(32).fill(4), 42, 1);
+  // REKEY: the client can receive epoch 1; REKEY_ACK: the server receives and sends epoch 1.
+  client.installReceive(next);
+  server.installReceive(next);
+  server.installSend(next);
+  assertEquals(open(client, seal(server, new Uint8Array([2]))), new Uint8Array([2]));
+  // REKEY_DONE: the client sends epoch 1; the epoch-0 datagram still opens.
+  client.installSend(next);
+  assertEquals(open(server, seal(client, new Uint8Array([3]))), new Uint8Array([3]));
+  assertEquals(open(server, inFlight), new Uint8Array([1]));
+  assertEquals(server.sendEpoch, 1);
+});

@@ -1,0 +1,208 @@
+/**
+ * The UDP data channel end to end: `vpn serve` and `vpn connect` in namespaces, with
+ * netfilter rules in the client's namespace to count, drop and re-map its traffic.
+ */
+
+import { assert, assertEquals, assertGreater, assertMatch } from "./_assert.ts";
+import { denoScript, JsonLines, type Netns, rootTest, run } from "./_netns.ts";
+import { Topology, waitFor } from "./_vpn.ts";
+
+const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
+
+/** Counts the client's outgoing traffic to the VPN port, per protocol, with iptables rules. */
+async function countTraffic(ns: Netns): Promise<void> {
+  for (const proto of ["udp", "tcp"]) {
+    await ns.run(["iptables", "-A", "OUTPUT", "-p", proto, "--dport", "1194"]);
+  }
+}
+
+async function trafficBytes(ns: Netns): Promise<{ udp: number; tcp: number }> {
+  const { stdout } = await ns.run(["iptables", "-L", "OUTPUT", "-v", "-x", "-n"]);
+  const bytes = (proto: string) => {
+    const line = stdout.split("\n").find((l) =>
+      l.trimEnd().endsWith(`${proto} dpt:1194`) && !l.includes("DROP")
+    );
+    return Number(line?.trim().split(/\s+/)[1] ?? NaN);
+  };
+  return { udp: bytes("udp"), tcp: bytes("tcp") };
+}
+
+const DROP_UDP = ["OUTPUT", "-p", "udp", "--dport", "1194", "-j", "DROP"];
+
+async function transfer(net: Topology, client: Netns, bytes: number): Promise<void> {
+  const sink = net.server.spawn(denoScript(TRANSFER, "sink", "10.8.0.1", "5201"));
+  const events = new JsonLines(sink.stdout);
+  await events.next((e) => e.listening === true);
+  const sent = await client.run(denoScript(TRANSFER, "send", "10.8.0.1", "5201", String(bytes)));
+  const received = await events.next((e) => e.sha256 !== undefined, 60_000);
+  await sink.status;
+  assertEquals(received.bytes, bytes);
+  assertEquals(received.sha256, JSON.parse(sent.stdout).sha256);
+}
+
+rootTest("vpn --proto udp: ping and bulk data travel as UDP datagrams", async () => {
+  await using net = await Topology.create(1);
+  const client = net.clients[0]!;
+  await countTraffic(client);
+  const server = await net.startServer();
+  const vpn = net.connect(0, await net.addClient("alice"), ["--proto", "udp"]);
+  await vpn.waitForLog(/data goes over UDP to 172\.30\.1\.1:1194 \(aes-256-gcm\)/);
+  assert(await net.ping(client, "10.8.0.1"), vpn.log);
+  const before = await trafficBytes(client);
+  await transfer(net, client, 16 << 20);
+  const after = await trafficBytes(client);
+  assertGreater(after.udp - before.udp, 16 << 20);
+  assert(after.tcp - before.tcp < 1 << 20, `TLS carried ${after.tcp - before.tcp} bytes`);
+  await server.waitForLog(/alice: data over UDP from 172\.30\.1\.2:\d+/);
+});
+
+rootTest("vpn --proto udp fails with a clear error when UDP is blocked", async () => {
+  await using net = await Topology.create(1);
+  await net.clients[0]!.run(["iptables", "-A", ...DROP_UDP]);
+  await net.startServer();
+  const vpn = net.connect(0, await net.addClient("alice"), ["--proto", "udp"]);
+  assertEquals(await vpn.exited(), 1);
+  assertMatch(
+    vpn.log,
+    /UDP to 172\.30\.1\.1:1194 got no answer within 2 s; with --proto udp the client stops/,
+  );
+});
+
+rootTest("vpn auto: with UDP blocked, data goes over TLS", async () => {
+  await using net = await Topology.create(1);
+  const client = net.clients[0]!;
+  await client.run(["iptables", "-A", ...DROP_UDP]);
+  await countTraffic(client);
+  await net.startServer();
+  const vpn = net.connect(0, await net.addClient("alice"));
+  await vpn.waitForLog(/got no answer within 2 s; data stays on TLS/);
+  assert(await net.ping(client, "10.8.0.1"), vpn.log);
+  const before = await trafficBytes(client);
+  await transfer(net, client, 4 << 20);
+  const after = await trafficBytes(client);
+  assertGreater(after.tcp - before.tcp, 4 << 20);
+});
+
+rootTest(
+  "vpn auto: UDP lost mid-session falls back to TLS and comes back when the path does",
+  async () => {
+    await using net = await Topology.create(1);
+    const client = net.clients[0]!;
+    await net.configure("keepalive:\n  interval: 1\n  timeout: 3\n");
+    const server = await net.startServer();
+    const vpn = net.connect(0, await net.addClient("alice"));
+    await vpn.waitForLog(/data goes over UDP/);
+    await client.run(["iptables", "-A", ...DROP_UDP]);
+    await vpn.waitForLog(
+      /no answer over UDP from 172\.30\.1\.1:1194 for 3 s; data falls back to TLS/,
+    );
+    await server.waitForLog(/alice: UDP silent for 3 s; its data goes over TLS/);
+    assert(await net.ping(client, "10.8.0.1", 5), "traffic continues over TLS");
+    await client.run(["iptables", "-D", ...DROP_UDP]);
+    await waitFor(
+      "UDP again",
+      () => (vpn.log.match(/data goes over UDP/g)?.length ?? 0) >= 2 || undefined,
+    );
+    await countTraffic(client);
+    assert(await net.ping(client, "10.8.0.1", 5));
+    const { udp } = await trafficBytes(client);
+    assertGreater(udp, 5 * 84);
+    assertMatch(server.log, /alice connected/);
+    assert(!server.log.includes("disconnected"), "the session was never dropped");
+  },
+);
+
+rootTest("vpn: a replayed datagram and a tampered one are dropped and counted", async () => {
+  await using net = await Topology.create(1);
+  const client = net.clients[0]!;
+  const server = await net.startServer();
+  const vpn = net.connect(0, await net.addClient("alice"), ["--proto", "udp"]);
+  await vpn.waitForLog(/data goes over UDP/);
+  const pcap = `${net.dir}/capture.pcap`;
+  const capture = client.spawn([
+    "tcpdump",
+    "-i",
+    "any",
+    "-c",
+    "1",
+    "-w",
+    pcap,
+    "udp and dst port 1194 and greater 200",
+  ]);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  await client.run(["ping", "-c", "2", "-s", "400", "-W", "2", "10.8.0.1"]);
+  await capture.status;
+  const payload = udpPayload(await Deno.readFile(pcap));
+  const tampered = payload.slice();
+  tampered[tampered.length - 20]! ^= 0x40;
+  const script = `${net.dir}/replay.ts`;
+  await Deno.writeTextFile(
+    script,
+    `const s = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 });
+     const to = { transport: "udp" as const, hostname: "${net.serverIp(0)}", port: 1194 };
+     await s.send(Uint8Array.fromHex("${payload.toHex()}"), to);
+     await s.send(Uint8Array.fromHex("${tampered.toHex()}"), to);
+     s.close();`,
+  );
+  await client.run(denoScript(script));
+  await server.waitForLog(
+    /UDP: dropped 2 datagrams \(unknown session, malformed, replayed or forged\), 2 in all/,
+  );
+  assert(await net.ping(client, "10.8.0.1"), "the session goes on");
+});
+
+/** The UDP payload of the first packet in a pcap file (link type Linux cooked v1 or v2). */
+function udpPayload(pcap: Uint8Array): Uint8Array {
+  const view = new DataView(pcap.buffer, pcap.byteOffset);
+  const linkType = view.getUint32(20, true);
+  const captured = view.getUint32(24 + 8, true);
+  const frame = pcap.subarray(40, 40 + captured);
+  const linkHeader = linkType === 276 ? 20 : linkType === 113 ? 16 : 14;
+  const ip = frame.subarray(linkHeader);
+  const ihl = (ip[0]! & 0x0f) * 4;
+  return ip.subarray(ihl + 8);
+}
+
+rootTest("vpn: a rekey during a sustained ping loses nothing", async () => {
+  await using net = await Topology.create(1);
+  await net.configure("keepalive:\n  interval: 1\n  timeout: 5\nrekey_interval: 1\n");
+  const server = await net.startServer();
+  const vpn = net.connect(0, await net.addClient("alice"), ["--proto", "udp"]);
+  await vpn.waitForLog(/data goes over UDP/);
+  const ping = await net.clients[0]!.run(
+    ["ping", "-c", "60", "-i", "0.1", "-W", "2", "10.8.0.1"],
+    true,
+  );
+  assertMatch(ping.stdout, /60 packets transmitted, 60 received, 0% packet loss/);
+  await server.waitForLog(/alice: UDP keys of epoch 3 in use/);
+});
+
+rootTest("vpn: the client's UDP source port changing mid-session keeps the session", async () => {
+  await using net = await Topology.create(1);
+  const client = net.clients[0]!;
+  const server = await net.startServer();
+  const vpn = net.connect(0, await net.addClient("alice"), ["--proto", "udp"]);
+  await vpn.waitForLog(/data goes over UDP/);
+  assert(await net.ping(client, "10.8.0.1"));
+  // A NAT in front of the client starts mapping its datagrams to another port.
+  await client.run([
+    "iptables",
+    "-t",
+    "nat",
+    "-A",
+    "POSTROUTING",
+    "-p",
+    "udp",
+    "--dport",
+    "1194",
+    "-j",
+    "SNAT",
+    "--to-source",
+    "172.30.1.2:40000",
+  ]);
+  await client.run(["conntrack", "-F"]);
+  assert(await net.ping(client, "10.8.0.1", 5), vpn.log);
+  await server.waitForLog(/alice: UDP address changed to 172\.30\.1\.2:40000/);
+  assert(!server.log.includes("disconnected"), server.log);
+  await run(["true"]);
+});

@@ -1,0 +1,393 @@
+import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import {
+  copySockAddr,
+  encodeSockAddr,
+  formatSockAddr,
+  MAX_UDP_PAYLOAD,
+  newSockAddr,
+  sameSockAddr,
+  type SockAddr,
+  UdpError,
+  UdpSocket,
+} from "../ffi/udp.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Socket addresses
+
+Deno.test("encodeSockAddr() writes a sockaddr_in: family LE, port BE, address", () => {
+  const addr = encodeSockAddr("10.8.0.1", 1194);
+  assertEquals(addr.length, 28);
+  assertEquals([...addr.subarray(0, 16)], [2, 0, 0x04, 0xaa, 10, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+});
+
+Deno.test("encodeSockAddr() writes a sockaddr_in6 and takes brackets", () => {
+  const addr = encodeSockAddr("[fd00::1]", 443);
+  assertEquals([...addr.subarray(0, 8)], [10, 0, 0x01, 0xbb, 0, 0, 0, 0]);
+  assertEquals(addr[8], 0xfd);
+  assertEquals(addr[23], 1);
+  assertEquals([...addr.subarray(24)], [0, 0, 0, 0], "scope id");
+  assert(sameSockAddr(addr, encodeSockAddr("fd00::1", 443)));
+});
+
+Deno.test("encodeSockAddr() maps IPv4 for an IPv6 socket and unmaps it for an IPv4 one", () => {
+  const mapped = encodeSockAddr("127.0.0.1", 5, undefined, 6);
+  assertEquals(formatSockAddr(mapped), "[::ffff:127.0.0.1]:5");
+  assert(sameSockAddr(mapped, encodeSockAddr("::ffff:127.0.0.1", 5)));
+  assertEquals(formatSockAddr(encodeSockAddr("::ffff:127.0.0.1", 5, undefined, 4)), "127.0.0.1:5");
+  assertEquals(formatSockAddr(encodeSockAddr("::1", 5, undefined, 6)), "[::1]:5");
+  assertThrows(() => encodeSockAddr("::1", 5, undefined, 4), TypeError, /bind "::"/);
+});
+
+Deno.test("encodeSockAddr() overwrites the slot it is given", () => {
+  const slot = encodeSockAddr("fd00::ffff", 65535);
+  const same = encodeSockAddr("1.2.3.4", 0, slot);
+  assert(same === slot);
+  assertEquals([...slot.subarray(8)], new Array(20).fill(0));
+  assertEquals(formatSockAddr(slot), "1.2.3.4:0");
+});
+
+Deno.test("encodeSockAddr() refuses host names, bad brackets, bad ports and short slots", () => {
+  assertThrows(() => encodeSockAddr("localhost", 1), TypeError, /Cannot parse IP address/);
+  assertThrows(() => encodeSockAddr("[1.2.3.4]", 1), TypeError, /brackets are for IPv6/);
+  assertThrows(() => encodeSockAddr("1.2.3.4", 65536), RangeError, /integer 0 to 65535/);
+  assertThrows(() => encodeSockAddr("1.2.3.4", 1.5), RangeError, /integer 0 to 65535/);
+  assertThrows(() => encodeSockAddr("1.2.3.4", 1, new Uint8Array(16)), RangeError, /28 bytes/);
+});
+
+Deno.test("formatSockAddr() prints IPv4, IPv6 with scope, and unset slots", () => {
+  assertEquals(formatSockAddr(encodeSockAddr("192.0.2.7", 80)), "192.0.2.7:80");
+  assertEquals(formatSockAddr(encodeSockAddr("2001:db8::", 80)), "[2001:db8::]:80");
+  const linkLocal = encodeSockAddr("fe80::1", 9);
+  linkLocal[24] = 2;
+  assertEquals(formatSockAddr(linkLocal), "[fe80::1%2]:9");
+  assertEquals(formatSockAddr(newSockAddr()), "(address family 0)");
+});
+
+Deno.test("sameSockAddr() compares family, port and address only", () => {
+  const a = encodeSockAddr("10.0.0.1", 1000);
+  const b = encodeSockAddr("10.0.0.1", 1000);
+  b[20] = 99; // bytes past a sockaddr_in are not part of it
+  assert(sameSockAddr(a, b));
+  assert(!sameSockAddr(a, encodeSockAddr("10.0.0.1", 1001)));
+  assert(!sameSockAddr(a, encodeSockAddr("10.0.0.2", 1000)));
+  assert(!sameSockAddr(a, encodeSockAddr("10.0.0.1", 1000, undefined, 6)));
+  const v6 = encodeSockAddr("fd00::1", 1000);
+  assert(!sameSockAddr(v6, encodeSockAddr("fd00::2", 1000)));
+  const flow = encodeSockAddr("fd00::1", 1000);
+  flow[4] = 1; // flow info
+  assert(sameSockAddr(v6, flow));
+});
+
+Deno.test("copySockAddr() copies all 28 bytes", () => {
+  const to = newSockAddr();
+  copySockAddr(encodeSockAddr("fd00::9", 7), to);
+  assertEquals(formatSockAddr(to), "[fd00::9]:7");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Sockets over loopback
+
+interface Slots {
+  bufs: Uint8Array[];
+  sizes: number[];
+  addrs: SockAddr[];
+}
+
+function slots(count: number, size: number): Slots {
+  return {
+    bufs: Array.from({ length: count }, () => new Uint8Array(size)),
+    sizes: new Array<number>(count).fill(0),
+    addrs: Array.from({ length: count }, () => newSockAddr()),
+  };
+}
+
+/** The size of test datagram i: the edge cases first, then a spread. */
+function sizeOf(i: number): number {
+  const edges = [0, 1, 1472, MAX_UDP_PAYLOAD, 1400];
+  return edges[i] ?? (i % 100 === 50 ? 9000 : (i * 37) % 1500);
+}
+
+function fill(buf: Uint8Array, i: number, size: number): void {
+  for (let j = 0; j < size; j++) buf[j] = (i * 7 + j) & 0xff;
+}
+
+function intact(buf: Uint8Array, i: number, size: number): boolean {
+  for (let j = 0; j < size; j++) if (buf[j] !== ((i * 7 + j) & 0xff)) return false;
+  return true;
+}
+
+/**
+ * Receives until `want` datagrams arrived, checking each in order against `sizeOf`/`fill` and
+ * its source against `from`. Closes the socket after 5 s so that a lost datagram fails the test
+ * rather than hanging it.
+ */
+async function receive(
+  socket: UdpSocket,
+  into: Slots,
+  first: number,
+  want: number,
+  from: SockAddr,
+): Promise<number> {
+  const guard = setTimeout(() => socket.close(), 5000);
+  let got = 0;
+  try {
+    while (got < want) {
+      const n = await socket.recv(into.bufs, into.sizes, into.addrs);
+      if (n === 0) break;
+      for (let k = 0; k < n; k++) {
+        const i = first + got + k;
+        assertEquals(into.sizes[k], sizeOf(i), `size of datagram ${i}`);
+        assert(intact(into.bufs[k]!, i, sizeOf(i)), `content of datagram ${i}`);
+        assert(sameSockAddr(into.addrs[k]!, from), `source ${formatSockAddr(into.addrs[k]!)}`);
+      }
+      got += n;
+    }
+  } finally {
+    clearTimeout(guard);
+  }
+  return got;
+}
+
+const ROUNDS = 10;
+const PER_ROUND = 100;
+
+Deno.test("UdpSocket.sendTo() delivers 1000 datagrams of 0 to 65507 bytes to recv() batches", async () => {
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  const from = encodeSockAddr("127.0.0.1", sender.port);
+  const out = new Uint8Array(MAX_UDP_PAYLOAD);
+  const into = slots(64, MAX_UDP_PAYLOAD);
+  // Rounds small enough for the socket buffer: a datagram lost there would fail the test.
+  for (let round = 0; round < ROUNDS; round++) {
+    for (let k = 0; k < PER_ROUND; k++) {
+      const i = round * PER_ROUND + k;
+      fill(out, i, sizeOf(i));
+      assert(sender.sendTo(out, sizeOf(i), to), `send ${i}`);
+    }
+    assertEquals(await receive(receiver, into, round * PER_ROUND, PER_ROUND, from), PER_ROUND);
+  }
+  assertEquals(sender.stats, { received: 0, sent: 1000, sendErrors: 0, truncated: 0 });
+  assertEquals(receiver.stats.received, 1000);
+  assertEquals(receiver.stats.truncated, 0);
+});
+
+Deno.test("UdpSocket.sendBatch() delivers 1000 datagrams over ::1 to recv() batches", async () => {
+  using sender = UdpSocket.bind("::1", 0);
+  using receiver = UdpSocket.bind("[::1]", 0);
+  assertEquals(sender.family, 6);
+  const to = encodeSockAddr("::1", receiver.port);
+  const from = encodeSockAddr("::1", sender.port);
+  const out = slots(PER_ROUND, MAX_UDP_PAYLOAD);
+  const into = slots(64, MAX_UDP_PAYLOAD);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (let k = 0; k < PER_ROUND; k++) {
+      const i = round * PER_ROUND + k;
+      fill(out.bufs[k]!, i, sizeOf(i));
+      out.sizes[k] = sizeOf(i);
+      copySockAddr(to, out.addrs[k]!);
+    }
+    assertEquals(sender.sendBatch(out.bufs, out.sizes, out.addrs, PER_ROUND), PER_ROUND);
+    assertEquals(await receive(receiver, into, round * PER_ROUND, PER_ROUND, from), PER_ROUND);
+  }
+  assertEquals(sender.stats.sent, 1000);
+  assertEquals(receiver.stats.received, 1000);
+});
+
+Deno.test("UdpSocket.sendBatch() sends part of a batch and reuses one address for all", async () => {
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  const out = slots(8, 1500);
+  const addrs = new Array<SockAddr>(8).fill(to);
+  for (let i = 0; i < 3; i++) {
+    fill(out.bufs[i]!, i, sizeOf(i + 5));
+    out.sizes[i] = sizeOf(i + 5);
+  }
+  assertEquals(sender.sendBatch(out.bufs, out.sizes, addrs, 3), 3);
+  const into = slots(8, 1500);
+  assertEquals(await receiver.recv(into.bufs, into.sizes, into.addrs), 3);
+  assertEquals(into.sizes.slice(0, 3), [sizeOf(5), sizeOf(6), sizeOf(7)]);
+  assertEquals(sender.sendBatch(out.bufs, out.sizes, addrs, 0), 0);
+});
+
+Deno.test("UdpSocket.sendBatch() skips a datagram the kernel refuses and sends the rest", async () => {
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  const out = slots(3, 10);
+  out.sizes.fill(10);
+  out.bufs[0]!.fill(1);
+  out.bufs[2]!.fill(3);
+  copySockAddr(to, out.addrs[0]!);
+  encodeSockAddr("::1", receiver.port, out.addrs[1]!); // IPv6 on an IPv4 socket: EAFNOSUPPORT
+  copySockAddr(to, out.addrs[2]!);
+  assertEquals(sender.sendBatch(out.bufs, out.sizes, out.addrs, 3), 2);
+  assertEquals(sender.stats.sendErrors, 1);
+  assert(!sender.sendTo(out.bufs[1]!, 10, out.addrs[1]!));
+  assertEquals(sender.stats.sendErrors, 2);
+  const into = slots(4, 100);
+  assertEquals(await receiver.recv(into.bufs, into.sizes, into.addrs), 2);
+  assertEquals([into.bufs[0]![0], into.bufs[1]![0]], [1, 3]);
+});
+
+Deno.test("UdpSocket on :: receives from an IPv4 socket and replies to the recorded address", async () => {
+  using server = UdpSocket.bind("::", 0);
+  using client = UdpSocket.bind("127.0.0.1", 0);
+  assertEquals(server.family, 6);
+  const request = new TextEncoder().encode("hello");
+  assert(client.sendTo(request, request.length, encodeSockAddr("127.0.0.1", server.port)));
+  const into = slots(4, 1500);
+  assertEquals(await server.recv(into.bufs, into.sizes, into.addrs), 1);
+  const peer = into.addrs[0]!;
+  assertEquals(formatSockAddr(peer), `[::ffff:127.0.0.1]:${client.port}`);
+  assert(sameSockAddr(peer, encodeSockAddr("127.0.0.1", client.port, undefined, server.family)));
+  assert(server.sendTo(into.bufs[0]!, into.sizes[0]!, peer));
+  const back = slots(4, 1500);
+  assertEquals(await client.recv(back.bufs, back.sizes, back.addrs), 1);
+  assertEquals(new TextDecoder().decode(back.bufs[0]!.subarray(0, back.sizes[0])), "hello");
+  assertEquals(formatSockAddr(back.addrs[0]!), `127.0.0.1:${server.port}`);
+});
+
+Deno.test("UdpSocket.recv() drops datagrams larger than their buffer and counts them", async () => {
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  const out = new Uint8Array(200);
+  for (const [size, mark] of [[50, 1], [200, 2], [60, 3], [150, 4], [101, 5], [100, 6]]) {
+    out.fill(mark!);
+    assert(sender.sendTo(out, size!, to));
+  }
+  const into = slots(8, 100);
+  assertEquals(await receiver.recv(into.bufs, into.sizes, into.addrs), 3);
+  // The datagrams after a dropped one moved up into the free slots, with their sources.
+  assertEquals(into.sizes.slice(0, 3), [50, 60, 100]);
+  assertEquals([into.bufs[0]![49], into.bufs[1]![59], into.bufs[2]![99]], [1, 3, 6]);
+  for (let i = 0; i < 3; i++) {
+    assertEquals(formatSockAddr(into.addrs[i]!), `127.0.0.1:${sender.port}`);
+  }
+  assertEquals(receiver.stats.truncated, 3);
+  assertEquals(receiver.stats.received, 3);
+});
+
+Deno.test("UdpSocket.recv() keeps polling when a batch held only truncated datagrams", async () => {
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  assert(sender.sendTo(new Uint8Array(20), 20, to));
+  const into = slots(2, 10);
+  const pending = receiver.recv(into.bufs, into.sizes, into.addrs);
+  setTimeout(() => sender.sendTo(new Uint8Array(5).fill(9), 5, to), 20);
+  assertEquals(await pending, 1);
+  assertEquals(into.sizes[0], 5);
+  assertEquals(receiver.stats.truncated, 1);
+});
+
+Deno.test("UdpSocket.close() wakes a pending recv(), which resolves 0 at once", async () => {
+  const socket = UdpSocket.bind("127.0.0.1", 0);
+  const into = slots(4, 1500);
+  const pending = socket.recv(into.bufs, into.sizes, into.addrs);
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  const start = performance.now();
+  socket.close();
+  socket.close();
+  assertEquals(await pending, 0);
+  assert(performance.now() - start < 200, `recv() took ${performance.now() - start} ms`);
+  assertEquals(await socket.recv(into.bufs, into.sizes, into.addrs), 0);
+  assert(!socket.sendTo(into.bufs[0]!, 1, encodeSockAddr("127.0.0.1", 9)));
+  assertEquals(socket.sendBatch(into.bufs, into.sizes, into.addrs, 2), 0);
+  assertEquals(socket.stats.sendErrors, 3);
+});
+
+Deno.test("UdpSocket.recv() refuses a second concurrent call", async () => {
+  using socket = UdpSocket.bind("127.0.0.1", 0);
+  const into = slots(1, 100);
+  const pending = socket.recv(into.bufs, into.sizes, into.addrs);
+  let error: unknown;
+  await socket.recv(into.bufs, into.sizes, into.addrs).catch((e) => error = e);
+  assert(error instanceof Error && /already in progress/.test(error.message));
+  socket.close();
+  assertEquals(await pending, 0);
+});
+
+Deno.test("UdpSocket.bind() names the address in use and what to do", () => {
+  using first = UdpSocket.bind("127.0.0.1", 0);
+  assertThrows(
+    () => UdpSocket.bind("127.0.0.1", first.port),
+    UdpError,
+    new RegExp(
+      `Cannot bind UDP 127\\.0\\.0\\.1:${first.port}: the address is already in use.*ss -ulpn`,
+    ),
+  );
+  // "::" takes IPv4 too, so it conflicts with the IPv4 socket's port.
+  assertThrows(() => UdpSocket.bind("::", first.port), UdpError, /already in use/);
+});
+
+Deno.test("UdpSocket.bind() explains a foreign address and refuses host names", () => {
+  assertThrows(() => UdpSocket.bind("192.0.2.1", 0), UdpError, /no interface of this host/);
+  assertThrows(() => UdpSocket.bind("localhost", 0), TypeError, /Cannot parse IP address/);
+});
+
+Deno.test("UdpSocket.bind() asks for large socket buffers", () => {
+  using socket = UdpSocket.bind("0.0.0.0", 0);
+  assertEquals(socket.family, 4);
+  assert(socket.port > 0);
+  // Either the kernel granted 4 MiB (it reports twice that) or the socket says what capped it.
+  if (socket.bufferWarning === undefined) assert(socket.receiveBufferBytes >= 8 * 1024 * 1024);
+  else assert(/net\.core\.rmem_max/.test(socket.bufferWarning));
+});
+
+Deno.test("UdpSocket checks slot arrays before the kernel sees them", () => {
+  using socket = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", 9);
+  const bufs = [new Uint8Array(10), new Uint8Array(10)];
+  assertThrows(() => socket.sendTo(bufs[0]!, 11, to), RangeError, /11 bytes, its buffer holds 10/);
+  assertThrows(() => socket.sendTo(bufs[0]!, 1, new Uint8Array(16)), RangeError, /newSockAddr/);
+  assertThrows(() => socket.sendBatch(bufs, [1, 1], [to], 2), RangeError, /No address slot 1/);
+  assertThrows(() => socket.sendBatch(bufs, [1, 20], [to, to], 2), RangeError, /Datagram 1/);
+  assertThrows(() => socket.sendBatch(bufs, [1, 1], [to, to], 3), RangeError, /3 datagrams/);
+  assertThrows(() => socket.sendBatch([], [], [], 1), RangeError, /0 buffers/);
+});
+
+/** Allocates and drops enough to run several garbage collections, moving what V8 may move. */
+function churnHeap(): number {
+  let keep = 0;
+  for (let round = 0; round < 20; round++) {
+    const junk: Uint8Array[] = [];
+    for (let i = 0; i < 20000; i++) junk.push(new Uint8Array(40 + (i & 15)));
+    const big = new Array(100000).fill(0).map((_, i) => ({ i }));
+    keep += junk.length + big.length;
+  }
+  return keep;
+}
+
+Deno.test("UdpSocket keeps the kernel pointing at the caller's slots across GCs and swaps", async () => {
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  // Small arrays made with a length are the kind V8 may keep inside its heap.
+  const into = {
+    bufs: [new Uint8Array(48), new Uint8Array(48)],
+    sizes: [0, 0],
+    addrs: [new Uint8Array(28), new Uint8Array(28)],
+  };
+  const out = { bufs: [new Uint8Array(48)], sizes: [0], addrs: [new Uint8Array(28)] };
+  copySockAddr(to, out.addrs[0]!);
+  for (let round = 0; round < 4; round++) {
+    out.bufs[0]!.fill(round + 1);
+    out.sizes[0] = 10 + round;
+    assertEquals(sender.sendBatch(out.bufs, out.sizes, out.addrs, 1), 1);
+    assertEquals(await receiver.recv(into.bufs, into.sizes, into.addrs), 1);
+    assertEquals(into.sizes[0], 10 + round);
+    assertEquals([...into.bufs[0]!.subarray(0, 10 + round)], new Array(10 + round).fill(round + 1));
+    assertEquals(formatSockAddr(into.addrs[0]!), `127.0.0.1:${sender.port}`);
+    into.addrs[0]!.fill(0);
+    assert(churnHeap() > 0);
+    // Swapped slots are re-pointed: the kernel must write into the new ones.
+    if (round === 1) {
+      into.bufs[0] = new Uint8Array(48);
+      into.addrs[0] = new Uint8Array(28);
+      out.bufs[0] = new Uint8Array(48);
+    }
+  }
+});
