@@ -384,13 +384,13 @@ export class Client {
         const channel = this.#channel;
         if (channel === undefined) continue; // between sessions: dropped, like an unplugged cable
         const udp = this.#udp;
-        if (udp?.active) {
-          for (let i = 0; i < n; i++) udp.queue(bufs[i]!, sizes[i]!);
-          udp.flush();
-        } else {
-          for (let i = 0; i < n; i++) channel.queueData(bufs[i]!, sizes[i]!);
-          channel.flush();
+        const viaUdp = udp?.active === true;
+        for (let i = 0; i < n; i++) {
+          // A key past its usage limit seals nothing; TLS carries the packet instead.
+          if (!viaUdp || !udp!.queue(bufs[i]!, sizes[i]!)) channel.queueData(bufs[i]!, sizes[i]!);
         }
+        udp?.flush();
+        channel.flush();
       }
     } catch (error) {
       if (!this.#stopped) logger.error("TUN read failed: {error}", { error: String(error) });

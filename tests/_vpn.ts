@@ -149,10 +149,9 @@ export class Topology implements AsyncDisposable {
   }
 
   /** Starts `vpn serve` in the server namespace and waits until it listens. */
-  async startServer(extra: string[] = []): Promise<VpnProcess> {
-    const process = new VpnProcess(
-      this.server.spawn(denoScript(MAIN, "serve", "--dir", this.dir, "-v", ...extra)),
-    );
+  async startServer(extra: string[] = [], wrap: string[] = []): Promise<VpnProcess> {
+    const argv = [...wrap, ...denoScript(MAIN, "serve", "--dir", this.dir, "-v", ...extra)];
+    const process = new VpnProcess(this.server.spawn(argv));
     this.#processes.push(process);
     await process.waitForLog(/listening on/);
     return process;
@@ -166,13 +165,17 @@ export class Topology implements AsyncDisposable {
   }
 
   /** Starts `vpn connect` in client namespace i to its server address. */
-  connect(i: number, profile: string, extra: string[] = []): VpnProcess {
+  connect(i: number, profile: string, extra: string[] = [], wrap: string[] = []): VpnProcess {
     const ns = this.clients[i]!;
-    const process = new VpnProcess(
-      ns.spawn(
-        denoScript(MAIN, "connect", `${this.serverIp(i)}:1194`, "--profile", profile, ...extra),
-      ),
+    const argv = denoScript(
+      MAIN,
+      "connect",
+      `${this.serverIp(i)}:1194`,
+      "--profile",
+      profile,
+      ...extra,
     );
+    const process = new VpnProcess(ns.spawn([...wrap, ...argv]));
     this.#processes.push(process);
     return process;
   }
@@ -207,4 +210,37 @@ export class Topology implements AsyncDisposable {
     for (const ns of [this.server, ...this.clients]) await ns[Symbol.asyncDispose]();
     await Deno.remove(this.dir, { recursive: true });
   }
+}
+
+/**
+ * An argv prefix that runs a command in a private mount namespace where every libcrypto of
+ * the system reads as /dev/null: as on a machine without OpenSSL. The host is untouched.
+ */
+export function withoutLibcrypto(): string[] {
+  const libraries: string[] = [];
+  for (
+    const dir of [
+      "/usr/lib/x86_64-linux-gnu",
+      "/lib/x86_64-linux-gnu",
+      "/usr/lib/aarch64-linux-gnu",
+      "/usr/lib",
+    ]
+  ) {
+    try {
+      for (const entry of Deno.readDirSync(dir)) {
+        if (entry.name.startsWith("libcrypto.so")) libraries.push(`${dir}/${entry.name}`);
+      }
+    } catch { /* no such directory */ }
+  }
+  const mounts = libraries.map((path) => `mount --bind /dev/null ${path}`).join(" && ");
+  return [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    `${mounts} && exec "$@"`,
+    "sh",
+  ];
 }

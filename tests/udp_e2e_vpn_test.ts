@@ -4,8 +4,8 @@
  */
 
 import { assert, assertEquals, assertGreater, assertMatch } from "./_assert.ts";
-import { denoScript, JsonLines, type Netns, rootTest, run } from "./_netns.ts";
-import { Topology, waitFor } from "./_vpn.ts";
+import { denoScript, JsonLines, type Netns, rootTest } from "./_netns.ts";
+import { Topology, waitFor, withoutLibcrypto } from "./_vpn.ts";
 
 const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
 
@@ -204,5 +204,22 @@ rootTest("vpn: the client's UDP source port changing mid-session keeps the sessi
   assert(await net.ping(client, "10.8.0.1", 5), vpn.log);
   await server.waitForLog(/alice: UDP address changed to 172\.30\.1\.2:40000/);
   assert(!server.log.includes("disconnected"), server.log);
-  await run(["true"]);
+});
+
+rootTest("vpn without libcrypto warns and carries data over TLS", async () => {
+  await using net = await Topology.create(2);
+  const server = await net.startServer([], withoutLibcrypto());
+  assertMatch(server.log, /no UDP data channel without libcrypto \(.*\); clients use TLS only/);
+  assertMatch(server.log, /listening on 0\.0\.0\.0:1194 \(TLS\)/);
+  const auto = net.connect(0, await net.addClient("alice"));
+  await auto.waitForLog(/the server refused UDP: no UDP data channel without libcrypto/);
+  assert(await net.ping(net.clients[0]!, "10.8.0.1"), auto.log);
+  await server.stop();
+
+  // And a client without libcrypto, against a server with it.
+  const full = await net.startServer();
+  const bare = net.connect(1, await net.addClient("bob"), [], withoutLibcrypto());
+  await bare.waitForLog(/no UDP data channel without libcrypto .*; data stays on TLS/);
+  assert(await net.ping(net.clients[1]!, "10.8.0.1"), bare.log);
+  assert(!/bob: data over UDP/.test(full.log), full.log);
 });
