@@ -37,9 +37,10 @@ Commands:
         revoke a client; a running server drops it within seconds
   client list [--dir DIR]
         list issued clients: name, serial, status, expiry
-  connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]
+  connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
         join a server; HOST:PORT overrides the profile's remote; --proto how data
-        travels: auto (UDP when it works, else TLS; the default), udp (or fail), tcp
+        travels: auto (UDP when it works, else TLS; the default), udp (or fail), tcp;
+        --no-offload: plain packets on the TUN, no segmentation offload
   version
         print the version
 
@@ -162,6 +163,7 @@ async function run(command: string, rest: string[]): Promise<number> {
         profile: { type: "string" },
         dev: { type: "string" },
         proto: { type: "string" },
+        "no-offload": { type: "boolean", default: false },
       });
       if (remote.length > 1 || values.profile === undefined) {
         throw new UsageError(
@@ -178,6 +180,7 @@ async function run(command: string, rest: string[]): Promise<number> {
         ...(remote[0] ? { remote: remote[0] } : {}),
         ...(values.dev ? { dev: values.dev } : {}),
         ...(proto ? { proto: proto as Proto } : {}),
+        ...(values["no-offload"] ? { offload: false } : {}),
         ...(logLevel ? { level: logLevel } : {}),
       });
     }

@@ -19,7 +19,8 @@ import { Netlink } from "../ffi/netlink.ts";
 import { Channel } from "./channel.ts";
 import type { ClientProfile, Proto } from "./config.ts";
 import { cryptoUnavailable } from "../ffi/crypto.ts";
-import { ClientUdp } from "./client_udp.ts";
+import { ClientUdp, type PacketSink } from "./client_udp.ts";
+import { Segmenter } from "./offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
 import { log } from "./log.ts";
 import {
@@ -74,6 +75,8 @@ export interface ClientOptions {
   proto?: Proto;
   /** A TUN to use as is (tests); by default a Linux TUN is created and configured. */
   tun?: TunDevice;
+  /** Ask for TUN segmentation offload (`IFF_VNET_HDR`). Default true. */
+  offload?: boolean;
 }
 
 /** The client ended for good; `message` says why and what to do. */
@@ -85,7 +88,7 @@ export class ClientError extends Error {
 }
 
 /** A VPN client that keeps its tunnel up until stopped. */
-export class Client {
+export class Client implements PacketSink {
   /** The address the server gave, once connected. */
   address: string | undefined;
 
@@ -101,6 +104,14 @@ export class Client {
   #udp: ClientUdp | undefined;
   /** The server's IP as the TLS connection saw it: where datagrams go. */
   #serverIp = "";
+  /** Whether DATA frames and datagrams of the current session carry virtio-net headers. */
+  #vnet = false;
+  /** Converts packets between the TUN's encoding and the session's (mod/offload.ts). */
+  readonly #segmenter = new Segmenter();
+  /** The inbound batch for the TUN. */
+  readonly #toTun: Uint8Array[] = [];
+  #toTunCount = 0;
+  readonly #one: Uint8Array[] = [new Uint8Array(0)];
   #stopped = false;
   #wake: (() => void) | undefined;
   #pump: Promise<void> | undefined;
@@ -117,6 +128,14 @@ export class Client {
   /** Connects and keeps the tunnel up until {@linkcode stop}; throws ClientError if refused. */
   async run(): Promise<void> {
     let failures = 0;
+    // The TUN first: a missing privilege fails at once, and AUTH can say what the TUN takes.
+    const tun = this.#options.tun ??
+      LinuxTun.create({
+        name: this.#options.dev ?? this.#options.profile.dev,
+        offload: this.#options.offload !== false,
+      });
+    this.#tun = tun;
+    this.#pump = this.#tunToServer(tun);
     try {
       while (!this.#stopped) {
         try {
@@ -179,6 +198,7 @@ export class Client {
         certPem: profile.cert,
         keyPem: profile.key,
         serverName: host.replace(/^\[(.*)\]$/, "$1"),
+        offload: this.#tun!.vnetHdr,
         ...(this.address ? { address: this.address } : {}),
       };
       const push = await withTimeout(
@@ -197,15 +217,10 @@ export class Client {
     }
   }
 
-  /** Creates the TUN on the first session; later sessions only change what changed. */
+  /** Sets the TUN up from the first PUSH; later sessions only change what changed. */
   #configure(push: Push): void {
-    if (this.#tun === undefined) {
-      const tun = this.#options.tun ??
-        LinuxTun.create({ name: this.#options.dev ?? this.#options.profile.dev });
-      this.#tun = tun;
-      this.#pump = this.#tunToServer(tun);
-    }
     if (this.#options.tun === undefined) this.#configureLinux(push);
+    this.#vnet = push.offload === true;
     this.#push = push;
     this.address = push.address;
     logger.info(
@@ -242,10 +257,7 @@ export class Client {
   }
 
   async #runSession(channel: Channel): Promise<void> {
-    const tun = this.#tun!;
     const { interval, timeout } = this.#push!.keepalive;
-    const toTun: Uint8Array[] = [];
-    let count = 0;
     let ended: string | undefined;
     let fatal: ClientError | undefined;
     const fail = (error: ClientError) => {
@@ -267,7 +279,7 @@ export class Client {
         const payload = () => buffer.subarray(start, end);
         switch (type) {
           case FrameType.DATA:
-            toTun[count++] = buffer.subarray(start, end);
+            this.fromServer(buffer.subarray(start, end));
             return;
           case FrameType.PING:
             channel.sendControl(FrameType.PONG, buffer.slice(start, end));
@@ -306,10 +318,7 @@ export class Client {
           default:
             throw new FrameError(`unexpected frame type ${type} after PUSH`);
         }
-      }, () => {
-        if (count > 0) tun.write(toTun, count);
-        count = 0;
-      });
+      }, () => this.flush());
     } catch (error) {
       if (ended === undefined && fatal === undefined) throw error;
     } finally {
@@ -349,7 +358,7 @@ export class Client {
       random,
       this.#serverIp,
       this.#options.port,
-      this.#tun!,
+      this,
       timeout * 1000,
     );
     this.#udp = udp;
@@ -376,18 +385,49 @@ export class Client {
     }
   }
 
+  /** A packet from the server (TLS frame or datagram) for the TUN; {@linkcode flush} ends a batch. */
+  fromServer(packet: Uint8Array): void {
+    if (this.#vnet === this.#tun!.vnetHdr) this.#toTun[this.#toTunCount++] = packet;
+    else this.#segmenter.convert(packet, packet.length, false, true, Infinity, this.#emitTun);
+  }
+
+  /** Writes the inbound batch into the TUN. */
+  flush(): void {
+    if (this.#toTunCount === 0) return;
+    this.#tun!.write(this.#toTun, this.#toTunCount);
+    this.#toTunCount = 0;
+  }
+
+  /** The segmenter reuses its buffer for the next packet: write this one now. */
+  readonly #emitTun = (packet: Uint8Array) => {
+    this.#one[0] = packet;
+    this.#tun!.write(this.#one, 1);
+  };
+
+  readonly #emitTls = (packet: Uint8Array) => this.#channel?.queueData(packet, packet.length);
+
+  readonly #emitUdp = (packet: Uint8Array) => {
+    // A key past its usage limit seals nothing; TLS carries the packet instead.
+    if (!this.#udp?.queue(packet, packet.length)) this.#channel?.queueData(packet, packet.length);
+  };
+
   async #tunToServer(tun: TunDevice): Promise<void> {
     const bufs = Array.from({ length: BATCH }, () => new Uint8Array(MAX_PAYLOAD));
     const sizes = new Array<number>(BATCH).fill(0);
+    const segmenter = this.#segmenter;
     try {
       for (let n; (n = await tun.read(bufs, sizes)) > 0;) {
         const channel = this.#channel;
         if (channel === undefined) continue; // between sessions: dropped, like an unplugged cable
         const udp = this.#udp;
-        const viaUdp = udp?.active === true;
+        const vnet = this.#vnet;
+        const mtu = this.#push!.mtu;
         for (let i = 0; i < n; i++) {
-          // A key past its usage limit seals nothing; TLS carries the packet instead.
-          if (!viaUdp || !udp!.queue(bufs[i]!, sizes[i]!)) channel.queueData(bufs[i]!, sizes[i]!);
+          const packet = bufs[i]!;
+          const size = sizes[i]!;
+          if (udp?.active) segmenter.convert(packet, size, tun.vnetHdr, vnet, mtu, this.#emitUdp);
+          else if (tun.vnetHdr === vnet) channel.queueData(packet, size);
+          else segmenter.convert(packet, size, tun.vnetHdr, vnet, Infinity, this.#emitTls);
         }
         udp?.flush();
         channel.flush();

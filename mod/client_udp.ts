@@ -3,14 +3,13 @@
  *
  * Outbound: packets read from the TUN are sealed into pre-allocated datagram slots and leave in
  * one `sendmmsg` per TUN batch (`queue`, `flush`). Inbound (`#receive`): one awaited batch of
- * datagrams; each is authenticated and decrypted, DATA goes to the TUN in one batch, PONG marks
- * the path alive. The client PINGs every keepalive interval; while answers come back the path
+ * datagrams; each is authenticated and decrypted, DATA goes to the client's packet sink (and so
+ * to the TUN, in one batch), PONG marks the path alive. The client PINGs every keepalive interval; while answers come back the path
  * is `active` and carries the data, otherwise the data stays on (or falls back to) TLS.
  *
  * @module
  */
 
-import type { TunDevice } from "../ffi/tun.ts";
 import {
   encodeSockAddr,
   formatSockAddr,
@@ -31,6 +30,12 @@ import type { Rekey, UdpAccept } from "./messages.ts";
 
 const logger = log("client");
 
+/** Where the packets that arrive over UDP go; `flush` ends each batch. */
+export interface PacketSink {
+  fromServer(packet: Uint8Array): void;
+  flush(): void;
+}
+
 /** How often a probe is sent while waiting for the first answer (ms). */
 const PROBE_EVERY_MS = 200;
 
@@ -42,7 +47,7 @@ export class ClientUdp implements Disposable {
 
   readonly #socket: UdpSocket;
   readonly #serverAddr: SockAddr;
-  readonly #tun: TunDevice;
+  readonly #sink: PacketSink;
   readonly #out = new DatagramSlots(64);
   readonly #ping = new Uint8Array(8);
   readonly #receiving: Promise<void>;
@@ -57,7 +62,7 @@ export class ClientUdp implements Disposable {
     socket: UdpSocket,
     serverAddr: SockAddr,
     crypto: DatagramCrypto,
-    tun: TunDevice,
+    sink: PacketSink,
     clientRandom: Uint8Array,
     timeoutMs: number,
   ) {
@@ -65,7 +70,7 @@ export class ClientUdp implements Disposable {
     this.#serverAddr = serverAddr;
     this.server = formatSockAddr(serverAddr);
     this.crypto = crypto;
-    this.#tun = tun;
+    this.#sink = sink;
     this.#clientRandom = clientRandom;
     this.#timeoutMs = timeoutMs;
     this.#receiving = this.#receive();
@@ -80,7 +85,7 @@ export class ClientUdp implements Disposable {
     clientRandom: Uint8Array,
     host: string,
     port: number,
-    tun: TunDevice,
+    sink: PacketSink,
     timeoutMs: number,
   ): ClientUdp {
     const ipv6 = host.includes(":");
@@ -96,7 +101,7 @@ export class ClientUdp implements Disposable {
       crypto.installReceive(keys);
       crypto.installSend(keys);
       const serverAddr = encodeSockAddr(host, port, newSockAddr(), socket.family);
-      return new ClientUdp(socket, serverAddr, crypto, tun, clientRandom, timeoutMs);
+      return new ClientUdp(socket, serverAddr, crypto, sink, clientRandom, timeoutMs);
     } catch (error) {
       socket.close();
       throw error;
@@ -192,24 +197,18 @@ export class ClientUdp implements Disposable {
   async #receive(): Promise<void> {
     const slots = new DatagramSlots(64);
     const plain = slots.bufs.map(() => new Uint8Array(slots.bufs[0]!.length));
-    const toTun: Uint8Array[] = [];
     try {
       for (let n; (n = await this.#socket.recv(slots.bufs, slots.sizes, slots.addrs)) > 0;) {
-        let count = 0;
         for (let i = 0; i < n; i++) {
-          const length = this.crypto.open(
-            slots.bufs[i]!,
-            slots.sizes[i]!,
-            slots.bodies[i]!,
-            plain[i]!,
-          );
+          const out = plain[i]!;
+          const length = this.crypto.open(slots.bufs[i]!, slots.sizes[i]!, slots.bodies[i]!, out);
           if (length < 0) continue;
           this.#heard();
           if (this.crypto.type === DatagramType.DATA) {
-            toTun[count++] = plain[i]!.subarray(0, length);
+            this.#sink.fromServer(out.subarray(0, length));
           }
         }
-        if (count > 0) this.#tun.write(toTun, count);
+        this.#sink.flush();
       }
     } catch (error) {
       logger.error("UDP receive failed: {error}", { error: String(error) });

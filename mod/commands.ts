@@ -207,6 +207,8 @@ export interface ConnectCommand {
   remote?: string;
   dev?: string;
   proto?: Proto;
+  /** false: no TUN segmentation offload. */
+  offload?: boolean;
   level?: LogLevel;
 }
 
@@ -220,6 +222,7 @@ export async function connect(options: ConnectCommand): Promise<number> {
     host,
     port,
     proto: options.proto ?? profile.proto,
+    ...(options.offload === false ? { offload: false } : {}),
     ...(options.dev ? { dev: options.dev } : {}),
   });
   const stop = () => client.stop();

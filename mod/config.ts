@@ -122,6 +122,13 @@ export interface ServerConfig {
    */
   rekey_interval: number;
   /**
+   * Whether the server's TUN uses segmentation offload (`IFF_VNET_HDR`): the kernel then hands
+   * over 64 KiB TCP super-packets, which travel whole to clients that have offload too.
+   *
+   * @default true
+   */
+  offload: boolean;
+  /**
    * Whether the server forwards packets between clients itself. When false (as in OpenVPN),
    * such packets go into the server's TUN, where the host's routing and firewall decide:
    * with IP forwarding off, clients cannot reach each other.
@@ -211,6 +218,7 @@ export function defaultServerConfig(): ServerConfig {
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
     rekey_interval: 3600,
+    offload: true,
     client_to_client: false,
     push: { routes: [] },
     dev: "vpn%d",
@@ -282,6 +290,7 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
       wholeNumber(1, 86400),
       "must be a whole number of seconds from 1 to 86400",
     ),
+    offload: r.value(top.offload, "offload", d.offload, isBoolean, BOOLEAN_RULE),
     client_to_client: r.value(
       top.client_to_client,
       "client_to_client",
@@ -319,6 +328,7 @@ const SERVER_COMMENTS = {
   "keepalive.interval": "Seconds between keepalive pings from each side (1-3600).",
   "keepalive.timeout": "Drop a peer not heard from for this long (greater than interval).",
   rekey_interval: "Seconds before a UDP data channel key is replaced (1-86400).",
+  offload: "Use TUN segmentation offload: 64 KiB super-packets to clients that have it too.",
   client_to_client:
     "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",
   push: "What clients are told to set up.",

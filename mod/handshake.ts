@@ -66,6 +66,8 @@ export interface AuthenticatedClient {
   serial: string;
   /** The address the client asks back, if any. */
   address?: string;
+  /** The client's TUN takes virtio-net headers. */
+  offload: boolean;
 }
 
 /** What the server checks a client against. */
@@ -115,7 +117,11 @@ export async function acceptClient(
     signature: fromBase64(auth.signature, "AUTH signature"),
     revoked: trust.revoked,
   });
-  const client: AuthenticatedClient = { name: verified.name, serial: verified.serial };
+  const client: AuthenticatedClient = {
+    name: verified.name,
+    serial: verified.serial,
+    offload: auth.offload === true,
+  };
   if (auth.address !== undefined) client.address = auth.address;
   return client;
 }
@@ -138,6 +144,8 @@ export interface ClientCredentials {
   serverName: string;
   /** The address to ask back after a reconnect. */
   address?: string;
+  /** Whether this client's TUN takes virtio-net headers. */
+  offload: boolean;
 }
 
 /**
@@ -165,6 +173,7 @@ export async function authenticate(
     signature: (await signChallenge(credentials.keyPem, challenge)).toBase64(),
   };
   if (credentials.address !== undefined) auth.address = credentials.address;
+  if (credentials.offload) auth.offload = true;
   channel.sendControl(FrameType.AUTH, encodeMessage(auth));
   return decodePush(await expect(channel, FrameType.PUSH, "PUSH"));
 }

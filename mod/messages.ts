@@ -34,6 +34,8 @@ export interface Auth {
   signature: string;
   /** The address the client had before, asked back after a reconnect. */
   address?: string;
+  /** The client's TUN takes packets with a virtio-net header (TUN offload). */
+  offload?: boolean;
 }
 
 /** PUSH: the network settings the server gives an authenticated client. */
@@ -50,6 +52,8 @@ export interface Push {
   mtu: number;
   /** Keepalive: ping every `interval` s; end after `timeout` s of silence. */
   keepalive: { interval: number; timeout: number };
+  /** Every DATA frame and datagram, both ways, starts with a virtio-net header. */
+  offload?: boolean;
 }
 
 /** Why a session was refused or ended. */
@@ -148,6 +152,12 @@ function integer(fields: Fields, key: string, what: string, min: number, max: nu
   return value as number;
 }
 
+function boolean(fields: Fields, key: string, what: string): boolean {
+  const value = fields[key];
+  if (typeof value !== "boolean") throw new FrameError(`${what}: "${key}" must be true or false`);
+  return value;
+}
+
 /** Decodes a HELLO payload. */
 export function decodeHello(payload: Uint8Array): Hello {
   const f = parse(payload, "HELLO");
@@ -168,6 +178,7 @@ export function decodeAuth(payload: Uint8Array): Auth {
     signature: string(f, "signature", "AUTH", 256),
   };
   if (f.address !== undefined) auth.address = string(f, "address", "AUTH", 64);
+  if (f.offload !== undefined) auth.offload = boolean(f, "offload", "AUTH");
   return auth;
 }
 
@@ -182,7 +193,7 @@ export function decodePush(payload: Uint8Array): Push {
   if (typeof keepalive !== "object" || keepalive === null) {
     throw new FrameError(`PUSH: "keepalive" must be an object`);
   }
-  return {
+  const push: Push = {
     address: string(f, "address", "PUSH", 64),
     prefix: integer(f, "prefix", "PUSH", 0, 32),
     gateway: string(f, "gateway", "PUSH", 64),
@@ -193,6 +204,8 @@ export function decodePush(payload: Uint8Array): Push {
       timeout: integer(keepalive as Fields, "timeout", "PUSH keepalive", 2, 86400),
     },
   };
+  if (f.offload !== undefined) push.offload = boolean(f, "offload", "PUSH");
+  return push;
 }
 
 /** Decodes an ERROR payload. */

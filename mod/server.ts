@@ -31,6 +31,7 @@ import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts
 import { ipv4Destination, ipv4Source, packetVersion } from "./ip.ts";
 import { log } from "./log.ts";
 import { ALPN } from "./messages.ts";
+import { Segmenter, VNET_HDR_LEN } from "./offload.ts";
 import { ServerUdp } from "./server_udp.ts";
 import { Session } from "./session.ts";
 import {
@@ -104,6 +105,13 @@ export class Server {
   readonly #toTun: Uint8Array[] = [];
   #toTunCount = 0;
   readonly #touched: Session[] = [];
+  /** Whether the TUN's packets carry a virtio-net header (offload). */
+  readonly #vnet: boolean;
+  /** Converts packets between the TUN's and each client's encoding (mod/offload.ts). */
+  readonly #segmenter = new Segmenter();
+  /** The session the segmenter is emitting for; set just before each `convert`. */
+  #target: Session | undefined;
+  readonly #one: Uint8Array[] = [new Uint8Array(0)];
 
   private constructor(
     options: ServerOptions,
@@ -116,6 +124,7 @@ export class Server {
     this.#dir = options.dir;
     this.pool = pool;
     this.#tun = tun;
+    this.#vnet = tun.vnetHdr;
     this.#listener = listener;
     this.#trust = trust;
     this.port = listener.addr.port;
@@ -236,7 +245,7 @@ export class Server {
       // A revocation made a moment ago must already count for this client.
       await this.#checkRevocations();
       const client = await acceptClient(channel, this.#trust);
-      this.#admit(channel, client.name, client.serial, client.address, peer);
+      this.#admit(channel, client.name, client.serial, client.address, client.offload, peer);
     } catch (error) {
       this.stats.refused++;
       if (error instanceof AuthError) {
@@ -262,6 +271,7 @@ export class Server {
     name: string,
     serial: string,
     preferred: string | undefined,
+    offload: boolean,
     peer: string,
   ): void {
     if (this.#stopped) {
@@ -278,7 +288,9 @@ export class Server {
       refuse(channel, "pool-exhausted", "address pool exhausted");
       return;
     }
-    const session = new Session(this, channel, name, serial, address, peer);
+    // Frames carry virtio-net headers when both TUNs have them (mod/offload.ts).
+    const vnet = offload && this.#vnet;
+    const session = new Session(this, channel, name, serial, address, vnet, peer);
     this.#byAddress.set(session.addressNumber, session);
     this.#bySerial.set(serial, session);
     const { config } = this;
@@ -289,6 +301,7 @@ export class Server {
       routes: config.push.routes,
       mtu: config.mtu,
       keepalive: { interval: config.keepalive.interval, timeout: config.keepalive.timeout },
+      ...(vnet ? { offload: true } : {}),
     });
     logger.info("{name} connected from {peer}, address {address}", { name, peer, address });
     session.start();
@@ -311,34 +324,74 @@ export class Server {
 
   /**
    * Inbound: a packet from `session`'s client (a TLS frame or a datagram), in
-   * `buffer[start, end)`. Call {@linkcode flush} at the end of the batch.
+   * `buffer[start, end)`, behind a virtio-net header when the session has offload. Call
+   * {@linkcode flush} at the end of the batch.
    */
   fromClient(session: Session, buffer: Uint8Array, start: number, end: number): void {
+    const ip = session.vnet ? start + VNET_HDR_LEN : start;
     if (
-      end - start < 20 || packetVersion(buffer, start) !== 4 ||
-      ipv4Source(buffer, start) !== session.addressNumber
+      end - ip < 20 || packetVersion(buffer, ip) !== 4 ||
+      ipv4Source(buffer, ip) !== session.addressNumber
     ) {
       this.stats.spoofed++;
       return;
     }
+    const packet = buffer.subarray(start, end);
     if (this.#config.client_to_client) {
-      const peer = this.#byAddress.get(ipv4Destination(buffer, start));
+      const peer = this.#byAddress.get(ipv4Destination(buffer, ip));
       if (peer !== undefined && peer !== session) {
-        this.#toClient(peer, buffer.subarray(start, end), end - start);
+        this.#toClient(peer, packet, packet.length, session.vnet);
         return;
       }
     }
-    this.#toTun[this.#toTunCount++] = buffer.subarray(start, end);
+    if (session.vnet === this.#vnet) this.#toTun[this.#toTunCount++] = packet;
+    else this.#segmenter.convert(packet, packet.length, false, true, Infinity, this.#emitTun);
   }
 
-  /** Outbound: a packet for `session`'s client, over UDP when that path is alive, else TLS. */
-  #toClient(session: Session, packet: Uint8Array, length: number): void {
-    if (this.udp?.queue(session, packet, length)) return;
+  /**
+   * Outbound: a packet for `session`'s client, over UDP when that path is alive, else TLS;
+   * `fromVnet` says whether it starts with a virtio-net header.
+   */
+  #toClient(session: Session, packet: Uint8Array, length: number, fromVnet: boolean): void {
+    if (session.udp?.alive && this.udp) {
+      this.#target = session;
+      this.#segmenter.convert(
+        packet,
+        length,
+        fromVnet,
+        session.vnet,
+        this.#config.mtu,
+        this.#emitUdp,
+      );
+    } else if (fromVnet === session.vnet) {
+      this.#queueTls(session, packet, length);
+    } else {
+      this.#target = session;
+      this.#segmenter.convert(packet, length, fromVnet, session.vnet, Infinity, this.#emitTls);
+    }
+  }
+
+  #queueTls(session: Session, packet: Uint8Array, length: number): void {
     if (session.channel.queueData(packet, length) && !session.touched) {
       session.touched = true;
       this.#touched.push(session);
     }
   }
+
+  readonly #emitUdp = (packet: Uint8Array) => {
+    // A key past its usage limit seals nothing; TLS carries the packet instead.
+    if (!this.udp!.queue(this.#target!, packet, packet.length)) {
+      this.#queueTls(this.#target!, packet, packet.length);
+    }
+  };
+
+  readonly #emitTls = (packet: Uint8Array) => this.#queueTls(this.#target!, packet, packet.length);
+
+  /** The segmenter reuses its buffer for the next packet: write this one now. */
+  readonly #emitTun = (packet: Uint8Array) => {
+    this.#one[0] = packet;
+    this.#tun.write(this.#one, 1);
+  };
 
   /** Ends a batch: the TUN gets its packets, UDP its datagrams, each touched session a write. */
   flush(): void {
@@ -359,14 +412,15 @@ export class Server {
     const sizes = new Array<number>(BATCH).fill(0);
     try {
       for (let n; (n = await this.#tun.read(bufs, sizes)) > 0;) {
+        const ip = this.#vnet ? VNET_HDR_LEN : 0;
         for (let i = 0; i < n; i++) {
           const packet = bufs[i]!;
           const size = sizes[i]!;
-          const session = size >= 20 && packetVersion(packet) === 4
-            ? this.#byAddress.get(ipv4Destination(packet))
+          const session = size >= ip + 20 && packetVersion(packet, ip) === 4
+            ? this.#byAddress.get(ipv4Destination(packet, ip))
             : undefined;
           if (session === undefined) this.stats.unroutable++;
-          else this.#toClient(session, packet, size);
+          else this.#toClient(session, packet, size, this.#vnet);
         }
         this.flush();
       }
@@ -418,7 +472,7 @@ export class Server {
 }
 
 function createServerTun(config: ServerConfig, pool: AddressPool): TunDevice {
-  const tun = LinuxTun.create({ name: config.dev });
+  const tun = LinuxTun.create({ name: config.dev, offload: config.offload });
   try {
     using nl = Netlink.open();
     const index = nl.linkIndex(tun.name);

@@ -34,6 +34,8 @@ export class Session {
   touched = false;
   /** The UDP data channel, once agreed (owned by `ServerUdp`). */
   udp: UdpState | undefined;
+  /** Packets to and from this client start with a virtio-net header (both TUNs have offload). */
+  readonly vnet: boolean;
 
   readonly #server: Server;
   readonly #peer: string;
@@ -46,8 +48,10 @@ export class Session {
     name: string,
     serial: string,
     address: string,
+    vnet: boolean,
     peer: string,
   ) {
+    this.vnet = vnet;
     this.#server = server;
     this.channel = channel;
     this.name = name;

@@ -17,7 +17,7 @@
  * Per case, client → server through the tunnel (iperf3 server bound to 10.8.0.1):
  * - iperf3 single TCP stream: median receiver rate of `--runs` runs of `--seconds` s;
  * - iperf3 `-P 4`: one run;
- * - ping: average RTT of 200 pings 10 ms apart;
+ * - ping (first, on the idle tunnel): average RTT of 200 pings 10 ms apart;
  * - CPU of the server and client VPN processes (utime + stime from /proc/PID/stat, every
  *   thread) during the single-stream runs, as % of one core.
  *
@@ -277,6 +277,8 @@ class Proc {
 }
 
 let cleaning: Promise<void> | undefined;
+/** Set by SIGINT or SIGTERM: the run stops and reports nothing more. */
+let interrupted = false;
 
 /** Stops every process, deletes the namespaces and temporary directories; runs once. */
 function cleanup(): Promise<void> {
@@ -471,6 +473,10 @@ async function measureTunnel(
     return / 0% packet loss/.test(out) ? true : undefined;
   }, 20_000);
 
+  // RTT first, on an idle tunnel: right after a bulk test a TCP tunnel may still drain its
+  // socket buffers, and the pings would measure that queue.
+  const rtt = await pingRtt(SERVER_TUN);
+  console.error(`  ${label}: RTT ${rtt.toFixed(3)} ms`);
   const singles: number[] = [];
   let cpuServer = 0;
   let cpuClient = 0;
@@ -498,8 +504,6 @@ async function measureTunnel(
   }
   const parallel = await iperf(SERVER_TUN, settings.seconds, 4);
   console.error(`  ${label}: -P 4: ${mbit(parallel.bitsPerSecond).toFixed(0)} Mbit/s`);
-  const rtt = await pingRtt(SERVER_TUN);
-  console.error(`  ${label}: RTT ${rtt.toFixed(3)} ms`);
   vpnServer.assertAlive();
   vpnClient.assertAlive();
   return {
@@ -699,16 +703,18 @@ async function main(settings: Settings): Promise<number> {
   const rows: Row[] = [];
   let failures = 0;
   for (const [name, measure] of cases) {
-    if (cleaning) break;
+    if (interrupted) break;
     console.error(name);
     try {
       rows.push(await measure());
     } catch (error) {
+      if (interrupted) break;
       failures++;
       console.error(`bench: ${name} failed: ${(error as Error).message}`);
     }
   }
 
+  if (interrupted) return 130;
   console.log(table(rows));
   console.log(
     `\nbare veth, iperf3 single TCP stream (one run): ${
@@ -722,6 +728,7 @@ if (import.meta.main) {
   const settings = parseOptions();
   checkPreconditions();
   const onSignal = async () => {
+    interrupted = true;
     console.error("bench: interrupted; cleaning up");
     await cleanup();
     Deno.exit(130);
@@ -732,7 +739,7 @@ if (import.meta.main) {
   try {
     code = await main(settings);
   } catch (error) {
-    console.error(`bench: ${(error as Error).message}`);
+    if (!interrupted) console.error(`bench: ${(error as Error).message}`);
   } finally {
     await cleanup();
     Deno.removeSignalListener("SIGINT", onSignal);

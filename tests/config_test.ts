@@ -27,6 +27,7 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
     rekey_interval: 3600,
+    offload: true,
     client_to_client: false,
     push: { routes: [] },
     dev: "vpn%d",
@@ -49,6 +50,7 @@ subnet: 10.99.0.0/16
 mtu: 65535
 keepalive: { interval: 5, timeout: 6 }
 rekey_interval: 60
+offload: false
 client_to_client: true
 push:
   routes: [192.168.50.0/24, "FD00:50::/64"]
@@ -61,6 +63,7 @@ log: { level: debug }
     mtu: 65535,
     keepalive: { interval: 5, timeout: 6 },
     rekey_interval: 60,
+    offload: false,
     client_to_client: true,
     push: { routes: ["192.168.50.0/24", "fd00:50::/64"] },
     dev: "tun7",
@@ -222,6 +225,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     mtu: 9000,
     keepalive: { interval: 3, timeout: 20 },
     rekey_interval: 600,
+    offload: false,
     client_to_client: true,
     push: { routes: ["192.168.50.0/24", "fd00:50::/64"] },
     dev: "tun%d",
@@ -235,7 +239,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
   const keyLines = lines.filter((line) => /^\s*[a-z_]+:/.test(line));
-  assertEquals(keyLines.length, 16);
+  assertEquals(keyLines.length, 17);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);
