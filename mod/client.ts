@@ -20,7 +20,7 @@ import { Channel } from "./channel.ts";
 import type { ClientProfile, Proto } from "./config.ts";
 import { cryptoUnavailable } from "../ffi/crypto.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
-import { Segmenter } from "./offload.ts";
+import { Coalescer, Segmenter } from "./offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
 import { log } from "./log.ts";
 import {
@@ -108,10 +108,11 @@ export class Client implements PacketSink {
   #vnet = false;
   /** Converts packets between the TUN's encoding and the session's (mod/offload.ts). */
   readonly #segmenter = new Segmenter();
-  /** The inbound batch for the TUN. */
+  /** The inbound batch for a TUN without offload. */
   readonly #toTun: Uint8Array[] = [];
   #toTunCount = 0;
-  readonly #one: Uint8Array[] = [new Uint8Array(0)];
+  /** With offload, joins inbound TCP segments into super-packets for the TUN (GRO). */
+  #coalescer: Coalescer | undefined;
   #stopped = false;
   #wake: (() => void) | undefined;
   #pump: Promise<void> | undefined;
@@ -135,6 +136,7 @@ export class Client implements PacketSink {
         offload: this.#options.offload !== false,
       });
     this.#tun = tun;
+    if (tun.vnetHdr) this.#coalescer = new Coalescer((p, n) => tun.write(p, n));
     this.#pump = this.#tunToServer(tun);
     try {
       while (!this.#stopped) {
@@ -387,22 +389,17 @@ export class Client implements PacketSink {
 
   /** A packet from the server (TLS frame or datagram) for the TUN; {@linkcode flush} ends a batch. */
   fromServer(packet: Uint8Array): void {
-    if (this.#vnet === this.#tun!.vnetHdr) this.#toTun[this.#toTunCount++] = packet;
-    else this.#segmenter.convert(packet, packet.length, false, true, Infinity, this.#emitTun);
+    if (this.#coalescer) this.#coalescer.add(packet, this.#vnet);
+    else this.#toTun[this.#toTunCount++] = packet;
   }
 
   /** Writes the inbound batch into the TUN. */
   flush(): void {
+    this.#coalescer?.flush();
     if (this.#toTunCount === 0) return;
     this.#tun!.write(this.#toTun, this.#toTunCount);
     this.#toTunCount = 0;
   }
-
-  /** The segmenter reuses its buffer for the next packet: write this one now. */
-  readonly #emitTun = (packet: Uint8Array) => {
-    this.#one[0] = packet;
-    this.#tun!.write(this.#one, 1);
-  };
 
   readonly #emitTls = (packet: Uint8Array) => this.#channel?.queueData(packet, packet.length);
 

@@ -31,7 +31,7 @@ import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts
 import { ipv4Destination, ipv4Source, packetVersion } from "./ip.ts";
 import { log } from "./log.ts";
 import { ALPN } from "./messages.ts";
-import { Segmenter, VNET_HDR_LEN } from "./offload.ts";
+import { Coalescer, Segmenter, VNET_HDR_LEN } from "./offload.ts";
 import { ServerUdp } from "./server_udp.ts";
 import { Session } from "./session.ts";
 import {
@@ -111,7 +111,8 @@ export class Server {
   readonly #segmenter = new Segmenter();
   /** The session the segmenter is emitting for; set just before each `convert`. */
   #target: Session | undefined;
-  readonly #one: Uint8Array[] = [new Uint8Array(0)];
+  /** With offload, joins inbound TCP segments into super-packets for the TUN (GRO). */
+  readonly #coalescer: Coalescer | undefined;
 
   private constructor(
     options: ServerOptions,
@@ -125,6 +126,7 @@ export class Server {
     this.pool = pool;
     this.#tun = tun;
     this.#vnet = tun.vnetHdr;
+    this.#coalescer = tun.vnetHdr ? new Coalescer((p, n) => tun.write(p, n)) : undefined;
     this.#listener = listener;
     this.#trust = trust;
     this.port = listener.addr.port;
@@ -344,8 +346,8 @@ export class Server {
         return;
       }
     }
-    if (session.vnet === this.#vnet) this.#toTun[this.#toTunCount++] = packet;
-    else this.#segmenter.convert(packet, packet.length, false, true, Infinity, this.#emitTun);
+    if (this.#coalescer) this.#coalescer.add(packet, session.vnet);
+    else this.#toTun[this.#toTunCount++] = packet;
   }
 
   /**
@@ -387,14 +389,9 @@ export class Server {
 
   readonly #emitTls = (packet: Uint8Array) => this.#queueTls(this.#target!, packet, packet.length);
 
-  /** The segmenter reuses its buffer for the next packet: write this one now. */
-  readonly #emitTun = (packet: Uint8Array) => {
-    this.#one[0] = packet;
-    this.#tun.write(this.#one, 1);
-  };
-
   /** Ends a batch: the TUN gets its packets, UDP its datagrams, each touched session a write. */
   flush(): void {
+    this.#coalescer?.flush();
     if (this.#toTunCount > 0) {
       this.#tun.write(this.#toTun, this.#toTunCount);
       this.#toTunCount = 0;
