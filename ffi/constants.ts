@@ -38,6 +38,8 @@ export const SO_RCVBUFFORCE = 33;
 export const IPPROTO_IPV6 = 41;
 export const IPV6_V6ONLY = 26;
 export const SHUT_RDWR = 2;
+export const IPPROTO_TCP = 6;
+export const TCP_NODELAY = 1;
 
 /** <linux/if_tun.h> ioctls and flags. */
 export const TUNSETIFF = 0x400454ca;

@@ -1,19 +1,22 @@
 /**
- * Shutting down a TCP socket that Deno gives no handle to.
+ * What Deno does not offer for the TCP socket under a `Deno.TlsConn`, which it gives no handle
+ * to: the socket is found by its two addresses among the process's descriptors.
  *
- * Why: a `Deno.TlsConn` closed while its TLS handshake is pending is not closed at all; Deno's
- * TLS stream (rustls-tokio-stream) keeps the socket in a task that waits for the handshake to
- * finish, which a silent peer never does. The server's pre-auth timeout would then free
- * nothing, and idle connections could pile up until file descriptors run out. This finds the
- * socket by its two addresses among the process's descriptors and shuts it down, so that the
- * handshake task fails and drops it. `shutdown(2)` does not release the descriptor, so the
- * number cannot be reused under Deno's feet.
+ * - `shutdownTcp`: a `Deno.TlsConn` closed while its TLS handshake is pending is not closed at
+ *   all; Deno's TLS stream (rustls-tokio-stream) keeps the socket in a task that waits for the
+ *   handshake to finish, which a silent peer never does. The server's pre-auth timeout would then
+ *   free nothing, and idle connections could pile up until file descriptors run out. Shutting
+ *   the socket down makes the handshake task fail and drop it. `shutdown(2)` does not release
+ *   the descriptor, so the number cannot be reused under Deno's feet.
+ * - `setTcpNoDelay`: `Deno.TlsConn` has no `setNoDelay`, and its sockets keep Nagle's algorithm
+ *   on, which holds back a small frame (a keepalive, a TCP ACK of the inner traffic) while
+ *   earlier data is unacknowledged: up to a delayed-ACK timeout of added latency in a tunnel.
  *
  * @module
  */
 
 import { libc } from "./libc.ts";
-import { AF_INET, AF_INET6, SHUT_RDWR } from "./constants.ts";
+import { AF_INET, AF_INET6, IPPROTO_TCP, SHUT_RDWR, TCP_NODELAY } from "./constants.ts";
 import { formatIpAddress, parseIpAddress } from "./netlink_message.ts";
 
 /** One end of a TCP connection, as Deno reports it. */
@@ -58,11 +61,26 @@ function same(a: SocketAddress | undefined, b: SocketAddress): boolean {
  * `remote`. Returns false when there is no such socket (it is already gone).
  */
 export function shutdownTcp(local: SocketAddress, remote: SocketAddress): boolean {
+  const fd = findTcp(local, remote);
+  return fd !== undefined && libc().shutdown(fd, SHUT_RDWR) === 0;
+}
+
+const one = new Int32Array([1]);
+
+/**
+ * Turns Nagle's algorithm off (`TCP_NODELAY`) on the TCP socket of this process whose ends are
+ * `local` and `remote`. Returns false when there is no such socket.
+ */
+export function setTcpNoDelay(local: SocketAddress, remote: SocketAddress): boolean {
+  const fd = findTcp(local, remote);
+  return fd !== undefined && libc().setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, one, 4) === 0;
+}
+
+function findTcp(local: SocketAddress, remote: SocketAddress): number | undefined {
   for (const entry of Deno.readDirSync("/proc/self/fd")) {
     const fd = Number(entry.name);
     if (!Number.isInteger(fd) || !same(endOf(fd, "getpeername"), remote)) continue;
-    if (!same(endOf(fd, "getsockname"), local)) continue;
-    return libc().shutdown(fd, SHUT_RDWR) === 0;
+    if (same(endOf(fd, "getsockname"), local)) return fd;
   }
-  return false;
+  return undefined;
 }

@@ -16,6 +16,7 @@
 
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
+import { setTcpNoDelay } from "../ffi/socket.ts";
 import { Channel } from "./channel.ts";
 import type { ClientProfile, Proto } from "./config.ts";
 import { cryptoUnavailable } from "../ffi/crypto.ts";
@@ -196,6 +197,7 @@ export class Client implements PacketSink {
     this.#connecting = channel;
     try {
       await withTimeout(conn.handshake(), CONNECT_TIMEOUT_MS, "TLS handshake");
+      setTcpNoDelay(conn.localAddr, conn.remoteAddr);
       const credentials = {
         certPem: profile.cert,
         keyPem: profile.key,

@@ -23,7 +23,7 @@
 
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
-import { shutdownTcp } from "../ffi/socket.ts";
+import { setTcpNoDelay, shutdownTcp } from "../ffi/socket.ts";
 import { AddressPool } from "./address_pool.ts";
 import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
@@ -242,6 +242,7 @@ export class Server {
     try {
       const { alpnProtocol } = await conn.handshake();
       tlsDone = true;
+      setTcpNoDelay(conn.localAddr, conn.remoteAddr);
       if (alpnProtocol !== ALPN) throw new FrameError(`client offered no "${ALPN}" ALPN id`);
       logger.debug("TLS from {peer}", { peer });
       // A revocation made a moment ago must already count for this client.
