@@ -3,9 +3,9 @@
  *
  * Read path: the fd is non-blocking. `read()` first drains what the kernel already holds with
  * synchronous `read(2)` calls (about 3 us each); only when the queue is empty does it await one
- * `poll(2)` on a worker thread (30-50 us), which also watches an eventfd so that `close()` wakes
- * it at once. No FFI call is ever left pending on a closed device: an awaited blocking read
- * could not be cancelled and would keep the process alive (DESIGN.md).
+ * poll on a worker thread (ffi/readiness.ts), which `close()` wakes at once. No FFI call is ever
+ * left pending on a closed device: an awaited blocking read could not be cancelled and would
+ * keep the process alive (DESIGN.md).
  *
  * Write path: synchronous `write(2)` per packet (about 3 us); a TUN write never blocks.
  *
@@ -13,10 +13,9 @@
  */
 
 import { check, cString, errno, ErrnoError, libc } from "./libc.ts";
+import { Readiness } from "./readiness.ts";
 import {
   EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
   EINTR,
   IFF_NO_PI,
   IFF_TUN,
@@ -25,7 +24,6 @@ import {
   O_CLOEXEC,
   O_NONBLOCK,
   O_RDWR,
-  POLLIN,
   TUN_F_CSUM,
   TUN_F_TSO4,
   TUN_F_TSO6,
@@ -166,35 +164,26 @@ export class LinuxTun implements TunDevice {
   readonly offloads: TunOffloads;
   readonly stats: TunStats = { readPackets: 0, writtenPackets: 0, writeErrors: 0 };
 
-  #fd: number;
-  #wakeFd: number;
-  #closed = false;
-  #polling: Promise<number> | undefined;
+  readonly #fd: number;
+  readonly #ready: Readiness;
   #reading = false;
-  // struct pollfd[2] { int fd; short events; short revents; }: the TUN, then the wake eventfd.
-  readonly #pollfds = new Uint8Array(16);
-  readonly #pollView = new DataView(this.#pollfds.buffer);
   readonly #pollTimeoutMs: number;
 
   private constructor(
     fd: number,
-    wakeFd: number,
+    ready: Readiness,
     name: string,
     offloadFlags: number,
     vnetHdr: boolean,
     options: TunOptions,
   ) {
     this.#fd = fd;
-    this.#wakeFd = wakeFd;
+    this.#ready = ready;
     this.name = name;
     this.vnetHdr = vnetHdr;
     this.offloads = offloadsOf(offloadFlags);
     this.batchSize = options.batchSize ?? 64;
     this.#pollTimeoutMs = options.pollTimeoutMs ?? 1000;
-    this.#pollView.setInt32(0, fd, true);
-    this.#pollView.setInt16(4, POLLIN, true);
-    this.#pollView.setInt32(8, wakeFd, true);
-    this.#pollView.setInt16(12, POLLIN, true);
   }
 
   /** Creates a TUN interface; it lives until `close()` or the end of the process. */
@@ -204,7 +193,6 @@ export class LinuxTun implements TunDevice {
     const c = libc();
     const fd = c.open(cString("/dev/net/tun"), O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) throw openError(errno());
-    let wakeFd = -1;
     try {
       const vnetHdr = options.offload === true;
       const ifreq = encodeIfreq(requested, IFF_TUN | IFF_NO_PI | (vnetHdr ? IFF_VNET_HDR : 0));
@@ -215,11 +203,10 @@ export class LinuxTun implements TunDevice {
         check("ioctl(TUNSETVNETHDRSZ)", c.ioctl(fd, TUNSETVNETHDRSZ, size));
         offloadFlags = negotiateOffload(fd);
       }
-      wakeFd = check("eventfd", c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-      return new LinuxTun(fd, wakeFd, decodeIfreqName(ifreq), offloadFlags, vnetHdr, options);
+      const ready = new Readiness(fd);
+      return new LinuxTun(fd, ready, decodeIfreqName(ifreq), offloadFlags, vnetHdr, options);
     } catch (error) {
       c.close(fd);
-      if (wakeFd >= 0) c.close(wakeFd);
       throw error;
     }
   }
@@ -228,17 +215,11 @@ export class LinuxTun implements TunDevice {
     if (this.#reading) throw new Error(`TUN ${this.name}: read() is already in progress`);
     this.#reading = true;
     try {
-      while (!this.#closed) {
+      while (!this.#ready.closed) {
         const count = this.#drain(bufs, sizes);
         if (count > 0) return count;
-        this.#polling = libc().poll_async(this.#pollfds, 2, this.#pollTimeoutMs);
-        const ready = await this.#polling;
-        this.#polling = undefined;
-        // A closed device keeps its fds until the poll that watched them has returned.
-        if (this.#closed) break;
-        if (ready < 0) continue; // EINTR on the worker thread; its errno is not ours to read
+        if (!await this.#ready.wait(this.#pollTimeoutMs)) break;
       }
-      this.#release();
       return 0;
     } finally {
       this.#reading = false;
@@ -266,7 +247,7 @@ export class LinuxTun implements TunDevice {
   }
 
   write(bufs: Uint8Array[], count = bufs.length): number {
-    if (this.#closed) return 0;
+    if (this.#ready.closed) return 0;
     const write = libc().write;
     let written = 0;
     for (let i = 0; i < count; i++) {
@@ -279,22 +260,7 @@ export class LinuxTun implements TunDevice {
   }
 
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#polling === undefined) {
-      this.#release();
-      return;
-    }
-    // Wake the poll on its worker thread; read() releases the fds once it has returned.
-    libc().write(this.#wakeFd, new BigUint64Array([1n]), 8);
-  }
-
-  #release(): void {
-    if (this.#fd < 0) return;
-    libc().close(this.#fd);
-    libc().close(this.#wakeFd);
-    this.#fd = -1;
-    this.#wakeFd = -1;
+    this.#ready.close(() => libc().close(this.#fd));
   }
 
   [Symbol.dispose](): void {

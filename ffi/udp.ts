@@ -3,9 +3,9 @@
  *
  * Receive path: the socket is non-blocking. `recv()` first takes what the kernel already holds
  * with one synchronous `recvmmsg(2)` (a whole batch per system call); only when the queue is
- * empty does it await one `poll(2)` on a worker thread (30-50 us), which also watches an eventfd
- * so that `close()` wakes it at once. No FFI call is ever left pending on a closed socket
- * (DESIGN.md: `Deno.listenDatagram` receives at half the rate of this poll and drain).
+ * empty does it await one poll on a worker thread (ffi/readiness.ts), which `close()` wakes at
+ * once. No FFI call is ever left pending on a closed socket (DESIGN.md: `Deno.listenDatagram`
+ * receives at half the rate of this poll and drain).
  *
  * Send path: synchronous `sendmmsg(2)` for a batch, `sendto(2)` for one datagram, both with
  * `MSG_DONTWAIT`: a full socket buffer drops the datagram, as a busy NIC would.
@@ -23,14 +23,11 @@ import {
   AF_INET,
   AF_INET6,
   EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
   EINTR,
   IPPROTO_IPV6,
   IPV6_V6ONLY,
   MSG_DONTWAIT,
   MSG_TRUNC,
-  POLLIN,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
   SO_SNDBUF,
@@ -41,6 +38,7 @@ import {
   SOL_SOCKET,
 } from "./constants.ts";
 import { formatIpAddress, type IpAddress, parseIpAddress } from "./netlink_message.ts";
+import { Readiness } from "./readiness.ts";
 
 /**
  * A socket address as stored bytes: a `Uint8Array` of {@linkcode SOCKADDR_LEN} bytes holding a
@@ -314,20 +312,16 @@ export class UdpSocket implements Disposable {
   readonly bufferWarning: string | undefined;
   readonly stats: UdpStats = { received: 0, sent: 0, sendErrors: 0, truncated: 0 };
 
-  #fd: number;
-  #wakeFd: number;
-  #closed = false;
-  #polling: Promise<number> | undefined;
+  readonly #fd: number;
+  readonly #ready: Readiness;
   #receiving = false;
   readonly #name: string;
   readonly #recvVecs = new WeakMap<Uint8Array[], MsgVec>();
   readonly #sendVecs = new WeakMap<Uint8Array[], MsgVec>();
-  // struct pollfd[2] { int fd; short events; short revents; }: the socket, then the eventfd.
-  readonly #pollfds = new Uint8Array(new ArrayBuffer(16));
 
-  private constructor(fd: number, wakeFd: number, family: 4 | 6, port: number, name: string) {
+  private constructor(fd: number, ready: Readiness, family: 4 | 6, port: number, name: string) {
     this.#fd = fd;
-    this.#wakeFd = wakeFd;
+    this.#ready = ready;
     this.family = family;
     this.port = port;
     this.#name = name;
@@ -342,11 +336,6 @@ export class UdpSocket implements Disposable {
         `(sysctl -w net.core.rmem_max=${SOCKET_BUFFER_BYTES} net.core.wmem_max=${SOCKET_BUFFER_BYTES}) ` +
         `or run with CAP_NET_ADMIN`
       : undefined;
-    const view = new DataView(this.#pollfds.buffer);
-    view.setInt32(0, fd, true);
-    view.setInt16(4, POLLIN, true);
-    view.setInt32(8, wakeFd, true);
-    view.setInt16(12, POLLIN, true);
   }
 
   /**
@@ -370,7 +359,6 @@ export class UdpSocket implements Disposable {
     const c = libc();
     const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw bindError(name, port, "socket", errno());
-    let wakeFd = -1;
     try {
       // Dual-stack whatever net.ipv6.bindv6only says: "::" must take IPv4 clients too.
       if (v6) setIntOption(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0, "IPV6_V6ONLY");
@@ -380,12 +368,10 @@ export class UdpSocket implements Disposable {
       const local = newSockAddr();
       const length = new Uint32Array([SOCKADDR_LEN]);
       check("getsockname", c.getsockname(fd, local, length));
-      wakeFd = check("eventfd", c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
       const boundPort = (local[2]! << 8) | local[3]!;
-      return new UdpSocket(fd, wakeFd, v6 ? 6 : 4, boundPort, formatSockAddr(local));
+      return new UdpSocket(fd, new Readiness(fd), v6 ? 6 : 4, boundPort, formatSockAddr(local));
     } catch (error) {
       c.close(fd);
-      if (wakeFd >= 0) c.close(wakeFd);
       throw error;
     }
   }
@@ -404,15 +390,11 @@ export class UdpSocket implements Disposable {
     const vec = vecFor(this.#recvVecs, bufs);
     this.#receiving = true;
     try {
-      while (!this.#closed) {
+      while (!this.#ready.closed) {
         const count = this.#drain(vec, bufs, sizes, addrs);
         if (count > 0) return count;
-        this.#polling = libc().poll_async(this.#pollfds, 2, POLL_TIMEOUT_MS);
-        await this.#polling;
-        this.#polling = undefined;
+        if (!await this.#ready.wait(POLL_TIMEOUT_MS)) break;
       }
-      // A closed socket keeps its fds until the poll that watched them has returned.
-      this.#release();
       return 0;
     } finally {
       this.#receiving = false;
@@ -480,7 +462,7 @@ export class UdpSocket implements Disposable {
       throw new RangeError(`Datagram is ${length} bytes, its buffer holds ${buf.length}`);
     }
     checkSlot(addr);
-    const n = this.#closed
+    const n = this.#ready.closed
       ? -1
       : libc().sendto(this.#fd, buf, length, MSG_DONTWAIT, addr, lengthOf(addr));
     if (n === length) {
@@ -504,7 +486,7 @@ export class UdpSocket implements Disposable {
       throw new RangeError(`Cannot send ${count} datagrams from ${bufs.length} buffers`);
     }
     if (count === 0) return 0;
-    if (this.#closed) {
+    if (this.#ready.closed) {
       this.stats.sendErrors += count;
       return 0;
     }
@@ -536,22 +518,7 @@ export class UdpSocket implements Disposable {
    * its poll has returned. Safe to call twice.
    */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#polling === undefined) {
-      this.#release();
-      return;
-    }
-    // Wake the poll on its worker thread; recv() releases the fds once it has returned.
-    libc().write(this.#wakeFd, new BigUint64Array([1n]), 8);
-  }
-
-  #release(): void {
-    if (this.#fd < 0) return;
-    libc().close(this.#fd);
-    libc().close(this.#wakeFd);
-    this.#fd = -1;
-    this.#wakeFd = -1;
+    this.#ready.close(() => libc().close(this.#fd));
   }
 
   [Symbol.dispose](): void {

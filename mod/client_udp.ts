@@ -19,6 +19,7 @@ import {
 } from "../ffi/udp.ts";
 import type { CipherName } from "../ffi/crypto.ts";
 import {
+  DatagramBatch,
   DatagramCrypto,
   DatagramSlots,
   DatagramType,
@@ -48,7 +49,7 @@ export class ClientUdp implements Disposable {
   readonly #socket: UdpSocket;
   readonly #serverAddr: SockAddr;
   readonly #sink: PacketSink;
-  readonly #out = new DatagramSlots(64);
+  readonly #out: DatagramBatch;
   readonly #ping = new Uint8Array(8);
   readonly #receiving: Promise<void>;
   #lastHeard = -Infinity;
@@ -67,6 +68,7 @@ export class ClientUdp implements Disposable {
     timeoutMs: number,
   ) {
     this.#socket = socket;
+    this.#out = new DatagramBatch(socket);
     this.#serverAddr = serverAddr;
     this.server = formatSockAddr(serverAddr);
     this.crypto = crypto;
@@ -142,25 +144,14 @@ export class ClientUdp implements Disposable {
     this.#sendPing();
   }
 
-  /** Seals one packet into the outgoing batch; false when it was dropped. */
+  /** Seals one packet into the outgoing batch; false when the key may seal no more. */
   queue(packet: Uint8Array, length: number): boolean {
-    const out = this.#out;
-    if (out.count === out.bufs.length) this.flush();
-    const i = out.count;
-    const size = this.crypto.seal(DatagramType.DATA, packet, length, out.bufs[i]!, out.bodies[i]!);
-    if (size === 0) return false;
-    out.sizes[i] = size;
-    out.addrs[i] = this.#serverAddr;
-    out.count++;
-    return true;
+    return this.#out.add(this.crypto, DatagramType.DATA, packet, length, this.#serverAddr);
   }
 
   /** Sends the outgoing batch. */
   flush(): void {
-    const out = this.#out;
-    if (out.count === 0) return;
-    this.#socket.sendBatch(out.bufs, out.sizes, out.addrs, out.count);
-    out.count = 0;
+    this.#out.flush();
   }
 
   /** The server's REKEY: installs the next epoch's receiving key, returns the REKEY_ACK. */
@@ -187,11 +178,9 @@ export class ClientUdp implements Disposable {
   }
 
   #sendPing(): void {
-    const out = this.#out;
-    this.flush();
     crypto.getRandomValues(this.#ping);
-    const size = this.crypto.seal(DatagramType.PING, this.#ping, 8, out.bufs[0]!, out.bodies[0]!);
-    if (size > 0) this.#socket.sendTo(out.bufs[0]!, size, this.#serverAddr);
+    this.#out.add(this.crypto, DatagramType.PING, this.#ping, 8, this.#serverAddr);
+    this.#out.flush();
   }
 
   async #receive(): Promise<void> {

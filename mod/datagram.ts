@@ -18,7 +18,7 @@
 
 import { hkdfSync } from "node:crypto";
 import { Aead, type CipherName, KEY_LEN, NONCE_LEN, TAG_LEN } from "../ffi/crypto.ts";
-import { newSockAddr, type SockAddr } from "../ffi/udp.ts";
+import { newSockAddr, type SockAddr, type UdpSocket } from "../ffi/udp.ts";
 import { ReplayWindow } from "./replay.ts";
 
 /** Datagram types. */
@@ -293,5 +293,46 @@ export class DatagramCrypto implements Disposable {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/** Datagrams sealed into pre-allocated slots, leaving together in one `sendmmsg`. */
+export class DatagramBatch {
+  readonly #socket: UdpSocket;
+  readonly #out: DatagramSlots;
+
+  constructor(socket: UdpSocket, slots = 64) {
+    this.#socket = socket;
+    this.#out = new DatagramSlots(slots);
+  }
+
+  /**
+   * Seals `payload[0, length)` with `crypto` into the batch, for `to`. Sends the batch first
+   * when it is full. False when the key may seal no more.
+   */
+  add(
+    crypto: DatagramCrypto,
+    type: DatagramType,
+    payload: Uint8Array,
+    length: number,
+    to: SockAddr,
+  ): boolean {
+    const out = this.#out;
+    if (out.count === out.bufs.length) this.flush();
+    const i = out.count;
+    const size = crypto.seal(type, payload, length, out.bufs[i]!, out.bodies[i]!);
+    if (size === 0) return false;
+    out.sizes[i] = size;
+    out.addrs[i] = to;
+    out.count++;
+    return true;
+  }
+
+  /** Sends what the batch holds. */
+  flush(): void {
+    const out = this.#out;
+    if (out.count === 0) return;
+    this.#socket.sendBatch(out.bufs, out.sizes, out.addrs, out.count);
+    out.count = 0;
   }
 }

@@ -20,6 +20,7 @@
 import { type CipherName, cryptoUnavailable } from "../ffi/crypto.ts";
 import { copySockAddr, formatSockAddr, newSockAddr, sameSockAddr, UdpSocket } from "../ffi/udp.ts";
 import {
+  DatagramBatch,
   DatagramCrypto,
   datagramSession,
   DatagramSlots,
@@ -81,13 +82,14 @@ export class ServerUdp {
   readonly stats: UdpStats = { accepted: 0, rejected: 0 };
   readonly #socket: UdpSocket;
   readonly #sessions = new Map<number, UdpClient>();
-  readonly #out = new DatagramSlots(BATCH);
+  readonly #out: DatagramBatch;
   readonly #timeoutMs: number;
   readonly #rekeyMs: number;
   readonly #receiving: Promise<void>;
 
   private constructor(socket: UdpSocket, sink: UdpSink, timeoutMs: number, rekeyMs: number) {
     this.#socket = socket;
+    this.#out = new DatagramBatch(socket, BATCH);
     this.#timeoutMs = timeoutMs;
     this.#rekeyMs = rekeyMs;
     this.#receiving = this.#receive(sink);
@@ -192,23 +194,12 @@ export class ServerUdp {
   queue(client: UdpClient, packet: Uint8Array, length: number): boolean {
     const state = client.udp;
     if (state === undefined || !state.alive) return false;
-    const out = this.#out;
-    if (out.count === out.bufs.length) this.flush();
-    const i = out.count;
-    const size = state.crypto.seal(DatagramType.DATA, packet, length, out.bufs[i]!, out.bodies[i]!);
-    if (size === 0) return false;
-    out.sizes[i] = size;
-    out.addrs[i] = state.peer;
-    out.count++;
-    return true;
+    return this.#out.add(state.crypto, DatagramType.DATA, packet, length, state.peer);
   }
 
   /** Sends the batch of sealed datagrams. */
   flush(): void {
-    const out = this.#out;
-    if (out.count === 0) return;
-    this.#socket.sendBatch(out.bufs, out.sizes, out.addrs, out.count);
-    out.count = 0;
+    this.#out.flush();
   }
 
   /** Drops a client's UDP state (its session ended, or it offered again). */
@@ -245,7 +236,9 @@ export class ServerUdp {
           this.#heard(client!, state!, slots.addrs[i]!);
           const type = state!.crypto.type;
           if (type === DatagramType.DATA) sink.fromClient(client!, plain[i]!, 0, length);
-          else if (type === DatagramType.PING) this.#pong(state!, plain[i]!, length);
+          else if (type === DatagramType.PING) {
+            this.#out.add(state!.crypto, DatagramType.PONG, plain[i]!, length, state!.peer);
+          }
         }
         sink.flush();
         this.flush();
@@ -266,23 +259,6 @@ export class ServerUdp {
       logger.info(message, { name: client.name, addr: formatSockAddr(state.peer) });
     }
     state.alive = true;
-  }
-
-  #pong(state: UdpState, payload: Uint8Array, length: number): void {
-    const out = this.#out;
-    if (out.count === out.bufs.length) this.flush();
-    const i = out.count;
-    const size = state.crypto.seal(
-      DatagramType.PONG,
-      payload,
-      length,
-      out.bufs[i]!,
-      out.bodies[i]!,
-    );
-    if (size === 0) return;
-    out.sizes[i] = size;
-    out.addrs[i] = state.peer;
-    out.count++;
   }
 
   /** Closes the socket and every session's keys. */
