@@ -55,6 +55,9 @@ export class UdpState {
   /** True while the client has been heard over UDP within the keepalive timeout. */
   alive = false;
   lastHeard = -Infinity;
+  /** Datagram bytes accepted from the client and sent to it. */
+  bytesIn = 0;
+  bytesOut = 0;
   /** The server's half of a rekey in progress. */
   pending: { epoch: number; random: Uint8Array } | undefined;
 
@@ -194,7 +197,9 @@ export class ServerUdp {
   queue(client: UdpClient, packet: Uint8Array, length: number): boolean {
     const state = client.udp;
     if (state === undefined || !state.alive) return false;
-    return this.#out.add(state.crypto, DatagramType.DATA, packet, length, state.peer);
+    if (!this.#out.add(state.crypto, DatagramType.DATA, packet, length, state.peer)) return false;
+    state.bytesOut += length + OVERHEAD;
+    return true;
   }
 
   /** Sends the batch of sealed datagrams. */
@@ -233,6 +238,7 @@ export class ServerUdp {
             continue;
           }
           this.stats.accepted++;
+          state!.bytesIn += size;
           this.#heard(client!, state!, slots.addrs[i]!);
           const type = state!.crypto.type;
           if (type === DatagramType.DATA) sink.fromClient(client!, plain[i]!, 0, length);

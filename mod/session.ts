@@ -126,10 +126,12 @@ export class Session {
     if (this.#ended) return;
     this.#ended = true;
     clearInterval(this.#keepalive);
+    const udp = this.udp;
     this.#server.forget(this);
     const { bytesIn, bytesOut, dropped } = this.channel.stats;
     logger.info(
-      "{name} ({address}, {peer}) disconnected: {message}; TLS {bytesIn} bytes in, {bytesOut} out, {dropped} dropped",
+      "{name} ({address}, {peer}) disconnected: {message}; TLS {bytesIn} bytes in, {bytesOut} out, " +
+        "{dropped} dropped; UDP {udpIn} bytes in, {udpOut} out",
       {
         name: this.name,
         address: this.address,
@@ -138,6 +140,8 @@ export class Session {
         bytesIn,
         bytesOut,
         dropped,
+        udpIn: udp?.bytesIn ?? 0,
+        udpOut: udp?.bytesOut ?? 0,
       },
     );
     if (reason === "closed") this.channel.close();

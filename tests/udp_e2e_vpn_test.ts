@@ -54,6 +54,10 @@ rootTest("vpn --proto udp: ping and bulk data travel as UDP datagrams", async ()
   assertGreater(after.udp - before.udp, 16 << 20);
   assert(after.tcp - before.tcp < 1 << 20, `TLS carried ${after.tcp - before.tcp} bytes`);
   await server.waitForLog(/alice: data over UDP from 172\.30\.1\.2:\d+/);
+  assertEquals(await vpn.stop(), 0);
+  await server.waitForLog(/alice .* disconnected: .* UDP \d+ bytes in, \d+ out/);
+  const udpIn = Number(/UDP (\d+) bytes in/.exec(server.log)![1]);
+  assertGreater(udpIn, 16 << 20, "the server counts the data it took over UDP");
 });
 
 rootTest("vpn --proto udp fails with a clear error when UDP is blocked", async () => {
