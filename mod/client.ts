@@ -34,6 +34,7 @@ import {
   encodeMessage,
   type ErrorReason,
   type Push,
+  UDP_CIPHERS,
   type UdpAccept,
 } from "./messages.ts";
 import { FrameError, FrameType, MAX_PAYLOAD } from "./wire.ts";
@@ -46,8 +47,6 @@ const BACKOFF_MAX_S = 60;
 const BATCH = 64;
 /** How long `auto` and `udp` wait for the first answer over UDP (ms). */
 const UDP_PROBE_MS = 2000;
-/** AEADs offered for the UDP data channel, most preferred first. */
-const CIPHERS = ["aes-256-gcm", "chacha20-poly1305"];
 
 /**
  * Refusals that no retry can fix: the certificate itself is not accepted, or another client
@@ -350,7 +349,7 @@ export class Client implements PacketSink {
     const random = crypto.getRandomValues(new Uint8Array(32));
     channel.sendControl(
       FrameType.UDP_OFFER,
-      encodeMessage({ ciphers: CIPHERS, random: random.toBase64() }),
+      encodeMessage({ ciphers: [...UDP_CIPHERS], random: random.toBase64() }),
     );
     return random;
   }

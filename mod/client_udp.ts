@@ -27,7 +27,7 @@ import {
   type EpochKeys,
 } from "./datagram.ts";
 import { log } from "./log.ts";
-import type { Rekey, UdpAccept } from "./messages.ts";
+import { keyMaterial, type Rekey, type UdpAccept } from "./messages.ts";
 
 const logger = log("client");
 
@@ -159,7 +159,7 @@ export class ClientUdp implements Disposable {
     const random = crypto.getRandomValues(new Uint8Array(32));
     const keys = deriveKeys(
       random,
-      Uint8Array.fromBase64(message.random ?? ""),
+      keyMaterial(message, "REKEY"),
       this.crypto.sessionId,
       message.epoch,
     );

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { AuthFailure } from "./pki.ts";
 import { FrameError } from "./wire.ts";
 
 /** Protocol version; it is also in the ALPN id so that mismatched peers fail the handshake. */
@@ -56,15 +57,9 @@ export interface Push {
   offload?: boolean;
 }
 
-/** Why a session was refused or ended. */
+/** Why a session was refused or ended: a refused certificate, or one of the others. */
 export type ErrorReason =
-  | "unknown-ca"
-  | "expired"
-  | "not-yet-valid"
-  | "not-client"
-  | "revoked"
-  | "bad-signature"
-  | "bad-certificate"
+  | AuthFailure
   | "pool-exhausted"
   | "protocol"
   | "timeout"
@@ -222,6 +217,22 @@ export function decodeBye(payload: Uint8Array): Bye {
   return { reason: string(parse(payload, "BYE"), "reason", "BYE", 1024) };
 }
 
+/** The base64 string `key` of 32 random bytes: key material. */
+function random32(fields: Fields, key: string, what: string): string {
+  const text = string(fields, key, what, 64);
+  let bytes: Uint8Array;
+  try {
+    bytes = Uint8Array.fromBase64(text);
+  } catch {
+    throw new FrameError(`${what}: "${key}" is not base64`);
+  }
+  if (bytes.length !== 32) throw new FrameError(`${what}: "${key}" must be 32 bytes`);
+  return text;
+}
+
+/** AEADs of the UDP data channel, by their names on the wire. */
+export const UDP_CIPHERS = ["aes-256-gcm", "chacha20-poly1305"] as const;
+
 /** Decodes a UDP_OFFER payload. */
 export function decodeUdpOffer(payload: Uint8Array): UdpOffer {
   const f = parse(payload, "UDP_OFFER");
@@ -229,16 +240,20 @@ export function decodeUdpOffer(payload: Uint8Array): UdpOffer {
   if (!Array.isArray(ciphers) || ciphers.length > 8 || ciphers.some((c) => typeof c !== "string")) {
     throw new FrameError(`UDP_OFFER: "ciphers" must be a list of at most 8 names`);
   }
-  return { ciphers: ciphers as string[], random: string(f, "random", "UDP_OFFER", 64) };
+  return { ciphers: ciphers as string[], random: random32(f, "random", "UDP_OFFER") };
 }
 
 /** Decodes a UDP_ACCEPT payload. */
 export function decodeUdpAccept(payload: Uint8Array): UdpAccept {
   const f = parse(payload, "UDP_ACCEPT");
+  const cipher = string(f, "cipher", "UDP_ACCEPT", 64);
+  if (!(UDP_CIPHERS as readonly string[]).includes(cipher)) {
+    throw new FrameError(`UDP_ACCEPT: cipher "${cipher}" was not offered`);
+  }
   return {
-    cipher: string(f, "cipher", "UDP_ACCEPT", 64),
+    cipher,
     session: integer(f, "session", "UDP_ACCEPT", 0, 0xffffffff),
-    random: string(f, "random", "UDP_ACCEPT", 64),
+    random: random32(f, "random", "UDP_ACCEPT"),
   };
 }
 
@@ -247,10 +262,16 @@ export function decodeUdpRefuse(payload: Uint8Array): UdpRefuse {
   return { reason: string(parse(payload, "UDP_REFUSE"), "reason", "UDP_REFUSE", 1024) };
 }
 
+/** The key material a REKEY or REKEY_ACK must carry. */
+export function keyMaterial(rekey: Rekey, what: string): Uint8Array {
+  if (rekey.random === undefined) throw new FrameError(`${what}: "random" is missing`);
+  return Uint8Array.fromBase64(rekey.random);
+}
+
 /** Decodes a REKEY, REKEY_ACK or REKEY_DONE payload. */
 export function decodeRekey(payload: Uint8Array, what: string): Rekey {
   const f = parse(payload, what);
   const rekey: Rekey = { epoch: integer(f, "epoch", what, 1, Number.MAX_SAFE_INTEGER) };
-  if (f.random !== undefined) rekey.random = string(f, "random", what, 64);
+  if (f.random !== undefined) rekey.random = random32(f, "random", what);
   return rekey;
 }

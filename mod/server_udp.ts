@@ -30,13 +30,13 @@ import {
   REKEY_AFTER_PACKETS,
 } from "./datagram.ts";
 import { log } from "./log.ts";
-import { encodeMessage, type Rekey, type UdpOffer } from "./messages.ts";
+import { encodeMessage, keyMaterial, type Rekey, UDP_CIPHERS, type UdpOffer } from "./messages.ts";
 import { FrameType } from "./wire.ts";
 import type { Channel } from "./channel.ts";
 
 const logger = log("server");
 
-const CIPHERS: readonly CipherName[] = ["aes-256-gcm", "chacha20-poly1305"];
+const CIPHERS: readonly CipherName[] = UDP_CIPHERS;
 const BATCH = 64;
 
 /** What the UDP endpoint needs of a session. */
@@ -178,7 +178,7 @@ export class ServerUdp {
     const pending = state?.pending;
     if (state === undefined || pending === undefined || ack.epoch !== pending.epoch) return;
     const keys = deriveKeys(
-      Uint8Array.fromBase64(ack.random ?? ""),
+      keyMaterial(ack, "REKEY_ACK"),
       pending.random,
       state.crypto.sessionId,
       ack.epoch,

@@ -8,7 +8,17 @@ import {
   HEADER_LEN,
   MAX_PAYLOAD,
 } from "../mod/wire.ts";
-import { decodeAuth, decodeHello, decodePush, encodeMessage, type Push } from "../mod/messages.ts";
+import {
+  decodeAuth,
+  decodeHello,
+  decodePush,
+  decodeRekey,
+  decodeUdpAccept,
+  decodeUdpOffer,
+  encodeMessage,
+  keyMaterial,
+  type Push,
+} from "../mod/messages.ts";
 
 function feed(reader: FrameReader, bytes: Uint8Array): void {
   const space = reader.space();
@@ -108,4 +118,28 @@ Deno.test("decodeAuth() and decodeHello() refuse malformed payloads with FrameEr
     FrameError,
     /"routes" must be a list/,
   );
+});
+
+Deno.test("decodeUdpOffer(), decodeUdpAccept() and decodeRekey() check the key material and cipher", () => {
+  const bytes = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
+  const random = new Uint8Array(32).fill(7).toBase64();
+  assertEquals(decodeUdpOffer(bytes({ ciphers: ["aes-256-gcm"], random })).random, random);
+  assertThrows(
+    () => decodeUdpOffer(bytes({ ciphers: [], random: new Uint8Array(16).toBase64() })),
+    FrameError,
+    /"random" must be 32 bytes/,
+  );
+  assertThrows(
+    () => decodeUdpOffer(bytes({ ciphers: [], random: "@@@" })),
+    FrameError,
+    /"random" is not base64/,
+  );
+  assertThrows(
+    () => decodeUdpAccept(bytes({ cipher: "rot13", session: 1, random })),
+    FrameError,
+    /cipher "rot13" was not offered/,
+  );
+  const rekey = decodeRekey(bytes({ epoch: 2 }), "REKEY_ACK");
+  assertThrows(() => keyMaterial(rekey, "REKEY_ACK"), FrameError, /"random" is missing/);
+  assertEquals(keyMaterial(decodeRekey(bytes({ epoch: 2, random }), "REKEY"), "REKEY").length, 32);
 });
