@@ -192,3 +192,34 @@ export class JsonLines {
     }
   }
 }
+
+const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
+
+/**
+ * Sends `bytes` of data over TCP from namespace `from` to a sink at `address` in namespace
+ * `to`, and checks that every byte arrived: same count, same SHA-256.
+ */
+export async function transfer(
+  from: Netns,
+  to: Netns,
+  address: string,
+  bytes: number,
+): Promise<void> {
+  const sink = to.spawn(denoScript(TRANSFER, "sink", address, "5201"));
+  const events = new JsonLines(sink.stdout);
+  try {
+    await events.next((e) => e.listening === true);
+    const sent = await from.run(denoScript(TRANSFER, "send", address, "5201", String(bytes)));
+    const received = await events.next((e) => e.sha256 !== undefined, 60_000);
+    if (received.bytes !== bytes || received.sha256 !== JSON.parse(sent.stdout).sha256) {
+      throw new Error(
+        `transfer to ${address}: sent ${bytes} bytes, received ${JSON.stringify(received)}`,
+      );
+    }
+  } finally {
+    try {
+      sink.kill();
+    } catch { /* already done */ }
+    await sink.status;
+  }
+}

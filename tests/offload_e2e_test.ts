@@ -5,23 +5,11 @@
  * transfer, a wrong byte changes the hash.
  */
 
-import { assert, assertEquals } from "./_assert.ts";
-import { denoScript, JsonLines, type Netns, rootTest } from "./_netns.ts";
+import { assert } from "./_assert.ts";
+import { rootTest, transfer } from "./_netns.ts";
 import { Topology } from "./_vpn.ts";
 
-const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
 const BYTES = 24 << 20;
-
-async function transfer(from: Netns, to: Netns, toAddress: string): Promise<void> {
-  const sink = to.spawn(denoScript(TRANSFER, "sink", toAddress, "5201"));
-  const events = new JsonLines(sink.stdout);
-  await events.next((e) => e.listening === true);
-  const sent = await from.run(denoScript(TRANSFER, "send", toAddress, "5201", String(BYTES)));
-  const received = await events.next((e) => e.sha256 !== undefined, 60_000);
-  await sink.status;
-  assertEquals(received.bytes, BYTES);
-  assertEquals(received.sha256, JSON.parse(sent.stdout).sha256);
-}
 
 const CASES: { name: string; server: string; client: string[]; udp: boolean }[] = [
   { name: "TLS, offload on both sides", server: "", client: ["--proto", "tcp"], udp: false },
@@ -55,8 +43,8 @@ for (const c of CASES) {
     const vpn = net.connect(0, await net.addClient("alice"), c.client);
     await net.waitForAddress(client, "10.8.0.2");
     if (c.udp) await vpn.waitForLog(/data goes over UDP/);
-    await transfer(client, net.server, "10.8.0.1");
-    await transfer(net.server, client, "10.8.0.2");
+    await transfer(client, net.server, "10.8.0.1", BYTES);
+    await transfer(net.server, client, "10.8.0.2", BYTES);
     assert(!server.log.includes("disconnected"), server.log);
   });
 }

@@ -4,10 +4,9 @@
  */
 
 import { assert, assertEquals, assertGreater, assertMatch } from "./_assert.ts";
-import { denoScript, JsonLines, Netns, rootTest } from "./_netns.ts";
+import { denoScript, JsonLines, Netns, rootTest, transfer } from "./_netns.ts";
 
 const PROBE = new URL("./helpers/tun_probe.ts", import.meta.url).pathname;
-const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
 
 async function probe(ns: Netns, ...args: string[]): Promise<Record<string, unknown>> {
   const { stdout } = await ns.run(denoScript(PROBE, ...args));
@@ -124,15 +123,7 @@ rootTest(
       await b.run(["ip", "addr", "add", "10.79.0.2/24", "dev", "vpnrb"]);
       await b.run(["ip", "link", "set", "vpnrb", "up"]);
 
-      const sink = b.spawn(denoScript(TRANSFER, "sink", "10.79.0.2", "5201"));
-      const sinkEvents = new JsonLines(sink.stdout);
-      await sinkEvents.next((e) => e.listening === true);
-      const sent = await a.run(denoScript(TRANSFER, "send", "10.79.0.2", "5201", String(32 << 20)));
-      const received = await sinkEvents.next((e) => e.sha256 !== undefined, 60_000);
-      await sink.status;
-      const sender = JSON.parse(sent.stdout.trim());
-      assertEquals(received.bytes, 32 << 20);
-      assertEquals(received.sha256, sender.sha256);
+      await transfer(a, b, "10.79.0.2", 32 << 20);
     } finally {
       await relay.stdin.close();
     }

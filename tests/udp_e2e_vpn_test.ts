@@ -4,10 +4,8 @@
  */
 
 import { assert, assertEquals, assertGreater, assertMatch } from "./_assert.ts";
-import { denoScript, JsonLines, type Netns, rootTest } from "./_netns.ts";
+import { denoScript, type Netns, rootTest, transfer } from "./_netns.ts";
 import { Topology, waitFor, withoutLibcrypto } from "./_vpn.ts";
-
-const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
 
 /** Counts the client's outgoing traffic to the VPN port, per protocol, with iptables rules. */
 async function countTraffic(ns: Netns): Promise<void> {
@@ -29,17 +27,6 @@ async function trafficBytes(ns: Netns): Promise<{ udp: number; tcp: number }> {
 
 const DROP_UDP = ["OUTPUT", "-p", "udp", "--dport", "1194", "-j", "DROP"];
 
-async function transfer(net: Topology, client: Netns, bytes: number): Promise<void> {
-  const sink = net.server.spawn(denoScript(TRANSFER, "sink", "10.8.0.1", "5201"));
-  const events = new JsonLines(sink.stdout);
-  await events.next((e) => e.listening === true);
-  const sent = await client.run(denoScript(TRANSFER, "send", "10.8.0.1", "5201", String(bytes)));
-  const received = await events.next((e) => e.sha256 !== undefined, 60_000);
-  await sink.status;
-  assertEquals(received.bytes, bytes);
-  assertEquals(received.sha256, JSON.parse(sent.stdout).sha256);
-}
-
 rootTest("vpn --proto udp: ping and bulk data travel as UDP datagrams", async () => {
   await using net = await Topology.create(1);
   const client = net.clients[0]!;
@@ -49,7 +36,7 @@ rootTest("vpn --proto udp: ping and bulk data travel as UDP datagrams", async ()
   await vpn.waitForLog(/data goes over UDP to 172\.30\.1\.1:1194 \(aes-256-gcm\)/);
   assert(await net.ping(client, "10.8.0.1"), vpn.log);
   const before = await trafficBytes(client);
-  await transfer(net, client, 16 << 20);
+  await transfer(client, net.server, "10.8.0.1", 16 << 20);
   const after = await trafficBytes(client);
   assertGreater(after.udp - before.udp, 16 << 20);
   assert(after.tcp - before.tcp < 1 << 20, `TLS carried ${after.tcp - before.tcp} bytes`);
@@ -82,7 +69,7 @@ rootTest("vpn auto: with UDP blocked, data goes over TLS", async () => {
   await vpn.waitForLog(/got no answer within 2 s; data stays on TLS/);
   assert(await net.ping(client, "10.8.0.1"), vpn.log);
   const before = await trafficBytes(client);
-  await transfer(net, client, 4 << 20);
+  await transfer(client, net.server, "10.8.0.1", 4 << 20);
   const after = await trafficBytes(client);
   assertGreater(after.tcp - before.tcp, 4 << 20);
 });

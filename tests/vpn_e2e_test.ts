@@ -4,10 +4,9 @@
  */
 
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
-import { denoScript, JsonLines, rootTest } from "./_netns.ts";
+import { denoScript, JsonLines, rootTest, transfer } from "./_netns.ts";
 import { Topology, VpnProcess, waitFor } from "./_vpn.ts";
 
-const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 rootTest("vpn: two clients get .2 and .3, ping the server and move bulk data intact", async () => {
@@ -20,16 +19,7 @@ rootTest("vpn: two clients get .2 and .3, ping the server and move bulk data int
   assert(await net.ping(net.clients[0]!, "10.8.0.1"), a.log);
   assert(await net.ping(net.clients[1]!, "10.8.0.1"), b.log);
 
-  const sink = net.server.spawn(denoScript(TRANSFER, "sink", "10.8.0.1", "5201"));
-  const events = new JsonLines(sink.stdout);
-  await events.next((e) => e.listening === true);
-  const sent = await net.clients[1]!.run(
-    denoScript(TRANSFER, "send", "10.8.0.1", "5201", String(24 << 20)),
-  );
-  const received = await events.next((e) => e.sha256 !== undefined, 60_000);
-  await sink.status;
-  assertEquals(received.bytes, 24 << 20);
-  assertEquals(received.sha256, JSON.parse(sent.stdout).sha256);
+  await transfer(net.clients[1]!, net.server, "10.8.0.1", 24 << 20);
   await server.waitForLog(/alice connected from 172\.30\.1\.2:\d+, address 10\.8\.0\.2/);
 });
 
