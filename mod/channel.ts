@@ -48,6 +48,8 @@ export class Channel {
   #flushing: FrameWriter;
   #writing = false;
   #closed = false;
+  /** Who waits in {@linkcode drained} for the write in flight. */
+  readonly #drainWaiters: (() => void)[] = [];
 
   /** `sendBuffer` bytes per direction of the double buffer. */
   constructor(conn: Deno.Conn, sendBuffer = 512 * 1024) {
@@ -63,10 +65,24 @@ export class Channel {
 
   /** Queues a data frame with `packet[0, length)`; false (and counted) when dropped. */
   queueData(packet: Uint8Array, length: number): boolean {
-    if (this.#closed) return false;
-    if (this.#filling.add(FrameType.DATA, packet, length)) return true;
+    if (this.offerData(packet, length)) return true;
     this.stats.dropped++;
     return false;
+  }
+
+  /**
+   * Queues a data frame if the send buffer has room; false (not counted) when it has not. A
+   * sender with nobody else to serve then awaits {@linkcode drained} and queues again, so that
+   * the kernel's TUN queue, not this buffer, absorbs the burst.
+   */
+  offerData(packet: Uint8Array, length: number): boolean {
+    return !this.#closed && this.#filling.add(FrameType.DATA, packet, length);
+  }
+
+  /** Resolves once the write in flight has finished, at once when there is none. */
+  drained(): Promise<void> {
+    if (!this.#writing) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
   /** Queues a control frame ahead of queued data and starts sending it. */
@@ -100,10 +116,16 @@ export class Channel {
         this.#flushing = batch;
         await this.#writeAll(batch.bytes());
         batch.reset();
+        this.#wakeDrainWaiters();
       }
     } finally {
       this.#writing = false;
+      this.#wakeDrainWaiters();
     }
+  }
+
+  #wakeDrainWaiters(): void {
+    for (let wake; (wake = this.#drainWaiters.shift()) !== undefined;) wake();
   }
 
   async #writeAll(bytes: Uint8Array): Promise<void> {
@@ -163,6 +185,7 @@ export class Channel {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeDrainWaiters();
     try {
       this.#conn.close();
     } catch {

@@ -331,6 +331,12 @@ export class Client implements PacketSink {
       await this.#udp?.close();
       this.#udp = undefined;
     }
+    const { bytesIn, bytesOut, dropped } = channel.stats;
+    logger.info("TLS session: {bytesIn} bytes in, {bytesOut} out, {dropped} packets dropped", {
+      bytesIn,
+      bytesOut,
+      dropped,
+    });
     if (fatal) throw fatal;
     if (!this.#stopped) {
       logger.warn("session ended: {reason}", { reason: ended ?? "connection closed" });
@@ -424,8 +430,14 @@ export class Client implements PacketSink {
           const packet = bufs[i]!;
           const size = sizes[i]!;
           if (udp?.active) segmenter.convert(packet, size, tun.vnetHdr, vnet, mtu, this.#emitUdp);
-          else if (tun.vnetHdr === vnet) channel.queueData(packet, size);
-          else segmenter.convert(packet, size, tun.vnetHdr, vnet, Infinity, this.#emitTls);
+          else if (tun.vnetHdr === vnet) {
+            // The only session: wait for the write in flight rather than drop (backpressure).
+            if (!channel.offerData(packet, size)) {
+              channel.flush();
+              await channel.drained();
+              channel.queueData(packet, size);
+            }
+          } else segmenter.convert(packet, size, tun.vnetHdr, vnet, Infinity, this.#emitTls);
         }
         udp?.flush();
         channel.flush();

@@ -53,6 +53,8 @@ const MAX_PRE_AUTH = 64;
 const REVOCATION_POLL_MS = 1000;
 /** Packets one TUN read returns at most. */
 const BATCH = 64;
+/** Longest the TUN loop waits for one session's TLS write before that session drops (ms). */
+const CONGESTION_WAIT_MS = 2;
 
 /** Counters of the server; they only grow. */
 export interface ServerStats {
@@ -375,10 +377,14 @@ export class Server {
   }
 
   #queueTls(session: Session, packet: Uint8Array, length: number): void {
-    if (session.channel.queueData(packet, length) && !session.touched) {
-      session.touched = true;
-      this.#touched.push(session);
-    }
+    if (session.channel.queueData(packet, length)) this.#touch(session);
+  }
+
+  /** Puts `session` on the list of channels to flush at the end of the batch. */
+  #touch(session: Session): void {
+    if (session.touched) return;
+    session.touched = true;
+    this.#touched.push(session);
   }
 
   readonly #emitUdp = (packet: Uint8Array) => {
@@ -405,6 +411,22 @@ export class Server {
     this.#touched.length = 0;
   }
 
+  /**
+   * Backpressure with a bound: waits for the write in flight of a session whose send buffer
+   * is full, at most {@linkcode CONGESTION_WAIT_MS}, since every other session waits too. A fast
+   * client then loses nothing (dropped super-packets cost TCP far more than the wait); a slow
+   * one loses what does not fit, as behind any router.
+   */
+  async #makeRoom(session: Session): Promise<void> {
+    this.flush();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      session.channel.drained(),
+      new Promise<void>((resolve) => timer = setTimeout(resolve, CONGESTION_WAIT_MS)),
+    ]);
+    clearTimeout(timer);
+  }
+
   async #tunToClients(): Promise<void> {
     const bufs = Array.from({ length: BATCH }, () => new Uint8Array(MAX_PAYLOAD));
     const sizes = new Array<number>(BATCH).fill(0);
@@ -417,8 +439,18 @@ export class Server {
           const session = size >= ip + 20 && packetVersion(packet, ip) === 4
             ? this.#byAddress.get(ipv4Destination(packet, ip))
             : undefined;
-          if (session === undefined) this.stats.unroutable++;
-          else this.#toClient(session, packet, size, this.#vnet);
+          if (session === undefined) {
+            this.stats.unroutable++;
+          } else if (!session.udp?.alive && this.#vnet === session.vnet) {
+            // TLS as is: a full send buffer waits a little for its write before it drops.
+            if (!session.channel.offerData(packet, size)) {
+              await this.#makeRoom(session);
+              if (!session.channel.queueData(packet, size)) continue;
+            }
+            this.#touch(session);
+          } else {
+            this.#toClient(session, packet, size, this.#vnet);
+          }
         }
         this.flush();
       }
