@@ -1,12 +1,20 @@
 /**
- * The VPN client: one TUN that outlives reconnects, and one TLS session at a time.
+ * The VPN client: one TUN that outlives reconnects, one TLS session at a time, and beside it
+ * the UDP data channel when the path allows (mod/client_udp.ts).
  *
- * Outbound, TUN → server (`#tunToServer`): one awaited batch read from the TUN; every packet is
- * queued on the current session's channel (dropped while there is none), and the batch leaves
- * in one TLS write.
+ * Outbound, TUN → server (`#tunToServer`):
+ *   1. one awaited batch read from the TUN (dropped while there is no session, like an
+ *      unplugged cable);
+ *   2. while UDP is alive, each packet is cut to the MTU where needed and sealed into the
+ *      datagram batch (mod/offload.ts, mod/datagram.ts);
+ *   3. otherwise it is queued on the TLS channel, whole when both ends have offload; a full
+ *      buffer waits for the write in flight instead of dropping (this is the only session);
+ *   4. the batch leaves in one `sendmmsg` or one TLS write.
  *
- * Inbound, server → TUN (`#runSession`): one TLS read; its DATA frames are collected and
- * written into the TUN in one batch; PING is answered, BYE and ERROR end the session.
+ * Inbound, server → TUN (`#runSession` for TLS frames, `ClientUdp` for datagrams, both into
+ * `fromServer`): TCP segments are joined into super-packets when the TUN has offload, and
+ * each read's packets go into the TUN in one batch; PING is answered, BYE and ERROR end the
+ * session, REKEY and REKEY_DONE change the UDP keys.
  *
  * After a loss it reconnects with exponential backoff (1 s doubling to 60 s, with jitter) and
  * asks for its old address back. A refusal of its certificate ends the client (exit 1).
@@ -14,12 +22,12 @@
  * @module
  */
 
-import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
+import { cryptoUnavailable } from "../ffi/crypto.ts";
 import { Netlink } from "../ffi/netlink.ts";
 import { setTcpNoDelay } from "../ffi/socket.ts";
+import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Channel } from "./channel.ts";
 import type { ClientProfile, Proto } from "./config.ts";
-import { cryptoUnavailable } from "../ffi/crypto.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
 import { Coalescer, Segmenter } from "./offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";

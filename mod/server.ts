@@ -6,7 +6,8 @@
  *   1. one awaited batch read from the server TUN;
  *   2. route each IPv4 packet by destination to the session that owns that address;
  *   3. seal it into the UDP batch when that client's UDP path is alive (mod/server_udp.ts),
- *      else copy it into the session's TLS send buffer (dropped and counted when full);
+ *      cut to the MTU where needed (mod/offload.ts), else copy it into the session's TLS send
+ *      buffer; a full buffer waits up to 2 ms for that session's write, then drops (counted);
  *   4. after the batch (`flush`): one `sendmmsg` for the UDP datagrams, one TLS write per
  *      session that got packets.
  *
