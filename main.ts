@@ -20,6 +20,7 @@ import {
 } from "./mod/commands.ts";
 import type { LogLevel } from "./mod/log.ts";
 import { type Proto, PROTOS } from "./mod/config.ts";
+import { UDP_CIPHERS, type UdpCipher } from "./mod/messages.ts";
 import { VERSION } from "./mod/version.ts";
 
 const HELP = `vpn ${VERSION}: an SSL VPN with a TUN device on each side
@@ -38,9 +39,11 @@ Commands:
   client list [--dir DIR]
         list issued clients: name, serial, status, expiry
   connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
+          [--cipher aes-256-gcm|chacha20-poly1305]
         join a server; HOST:PORT overrides the profile's remote; --proto how data
         travels: auto (UDP when it works, else TLS; the default), udp (or fail), tcp;
-        --no-offload: plain packets on the TUN, no segmentation offload
+        --no-offload: plain packets on the TUN, no segmentation offload;
+        --cipher: the only AEAD to offer for UDP (default both, AES-256-GCM first)
   version
         print the version
 
@@ -164,11 +167,16 @@ async function run(command: string, rest: string[]): Promise<number> {
         dev: { type: "string" },
         proto: { type: "string" },
         "no-offload": { type: "boolean", default: false },
+        cipher: { type: "string" },
       });
       if (remote.length > 1 || values.profile === undefined) {
         throw new UsageError(
           "usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]",
         );
+      }
+      const cipher = values.cipher;
+      if (cipher !== undefined && !(UDP_CIPHERS as readonly string[]).includes(cipher)) {
+        throw new UsageError(`--cipher ${cipher}: must be ${UDP_CIPHERS.join(" or ")}`);
       }
       const proto = values.proto;
       if (proto !== undefined && !PROTOS.includes(proto as Proto)) {
@@ -181,6 +189,7 @@ async function run(command: string, rest: string[]): Promise<number> {
         ...(values.dev ? { dev: values.dev } : {}),
         ...(proto ? { proto: proto as Proto } : {}),
         ...(values["no-offload"] ? { offload: false } : {}),
+        ...(cipher ? { cipher: cipher as UdpCipher } : {}),
         ...(logLevel ? { level: logLevel } : {}),
       });
     }

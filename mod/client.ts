@@ -44,6 +44,7 @@ import {
   type Push,
   UDP_CIPHERS,
   type UdpAccept,
+  type UdpCipher,
 } from "./messages.ts";
 import { FrameError, FrameType, MAX_PAYLOAD } from "./wire.ts";
 
@@ -85,6 +86,8 @@ export interface ClientOptions {
   tun?: TunDevice;
   /** Ask for TUN segmentation offload (`IFF_VNET_HDR`). Default true. */
   offload?: boolean;
+  /** The one AEAD to offer for the UDP data channel; default both, AES-256-GCM first. */
+  cipher?: UdpCipher;
 }
 
 /** The client ended for good; `message` says why and what to do. */
@@ -363,7 +366,10 @@ export class Client implements PacketSink {
     const random = crypto.getRandomValues(new Uint8Array(32));
     channel.sendControl(
       FrameType.UDP_OFFER,
-      encodeMessage({ ciphers: [...UDP_CIPHERS], random: random.toBase64() }),
+      encodeMessage({
+        ciphers: this.#options.cipher ? [this.#options.cipher] : [...UDP_CIPHERS],
+        random: random.toBase64(),
+      }),
     );
     return random;
   }

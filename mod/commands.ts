@@ -31,6 +31,7 @@ import {
   PkiError,
   revokeClient,
 } from "./pki.ts";
+import type { UdpCipher } from "./messages.ts";
 import { Server } from "./server.ts";
 
 /** Where `vpn serve`, `init` and `client` keep the PKI and `server.yaml` by default. */
@@ -209,6 +210,8 @@ export interface ConnectCommand {
   proto?: Proto;
   /** false: no TUN segmentation offload. */
   offload?: boolean;
+  /** The only AEAD to offer for the UDP data channel. */
+  cipher?: UdpCipher;
   level?: LogLevel;
 }
 
@@ -223,6 +226,7 @@ export async function connect(options: ConnectCommand): Promise<number> {
     port,
     proto: options.proto ?? profile.proto,
     ...(options.offload === false ? { offload: false } : {}),
+    ...(options.cipher ? { cipher: options.cipher } : {}),
     ...(options.dev ? { dev: options.dev } : {}),
   });
   const stop = () => client.stop();

@@ -233,6 +233,9 @@ function random32(fields: Fields, key: string, what: string): string {
 /** AEADs of the UDP data channel, by their names on the wire. */
 export const UDP_CIPHERS = ["aes-256-gcm", "chacha20-poly1305"] as const;
 
+/** One of {@linkcode UDP_CIPHERS}. */
+export type UdpCipher = typeof UDP_CIPHERS[number];
+
 /** Decodes a UDP_OFFER payload. */
 export function decodeUdpOffer(payload: Uint8Array): UdpOffer {
   const f = parse(payload, "UDP_OFFER");

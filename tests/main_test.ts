@@ -104,3 +104,12 @@ Deno.test("vpn connect without a profile or with a missing one exits 2", async (
   assertEquals(usage.code, 2);
   assertMatch(usage.stderr, /--profile FILE/);
 });
+
+Deno.test("vpn connect with an unknown --cipher or --proto exits 2 and names the choices", async () => {
+  const cipher = await vpn("connect", "--profile", "p.yaml", "--cipher", "rot13");
+  assertEquals(cipher.code, 2);
+  assertMatch(cipher.stderr, /--cipher rot13: must be aes-256-gcm or chacha20-poly1305/);
+  const proto = await vpn("connect", "--profile", "p.yaml", "--proto", "sctp");
+  assertEquals(proto.code, 2);
+  assertMatch(proto.stderr, /--proto sctp: must be auto, udp or tcp/);
+});

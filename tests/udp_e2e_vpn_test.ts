@@ -214,3 +214,36 @@ rootTest("vpn without libcrypto warns and carries data over TLS", async () => {
   assert(await net.ping(net.clients[1]!, "10.8.0.1"), bare.log);
   assert(!/bob: data over UDP/.test(full.log), full.log);
 });
+
+rootTest(
+  "vpn --cipher chacha20-poly1305: the UDP data channel uses ChaCha20-Poly1305",
+  async () => {
+    await using net = await Topology.create(1);
+    await net.startServer();
+    const vpn = net.connect(0, await net.addClient("alice"), [
+      "--proto",
+      "udp",
+      "--cipher",
+      "chacha20-poly1305",
+    ]);
+    await vpn.waitForLog(/data goes over UDP to 172\.30\.1\.1:1194 \(chacha20-poly1305\)/);
+    await transfer(net.clients[0]!, net.server, "10.8.0.1", 8 << 20);
+  },
+);
+
+rootTest("vpn with listen.udp: false keeps every client on TLS and says why", async () => {
+  await using net = await Topology.create(1);
+  const client = net.clients[0]!;
+  await net.configure("listen:\n  udp: false\n");
+  const server = await net.startServer();
+  assertMatch(server.log, /listening on 0\.0\.0\.0:1194 \(TLS\)/);
+  const vpn = net.connect(0, await net.addClient("alice"));
+  await vpn.waitForLog(
+    /the server refused UDP: UDP is off on this server \(listen\.udp: false\); data stays on TLS/,
+  );
+  const ping = await client.run(["ping", "-c", "1", "-W", "1", "10.8.0.1"], true);
+  assertEquals(ping.code, 0, "the tunnel works over TLS");
+  const strict = net.connect(0, net.dir + "/alice.yaml", ["--proto", "udp", "--dev", "vpnx%d"]);
+  assertEquals(await strict.exited(), 1);
+  assertMatch(strict.log, /the server refused UDP: UDP is off on this server/);
+});
