@@ -171,6 +171,12 @@ export class Server {
       });
     } catch (error) {
       tun.close();
+      if (error instanceof Deno.errors.AddrInUse) {
+        throw new Error(
+          `Cannot listen on ${config.listen.host}:${config.listen.port}: the port is in use; ` +
+            `stop the program holding it or choose another listen.port`,
+        );
+      }
       throw error;
     }
     let server: Server;

@@ -267,3 +267,20 @@ rootTest("vpn serve with an empty directory creates a PKI and serves", async () 
     assertEquals(await process.stop(), 0);
   }
 });
+
+rootTest(
+  "vpn serve on a port in use says so and exits 1, leaving the running server alone",
+  async () => {
+    await using net = await Topology.create(1);
+    await net.startServer();
+    const second = new VpnProcess(net.server.spawn(denoScript(MAIN, "serve", "--dir", net.dir)));
+    assertEquals(await second.exited(), 1);
+    assertMatch(
+      second.log,
+      /Cannot listen on 0\.0\.0\.0:1194: the port is in use; stop the program holding it/,
+    );
+    net.connect(0, await net.addClient("alice"));
+    await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+    assert(await net.ping(net.clients[0]!, "10.8.0.1"));
+  },
+);
