@@ -55,7 +55,6 @@ export class ClientUdp implements Disposable {
   #lastHeard = -Infinity;
   #active = false;
   #timeoutMs: number;
-  #clientRandom: Uint8Array;
   #pending: EpochKeys | undefined;
   #wakeProbe: (() => void) | undefined;
 
@@ -64,7 +63,6 @@ export class ClientUdp implements Disposable {
     serverAddr: SockAddr,
     crypto: DatagramCrypto,
     sink: PacketSink,
-    clientRandom: Uint8Array,
     timeoutMs: number,
   ) {
     this.#socket = socket;
@@ -73,7 +71,6 @@ export class ClientUdp implements Disposable {
     this.server = formatSockAddr(serverAddr);
     this.crypto = crypto;
     this.#sink = sink;
-    this.#clientRandom = clientRandom;
     this.#timeoutMs = timeoutMs;
     this.#receiving = this.#receive();
   }
@@ -103,7 +100,7 @@ export class ClientUdp implements Disposable {
       crypto.installReceive(keys);
       crypto.installSend(keys);
       const serverAddr = encodeSockAddr(host, port, newSockAddr(), socket.family);
-      return new ClientUdp(socket, serverAddr, crypto, sink, clientRandom, timeoutMs);
+      return new ClientUdp(socket, serverAddr, crypto, sink, timeoutMs);
     } catch (error) {
       socket.close();
       throw error;
@@ -165,7 +162,6 @@ export class ClientUdp implements Disposable {
     );
     this.crypto.installReceive(keys);
     this.#pending = keys;
-    this.#clientRandom = random;
     return { epoch: message.epoch, random: random.toBase64() };
   }
 

@@ -30,6 +30,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { waitFor } from "../tests/_vpn.ts";
 import { clientConfig, makeOpenVpnPki, type OpenVpnPki, serverConfig } from "./_bench_openvpn.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -124,21 +125,6 @@ const tempDirs: string[] = [];
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Polls `check` until it returns a value other than undefined, for at most `ms`. */
-async function waitFor<T>(
-  what: string,
-  check: () => Promise<T | undefined> | T | undefined,
-  ms: number,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  while (true) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 /** Runs `cmd` to completion within `ms` (killed after that); throws when it fails. */
