@@ -66,6 +66,38 @@ export async function run(cmd: string[], allowFail = false): Promise<RunResult> 
 }
 
 let counter = 0;
+let swept = false;
+
+/**
+ * Deletes the namespaces left by an earlier test process that is gone: a run killed with
+ * SIGKILL never reaches its disposers. Names carry the creating process's PID.
+ */
+async function sweepStale(): Promise<void> {
+  const list = await run(["ip", "netns", "list"], true);
+  for (const line of list.stdout.split("\n")) {
+    const name = line.split(" ")[0]!;
+    const pid = /^vpnt-.+-(\d+)-\d+$/.exec(name)?.[1];
+    if (pid === undefined || Number(pid) === Deno.pid || alive(Number(pid))) continue;
+    const pids = await run(["ip", "netns", "pids", name], true);
+    for (const p of pids.stdout.split("\n").filter(Boolean)) {
+      try {
+        Deno.kill(Number(p), "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+    await run(["ip", "netns", "del", name], true);
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** A network namespace that exists until disposed. */
 export class Netns implements AsyncDisposable {
@@ -77,6 +109,10 @@ export class Netns implements AsyncDisposable {
 
   /** Creates a fresh namespace with loopback up; the name is unique to this process. */
   static async create(tag: string): Promise<Netns> {
+    if (!swept) {
+      swept = true;
+      await sweepStale();
+    }
     const name = `vpnt-${tag}-${Deno.pid}-${counter++}`;
     await run(["ip", "netns", "add", name]);
     const ns = new Netns(name);
