@@ -166,7 +166,8 @@ interface SendKey {
 export class DatagramCrypto implements Disposable {
   readonly sessionId: number;
   readonly cipher: CipherName;
-  readonly rejects: RejectStats = { malformed: 0, replayed: 0, forged: 0 };
+  /** Where refusals are counted: this session's own counters, or ones it shares. */
+  readonly rejects: RejectStats;
   /** Type of the datagram {@linkcode open} last accepted. */
   type: DatagramType = DatagramType.DATA;
 
@@ -175,7 +176,13 @@ export class DatagramCrypto implements Disposable {
   readonly #receive: [ReceiveKey | undefined, ReceiveKey | undefined] = [undefined, undefined];
   readonly #nonce = new Uint8Array(NONCE_LEN);
 
-  constructor(sessionId: number, cipher: CipherName, isClient: boolean) {
+  constructor(
+    sessionId: number,
+    cipher: CipherName,
+    isClient: boolean,
+    rejects: RejectStats = { malformed: 0, replayed: 0, forged: 0 },
+  ) {
+    this.rejects = rejects;
     this.sessionId = sessionId >>> 0;
     this.cipher = cipher;
     this.#isClient = isClient;

@@ -33,7 +33,7 @@ import { ipv4Destination, ipv4Source, packetVersion } from "./ip.ts";
 import { log } from "./log.ts";
 import { ALPN } from "./messages.ts";
 import { Coalescer, Segmenter, VNET_HDR_LEN } from "./offload.ts";
-import { ServerUdp } from "./server_udp.ts";
+import { REJECT_REASONS, REJECT_WORDS, type RejectReason, ServerUdp } from "./server_udp.ts";
 import { Session } from "./session.ts";
 import {
   AuthError,
@@ -101,7 +101,12 @@ export class Server {
   #registryMtime = 0;
   #revocationTimer: ReturnType<typeof setInterval> | undefined;
   #revocationCheck: Promise<void> | undefined;
-  #reportedRejects = 0;
+  readonly #reportedRejects: Record<RejectReason, number> = {
+    unknown: 0,
+    malformed: 0,
+    replayed: 0,
+    forged: 0,
+  };
   #stopped = false;
   readonly #done: Promise<void>;
   /** The inbound batch: packets for the TUN, and sessions with TLS frames to flush. */
@@ -466,18 +471,21 @@ export class Server {
     }
   }
 
-  /** Says, at most once a second, how many datagrams were dropped since the last time. */
+  /** Says, at most once a second, how many datagrams were dropped since the last time, and why. */
   #reportRejects(): void {
-    const rejected = this.udp?.stats.rejected ?? 0;
-    if (rejected === this.#reportedRejects) return;
-    logger.info(
-      "UDP: dropped {count} datagrams (unknown session, malformed, replayed or forged), {total} in all",
-      {
-        count: rejected - this.#reportedRejects,
-        total: rejected,
-      },
-    );
-    this.#reportedRejects = rejected;
+    const stats = this.udp?.stats;
+    if (stats === undefined) return;
+    const last = this.#reportedRejects;
+    const reasons = REJECT_REASONS.map((reason) => [reason, stats[reason] - last[reason]] as const)
+      .filter(([, count]) => count > 0);
+    if (reasons.length === 0) return;
+    const total = REJECT_REASONS.reduce((sum, reason) => sum + stats[reason], 0);
+    logger.info("UDP: dropped {count} datagrams ({reasons}), {total} in all", {
+      count: reasons.reduce((sum, [, count]) => sum + count, 0),
+      reasons: reasons.map(([reason, count]) => `${count} ${REJECT_WORDS[reason]}`).join(", "),
+      total,
+    });
+    for (const reason of REJECT_REASONS) last[reason] = stats[reason];
   }
 
   /** Re-reads the revocation list if the registry changed; one check at a time. */

@@ -27,6 +27,7 @@ import {
   DatagramType,
   deriveKeys,
   OVERHEAD,
+  type RejectStats,
   REKEY_AFTER_PACKETS,
 } from "./datagram.ts";
 import { log } from "./log.ts";
@@ -66,13 +67,31 @@ export class UdpState {
   }
 }
 
-/** Counters of the UDP endpoint; they only grow. */
-export interface UdpStats {
+/** Counters of the UDP endpoint, every session's refusals included; they only grow. */
+export interface UdpStats extends RejectStats {
   /** Datagrams accepted. */
   accepted: number;
-  /** Datagrams dropped: unknown session, malformed, replayed or failing authentication. */
-  rejected: number;
+  /** Datagrams dropped for naming no session of this server. */
+  unknown: number;
 }
+
+/** The reasons a datagram is dropped, each a counter of {@linkcode UdpStats}. */
+export type RejectReason = Exclude<keyof UdpStats, "accepted">;
+
+export const REJECT_REASONS: readonly RejectReason[] = [
+  "unknown",
+  "malformed",
+  "replayed",
+  "forged",
+];
+
+/** How the log names each reason. */
+export const REJECT_WORDS: Record<RejectReason, string> = {
+  unknown: "for no session",
+  malformed: "malformed",
+  replayed: "replayed",
+  forged: "failing authentication",
+};
 
 /** Receives each accepted DATA packet; `flush` ends a batch. */
 export interface UdpSink {
@@ -82,7 +101,7 @@ export interface UdpSink {
 
 /** The server's UDP socket and the sessions that use it. */
 export class ServerUdp {
-  readonly stats: UdpStats = { accepted: 0, rejected: 0 };
+  readonly stats: UdpStats = { accepted: 0, unknown: 0, malformed: 0, replayed: 0, forged: 0 };
   readonly #socket: UdpSocket;
   readonly #sessions = new Map<number, UdpClient>();
   readonly #out: DatagramBatch;
@@ -134,7 +153,7 @@ export class ServerUdp {
     let id: number;
     do id = crypto.getRandomValues(new Uint32Array(1))[0]!; while (this.#sessions.has(id));
     const random = crypto.getRandomValues(new Uint8Array(32));
-    const state = new UdpState(new DatagramCrypto(id, cipher, false));
+    const state = new UdpState(new DatagramCrypto(id, cipher, false, this.stats));
     const keys = deriveKeys(Uint8Array.fromBase64(offer.random), random, id, 0);
     state.crypto.installReceive(keys);
     state.crypto.installSend(keys);
@@ -226,24 +245,25 @@ export class ServerUdp {
         for (let i = 0; i < n; i++) {
           const datagram = slots.bufs[i]!;
           const size = slots.sizes[i]!;
-          const client = size >= OVERHEAD
-            ? this.#sessions.get(datagramSession(datagram))
-            : undefined;
-          const state = client?.udp;
-          const length = state === undefined
-            ? -1
-            : state.crypto.open(datagram, size, slots.bodies[i]!, plain[i]!);
-          if (length < 0) {
-            this.stats.rejected++;
+          if (size < OVERHEAD) {
+            this.stats.malformed++;
             continue;
           }
+          const client = this.#sessions.get(datagramSession(datagram));
+          const state = client?.udp;
+          if (state === undefined) {
+            this.stats.unknown++;
+            continue;
+          }
+          const length = state.crypto.open(datagram, size, slots.bodies[i]!, plain[i]!);
+          if (length < 0) continue;
           this.stats.accepted++;
-          state!.bytesIn += size;
-          this.#heard(client!, state!, slots.addrs[i]!);
-          const type = state!.crypto.type;
+          state.bytesIn += size;
+          this.#heard(client!, state, slots.addrs[i]!);
+          const type = state.crypto.type;
           if (type === DatagramType.DATA) sink.fromClient(client!, plain[i]!, 0, length);
           else if (type === DatagramType.PING) {
-            this.#out.add(state!.crypto, DatagramType.PONG, plain[i]!, length, state!.peer);
+            this.#out.add(state.crypto, DatagramType.PONG, plain[i]!, length, state.peer);
           }
         }
         sink.flush();
