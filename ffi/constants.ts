@@ -60,7 +60,10 @@ export const IFNAMSIZ = 16;
 
 /** errno values this code reacts to by number. */
 export const EINTR = 4;
+export const EIO = 5;
 export const EAGAIN = 11;
+export const EINVAL = 22;
+export const EMSGSIZE = 90;
 
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",

@@ -24,6 +24,9 @@ import {
   AF_INET6,
   EAGAIN,
   EINTR,
+  EINVAL,
+  EIO,
+  EMSGSIZE,
   IPPROTO_IPV6,
   IPV6_V6ONLY,
   MSG_DONTWAIT,
@@ -63,9 +66,19 @@ const MMSGHDR_LEN = 64;
 const MSG_NAMELEN = 8;
 const MSG_IOV = 16;
 const MSG_IOVLEN = 24;
+const MSG_CONTROL = 32;
+const MSG_CONTROLLEN = 40;
 const MSG_FLAGS = 48;
 const MSG_LEN = 56;
 const IOVEC_LEN = 16;
+// UDP GSO: a control message at level SOL_UDP, type UDP_SEGMENT, carrying the segment size as
+// a u16. CMSG_LEN(2) = 16 + 2; CMSG_SPACE(2) rounds that up to 8 bytes.
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
+const CMSG_LEN_U16 = 18;
+const CMSG_SPACE = 24;
+/** Most datagrams one GSO send carries (the kernel's UDP_MAX_SEGMENTS is 64 or 128). */
+export const MAX_SEGMENTS = 64;
 // A safety net only: close() wakes the poll through the eventfd.
 const POLL_TIMEOUT_MS = 1000;
 
@@ -198,6 +211,8 @@ export interface UdpStats {
   sendErrors: number;
   /** Datagrams dropped on receive because they were larger than their slot buffer. */
   truncated: number;
+  /** Datagrams of `sent` that left in UDP GSO messages, several datagrams to a message. */
+  offloaded: number;
 }
 
 /** A UDP socket could not be bound; `message` says why and what to do. */
@@ -218,29 +233,46 @@ function addressOf(bytes: Uint8Array): bigint {
 }
 
 /**
- * `struct mmsghdr[size]` followed by `struct iovec[size]` for one caller's buffer set, slot i
- * pointing at `bufs[i]` (one iovec) and `addrs[i]` (msg_name). It keeps references to the
- * buffers and addresses it points at, so that they live at least as long as the pointers.
+ * `struct mmsghdr[size]`, then `struct iovec[size]`, then one `UDP_SEGMENT` control message per
+ * mmsghdr, for one caller's buffer set. iovec i points at `bufs[i]`. To receive, mmsghdr i
+ * takes iovec i and `addrs[i]`; to send, {@linkcode MsgVec.group} lets one mmsghdr carry a run
+ * of iovecs as one GSO send. It keeps references to the buffers and addresses it points at,
+ * so that they live at least as long as the pointers.
  */
 class MsgVec {
   readonly size: number;
   readonly view: DataView;
   /** `&msgvec[i]`, made once so that a call starting mid-array allocates nothing. */
   readonly pointers: Deno.PointerObject[] = [];
+  /** After {@linkcode group}: how many datagrams mmsghdr i carries. */
+  readonly counts: number[];
   readonly #bufs: (Uint8Array | undefined)[];
   readonly #addrs: (SockAddr | undefined)[];
+  /** The addresses of `addrs[i]`, of iovec i and of control message i, as written. */
+  readonly #addrPointers: bigint[];
+  readonly #iovPointers: bigint[] = [];
+  readonly #cmsgPointers: bigint[] = [];
 
   constructor(size: number) {
     this.size = size;
-    const bytes = new Uint8Array(new ArrayBuffer(size * (MMSGHDR_LEN + IOVEC_LEN)));
+    const bytes = new Uint8Array(new ArrayBuffer(size * (MMSGHDR_LEN + IOVEC_LEN + CMSG_SPACE)));
     // The view keeps the memory alive as long as the pointers into it.
     this.view = new DataView(bytes.buffer);
     const base = addressOf(bytes);
     this.#bufs = new Array<undefined>(size);
     this.#addrs = new Array<undefined>(size);
+    this.#addrPointers = new Array<bigint>(size).fill(0n);
+    this.counts = new Array<number>(size).fill(0);
     for (let i = 0; i < size; i++) {
       const at = i * MMSGHDR_LEN;
-      this.view.setBigUint64(at + MSG_IOV, base + BigInt(this.#iovAt(i)), true);
+      this.#iovPointers.push(base + BigInt(size * MMSGHDR_LEN + i * IOVEC_LEN));
+      const cmsg = size * (MMSGHDR_LEN + IOVEC_LEN) + i * CMSG_SPACE;
+      this.#cmsgPointers.push(base + BigInt(cmsg));
+      // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } + a u16 segment size.
+      this.view.setUint32(cmsg, CMSG_LEN_U16, true);
+      this.view.setInt32(cmsg + 8, SOL_UDP, true);
+      this.view.setInt32(cmsg + 12, UDP_SEGMENT, true);
+      this.view.setBigUint64(at + MSG_IOV, this.#iovPointers[i]!, true);
       this.view.setBigUint64(at + MSG_IOVLEN, 1n, true);
       this.pointers.push(Deno.UnsafePointer.create(base + BigInt(at))!);
     }
@@ -251,13 +283,12 @@ class MsgVec {
   }
 
   /**
-   * Points slots 0..count at `bufs[i]` and `addrs[i]` where they changed and sets their lengths:
-   * to send, `lengths[i]` bytes to an address of its family's length; to receive (no
-   * `lengths`), the whole buffer from an address of up to {@linkcode SOCKADDR_LEN} bytes
-   * (msg_namelen is in-out: the kernel lowers it). Checks run on every call: a wrong pointer or
-   * length here is memory corruption, not an exception.
+   * Points iovec i at `bufs[i]` and remembers the address of `addrs[i]` where they changed,
+   * for slots 0..count, and sets iovec i's length: `lengths[i]` when given, else the whole
+   * buffer. Checks run on every call: a wrong pointer or length here is memory corruption, not
+   * an exception.
    */
-  point(bufs: Uint8Array[], addrs: SockAddr[], count: number, lengths?: number[]): void {
+  #slots(bufs: Uint8Array[], addrs: SockAddr[], count: number, lengths?: number[]): void {
     const view = this.view;
     for (let i = 0; i < count; i++) {
       const buf = bufs[i]!;
@@ -272,25 +303,91 @@ class MsgVec {
         this.#bufs[i] = buf;
       }
       if (addr !== this.#addrs[i]) {
-        view.setBigUint64(i * MMSGHDR_LEN, addressOf(addr), true);
+        this.#addrPointers[i] = addressOf(addr);
         this.#addrs[i] = addr;
       }
       // A detached buffer has length 0, so a stale pointer is never written through.
       let length = buf.length;
-      let namelen = SOCKADDR_LEN;
       if (lengths !== undefined) {
         const size = lengths[i]!;
         if (!(size >= 0 && size <= length)) {
           throw new RangeError(`Datagram ${i} is ${size} bytes, its buffer holds ${length}`);
         }
         length = size;
-        namelen = lengthOf(addr);
       }
-      view.setUint32(i * MMSGHDR_LEN + MSG_NAMELEN, namelen, true);
       // iov_len is a size_t: the high half stays 0 from the start, the low half takes the
       // length without the BigInt a 64-bit write would allocate.
       view.setUint32(iov + 8, length, true);
     }
+  }
+
+  /**
+   * To receive: mmsghdr i takes all of `bufs[i]` and an address of up to
+   * {@linkcode SOCKADDR_LEN} bytes into `addrs[i]` (msg_namelen is in-out: the kernel lowers
+   * it, so this runs before every call).
+   */
+  point(bufs: Uint8Array[], addrs: SockAddr[], count: number): void {
+    this.#slots(bufs, addrs, count);
+    for (let i = 0; i < count; i++) {
+      const at = i * MMSGHDR_LEN;
+      this.view.setBigUint64(at, this.#addrPointers[i]!, true);
+      this.view.setUint32(at + MSG_NAMELEN, SOCKADDR_LEN, true);
+    }
+  }
+
+  /**
+   * To send datagrams `from..count` (datagram i is `bufs[i][0..lengths[i])` to `addrs[i]`):
+   * writes mmsghdr 0, 1, ... and returns how many. With `gso`, a run of datagrams to one
+   * address, all of the first one's size but a shorter last, up to {@linkcode MAX_SEGMENTS}
+   * and {@linkcode MAX_UDP_PAYLOAD} bytes, is one mmsghdr with a `UDP_SEGMENT` control message:
+   * the kernel takes it through its stack as one packet and cuts it late (UDP GSO).
+   */
+  group(
+    bufs: Uint8Array[],
+    addrs: SockAddr[],
+    from: number,
+    count: number,
+    lengths: number[],
+    gso: boolean,
+  ): number {
+    this.#slots(bufs, addrs, count, lengths);
+    const view = this.view;
+    let messages = 0;
+    for (let first = from; first < count;) {
+      const size = lengths[first]!;
+      const addr = addrs[first]!;
+      let n = 1;
+      if (gso && size > 0) {
+        for (let total = size; first + n < count && n < MAX_SEGMENTS;) {
+          const next = lengths[first + n]!;
+          if (next === 0 || next > size || total + next > MAX_UDP_PAYLOAD) break;
+          if (!sameSockAddr(addrs[first + n]!, addr)) break;
+          total += next;
+          n++;
+          if (next < size) break; // only the last may be shorter
+        }
+      }
+      const at = messages * MMSGHDR_LEN;
+      view.setBigUint64(at, this.#addrPointers[first]!, true);
+      view.setUint32(at + MSG_NAMELEN, lengthOf(addr), true);
+      view.setBigUint64(at + MSG_IOV, this.#iovPointers[first]!, true);
+      view.setUint32(at + MSG_IOVLEN, n, true);
+      if (n > 1) {
+        view.setBigUint64(at + MSG_CONTROL, this.#cmsgPointers[messages]!, true);
+        view.setUint32(at + MSG_CONTROLLEN, CMSG_SPACE, true);
+        view.setUint16(this.#cmsgAt(messages) + 16, size, true);
+      } else {
+        view.setBigUint64(at + MSG_CONTROL, 0n, true);
+        view.setUint32(at + MSG_CONTROLLEN, 0, true);
+      }
+      this.counts[messages++] = n;
+      first += n;
+    }
+    return messages;
+  }
+
+  #cmsgAt(i: number): number {
+    return this.size * (MMSGHDR_LEN + IOVEC_LEN) + i * CMSG_SPACE;
   }
 }
 
@@ -310,11 +407,12 @@ export class UdpSocket implements Disposable {
    * bursts at high rates.
    */
   readonly bufferWarning: string | undefined;
-  readonly stats: UdpStats = { received: 0, sent: 0, sendErrors: 0, truncated: 0 };
+  readonly stats: UdpStats = { received: 0, sent: 0, sendErrors: 0, truncated: 0, offloaded: 0 };
 
   readonly #fd: number;
   readonly #ready: Readiness;
   #receiving = false;
+  #gso = true;
   readonly #name: string;
   readonly #recvVecs = new WeakMap<Uint8Array[], MsgVec>();
   readonly #sendVecs = new WeakMap<Uint8Array[], MsgVec>();
@@ -491,26 +589,44 @@ export class UdpSocket implements Disposable {
       return 0;
     }
     const vec = vecFor(this.#sendVecs, bufs);
-    vec.point(bufs, addrs, count, sizes);
     const sendmmsg = libc().sendmmsg;
     let sent = 0;
-    let next = 0;
-    while (next < count) {
-      const n = sendmmsg(this.#fd, vec.pointers[next]!, count - next, MSG_DONTWAIT);
-      if (n > 0) {
-        sent += n;
-        next += n;
-        continue;
+    let done = 0;
+    sending: while (done < count) {
+      const messages = vec.group(bufs, addrs, done, count, sizes, this.#gso);
+      for (let next = 0; next < messages;) {
+        const n = sendmmsg(this.#fd, vec.pointers[next]!, messages - next, MSG_DONTWAIT);
+        if (n > 0) {
+          for (const end = next + n; next < end; next++) {
+            const carried = vec.counts[next]!;
+            sent += carried;
+            done += carried;
+            if (carried > 1) this.stats.offloaded += carried;
+          }
+          continue;
+        }
+        // The kernel reports an error only for the first message of a call; that one failed.
+        const code = errno();
+        if (code === EINTR) continue;
+        if (code === EAGAIN) break sending;
+        if (vec.counts[next]! > 1 && (code === EMSGSIZE || code === EINVAL || code === EIO)) {
+          // This route or device takes no UDP GSO (EMSGSIZE: a segment over the path MTU;
+          // EINVAL: too many segments for this kernel; EIO: no checksum offload): send one
+          // datagram per message from now on.
+          this.#gso = false;
+          continue sending;
+        }
+        done += vec.counts[next++]!;
       }
-      // The kernel reports an error only for the first datagram of a call; that one failed.
-      const code = errno();
-      if (code === EINTR) continue;
-      if (code === EAGAIN) break;
-      next++;
     }
     this.stats.sent += sent;
     this.stats.sendErrors += count - sent;
     return sent;
+  }
+
+  /** True while sends may use UDP GSO; false once the kernel refused it on this socket. */
+  get segmentationOffload(): boolean {
+    return this.#gso;
   }
 
   /**

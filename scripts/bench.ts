@@ -123,10 +123,6 @@ const processes = new Set<Proc>();
 const namespaces: string[] = [];
 const tempDirs: string[] = [];
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** Runs `cmd` to completion within `ms` (killed after that); throws when it fails. */
 async function run(cmd: string[], ms = 30_000, allowFail = false): Promise<string> {
   const child = new Deno.Command(cmd[0]!, {

@@ -167,7 +167,13 @@ Deno.test("UdpSocket.sendTo() delivers 1000 datagrams of 0 to 65507 bytes to rec
     }
     assertEquals(await receive(receiver, into, round * PER_ROUND, PER_ROUND, from), PER_ROUND);
   }
-  assertEquals(sender.stats, { received: 0, sent: 1000, sendErrors: 0, truncated: 0 });
+  assertEquals(sender.stats, {
+    received: 0,
+    sent: 1000,
+    sendErrors: 0,
+    truncated: 0,
+    offloaded: 0,
+  });
   assertEquals(receiver.stats.received, 1000);
   assertEquals(receiver.stats.truncated, 0);
 });
@@ -210,6 +216,41 @@ Deno.test("UdpSocket.sendBatch() sends part of a batch and reuses one address fo
   assertEquals(into.sizes.slice(0, 3), [sizeOf(5), sizeOf(6), sizeOf(7)]);
   assertEquals(sender.sendBatch(out.bufs, out.sizes, addrs, 0), 0);
 });
+
+for (const host of ["127.0.0.1", "::1"]) {
+  Deno.test(`UdpSocket.sendBatch() sends runs of equal datagrams to one address with GSO (${host})`, async () => {
+    using sender = UdpSocket.bind(host, 0);
+    using receiver = UdpSocket.bind(host, 0);
+    using other = UdpSocket.bind(host, 0);
+    const to = encodeSockAddr(host, receiver.port);
+    const elsewhere = encodeSockAddr(host, other.port);
+    // 50 of 1400 bytes and one of 600 to `to` (one GSO message of MAX_SEGMENTS and one of the
+    // rest), one to another socket, then 3 of unequal sizes to `to` again.
+    const sizes = [...new Array<number>(50).fill(1400), 600, 1400, 900, 1400, 1000];
+    const out = slots(sizes.length, 1500);
+    sizes.forEach((size, i) => {
+      fill(out.bufs[i]!, i, size);
+      out.sizes[i] = size;
+      copySockAddr(i === 51 ? elsewhere : to, out.addrs[i]!);
+    });
+    assertEquals(sender.sendBatch(out.bufs, out.sizes, out.addrs, sizes.length), sizes.length);
+    assert(sender.segmentationOffload);
+    assertEquals(sender.stats.offloaded, 51 + 2, "the two runs of one size went as GSO");
+    const into = slots(64, 1500);
+    const got: number[] = [];
+    while (got.length < sizes.length - 1) {
+      const n = await receiver.recv(into.bufs, into.sizes, into.addrs);
+      for (let k = 0; k < n; k++) {
+        const i = got.length < 51 ? got.length : got.length + 1; // datagram 51 went elsewhere
+        assertEquals(into.sizes[k], sizes[i], `size of datagram ${i}`);
+        assert(intact(into.bufs[k]!, i, sizes[i]!), `content of datagram ${i}`);
+        got.push(i);
+      }
+    }
+    assertEquals(await other.recv(into.bufs, into.sizes, into.addrs), 1);
+    assertEquals(into.sizes[0], 1400);
+  });
+}
 
 Deno.test("UdpSocket.sendBatch() skips a datagram the kernel refuses and sends the rest", async () => {
   using sender = UdpSocket.bind("127.0.0.1", 0);
