@@ -76,6 +76,9 @@ const IOVEC_LEN = 16;
 const SOL_UDP = 17;
 const UDP_SEGMENT = 103;
 const CMSG_LEN_U16 = 18;
+// UDP GRO: the kernel reports the segment size of a joined read as an int at SOL_UDP, UDP_GRO.
+const UDP_GRO = 104;
+const CMSG_LEN_INT = 20;
 const CMSG_SPACE = 24;
 /** Most datagrams one GSO send carries (the kernel's UDP_MAX_SEGMENTS is 64 or 128). */
 export const MAX_SEGMENTS = 64;
@@ -203,7 +206,7 @@ export function copySockAddr(from: SockAddr, to: SockAddr): void {
 
 /** Counters of one socket; they only grow. */
 export interface UdpStats {
-  /** Datagrams returned by `recv()`. */
+  /** Datagrams returned by `recv()`, each one a GRO read joined counted. */
   received: number;
   /** Datagrams the kernel accepted from `sendTo()` and `sendBatch()`. */
   sent: number;
@@ -233,8 +236,8 @@ function addressOf(bytes: Uint8Array): bigint {
 }
 
 /**
- * `struct mmsghdr[size]`, then `struct iovec[size]`, then one `UDP_SEGMENT` control message per
- * mmsghdr, for one caller's buffer set. iovec i points at `bufs[i]`. To receive, mmsghdr i
+ * `struct mmsghdr[size]`, then `struct iovec[size]`, then a control message slot per mmsghdr
+ * (`UDP_SEGMENT` to send, `UDP_GRO` as received), for one caller's buffer set. iovec i points at `bufs[i]`. To receive, mmsghdr i
  * takes iovec i and `addrs[i]`; to send, {@linkcode MsgVec.group} lets one mmsghdr carry a run
  * of iovecs as one GSO send. It keeps references to the buffers and addresses it points at,
  * so that they live at least as long as the pointers.
@@ -322,17 +325,34 @@ class MsgVec {
   }
 
   /**
-   * To receive: mmsghdr i takes all of `bufs[i]` and an address of up to
-   * {@linkcode SOCKADDR_LEN} bytes into `addrs[i]` (msg_namelen is in-out: the kernel lowers
-   * it, so this runs before every call).
+   * To receive: mmsghdr i takes all of `bufs[i]`, an address of up to
+   * {@linkcode SOCKADDR_LEN} bytes into `addrs[i]` and, with `gro`, a control message into
+   * control slot i (msg_namelen and msg_controllen are in-out: the kernel lowers them, so this
+   * runs before every call).
    */
-  point(bufs: Uint8Array[], addrs: SockAddr[], count: number): void {
+  point(bufs: Uint8Array[], addrs: SockAddr[], count: number, gro: boolean): void {
     this.#slots(bufs, addrs, count);
     for (let i = 0; i < count; i++) {
       const at = i * MMSGHDR_LEN;
       this.view.setBigUint64(at, this.#addrPointers[i]!, true);
       this.view.setUint32(at + MSG_NAMELEN, SOCKADDR_LEN, true);
+      this.view.setBigUint64(at + MSG_CONTROL, gro ? this.#cmsgPointers[i]! : 0n, true);
+      this.view.setUint32(at + MSG_CONTROLLEN, gro ? CMSG_SPACE : 0, true);
     }
+  }
+
+  /**
+   * The segment size the kernel reported for read i (a `UDP_GRO` control message), or 0: one
+   * datagram.
+   */
+  groSegment(i: number): number {
+    const view = this.view;
+    if (view.getUint32(i * MMSGHDR_LEN + MSG_CONTROLLEN, true) < CMSG_LEN_INT) return 0;
+    const cmsg = this.#cmsgAt(i);
+    if (view.getInt32(cmsg + 8, true) !== SOL_UDP || view.getInt32(cmsg + 12, true) !== UDP_GRO) {
+      return 0;
+    }
+    return view.getInt32(cmsg + 16, true);
   }
 
   /**
@@ -413,6 +433,7 @@ export class UdpSocket implements Disposable {
   readonly #ready: Readiness;
   #receiving = false;
   #gso = true;
+  #gro = false;
   readonly #name: string;
   readonly #recvVecs = new WeakMap<Uint8Array[], MsgVec>();
   readonly #sendVecs = new WeakMap<Uint8Array[], MsgVec>();
@@ -483,13 +504,21 @@ export class UdpSocket implements Disposable {
    * The structs pointing at the slots are cached per `bufs` array: pass the same arrays every
    * time. Replacing an element is allowed (its slot is re-pointed on the next call).
    */
-  async recv(bufs: Uint8Array[], sizes: number[], addrs: SockAddr[]): Promise<number> {
+  async recv(
+    bufs: Uint8Array[],
+    sizes: number[],
+    addrs: SockAddr[],
+    segments?: number[],
+  ): Promise<number> {
     if (this.#receiving) throw new Error(`UDP ${this.#name}: recv() is already in progress`);
+    if (this.#gro && segments === undefined) {
+      throw new Error(`UDP ${this.#name}: GRO is on, so recv() needs the segments array`);
+    }
     const vec = vecFor(this.#recvVecs, bufs);
     this.#receiving = true;
     try {
       while (!this.#ready.closed) {
-        const count = this.#drain(vec, bufs, sizes, addrs);
+        const count = this.#drain(vec, bufs, sizes, addrs, segments);
         if (count > 0) return count;
         if (!await this.#ready.wait(POLL_TIMEOUT_MS)) break;
       }
@@ -499,12 +528,30 @@ export class UdpSocket implements Disposable {
     }
   }
 
+  /**
+   * Lets the kernel join consecutive datagrams from one peer, all of one size but a shorter
+   * last, into one read (UDP GRO): `recv` then returns them in one slot and gives their size
+   * in `segments`. False, and nothing changes, when the kernel refuses.
+   */
+  enableGro(): boolean {
+    const on = new Int32Array([1]);
+    if (libc().setsockopt(this.#fd, SOL_UDP, UDP_GRO, on, 4) !== 0) return false;
+    this.#gro = true;
+    return true;
+  }
+
   /** One `recvmmsg` of what the kernel holds, truncated datagrams dropped; 0 when empty. */
-  #drain(vec: MsgVec, bufs: Uint8Array[], sizes: number[], addrs: SockAddr[]): number {
+  #drain(
+    vec: MsgVec,
+    bufs: Uint8Array[],
+    sizes: number[],
+    addrs: SockAddr[],
+    segments: number[] | undefined,
+  ): number {
     for (;;) {
-      // Before every call: the kernel lowered msg_namelen of the slots it filled last time
-      // (msg_len and msg_flags it only writes).
-      vec.point(bufs, addrs, vec.size);
+      // Before every call: the kernel lowered msg_namelen and msg_controllen of the slots it
+      // filled last time (msg_len and msg_flags it only writes).
+      vec.point(bufs, addrs, vec.size, this.#gro);
       const n = libc().recvmmsg(this.#fd, vec.pointers[0]!, vec.size, MSG_DONTWAIT, null);
       if (n < 0) {
         const code = errno();
@@ -512,21 +559,25 @@ export class UdpSocket implements Disposable {
         if (code === EINTR) continue;
         throw new ErrnoError(`recvmmsg(UDP ${this.#name})`, code);
       }
-      const kept = this.#collect(vec.view, n, bufs, sizes, addrs);
-      this.stats.received += kept;
+      const kept = this.#collect(vec, n, bufs, sizes, addrs, segments);
       // Only truncated datagrams: the queue may hold more, so look again before polling.
       if (kept > 0) return kept;
     }
   }
 
-  /** Lengths of the `n` datagrams received, with truncated ones dropped and the rest moved up. */
+  /**
+   * Lengths of the `n` reads, with their GRO segment sizes when `segments` is given, truncated
+   * reads dropped and the rest moved up.
+   */
   #collect(
-    view: DataView,
+    vec: MsgVec,
     n: number,
     bufs: Uint8Array[],
     sizes: number[],
     addrs: SockAddr[],
+    segments: number[] | undefined,
   ): number {
+    const view = vec.view;
     let kept = 0;
     for (let i = 0; i < n; i++) {
       const at = i * MMSGHDR_LEN;
@@ -545,6 +596,9 @@ export class UdpSocket implements Disposable {
         to.set(bufs[i]!.subarray(0, length));
         copySockAddr(addrs[i]!, addrs[kept]!);
       }
+      const segment = this.#gro ? vec.groSegment(i) : 0;
+      this.stats.received += segment > 0 ? Math.ceil(length / segment) : 1;
+      if (segments !== undefined) segments[kept] = segment;
       sizes[kept++] = length;
     }
     return kept;

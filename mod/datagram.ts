@@ -303,7 +303,10 @@ export class DatagramCrypto implements Disposable {
   }
 }
 
-/** Datagrams sealed into pre-allocated slots, leaving together in one `sendmmsg`. */
+/**
+ * Datagrams sealed into pre-allocated slots, leaving together in one `sendmmsg` (runs to one
+ * peer as UDP GSO messages, see `UdpSocket.sendBatch`).
+ */
 export class DatagramBatch {
   readonly #socket: UdpSocket;
   readonly #out: DatagramSlots;

@@ -18,7 +18,14 @@
  */
 
 import { type CipherName, cryptoUnavailable } from "../ffi/crypto.ts";
-import { copySockAddr, formatSockAddr, newSockAddr, sameSockAddr, UdpSocket } from "../ffi/udp.ts";
+import {
+  copySockAddr,
+  formatSockAddr,
+  newSockAddr,
+  sameSockAddr,
+  type SockAddr,
+  UdpSocket,
+} from "../ffi/udp.ts";
 import {
   DatagramBatch,
   DatagramCrypto,
@@ -26,6 +33,7 @@ import {
   DatagramSlots,
   DatagramType,
   deriveKeys,
+  HEADER_LEN,
   OVERHEAD,
   type RejectStats,
   REKEY_AFTER_PACKETS,
@@ -131,6 +139,8 @@ export class ServerUdp {
     const missing = cryptoUnavailable();
     if (missing !== undefined) return `no UDP data channel without libcrypto (${missing})`;
     const socket = UdpSocket.bind(host, port);
+    // Joined reads where the kernel can (UDP GRO); `#receive` handles both kinds.
+    socket.enableGro();
     return new ServerUdp(socket, sink, keepaliveTimeout * 1000, rekeyInterval * 1000);
   }
 
@@ -239,39 +249,79 @@ export class ServerUdp {
 
   async #receive(sink: UdpSink): Promise<void> {
     const slots = new DatagramSlots(BATCH);
+    const segments = new Array<number>(BATCH).fill(0);
+    // A plaintext buffer per datagram of a batch: the sink keeps views of them until flush.
     const plain = slots.bufs.map((buf) => new Uint8Array(buf.length));
+    let used = 0;
+    const flush = () => {
+      sink.flush();
+      this.flush();
+      used = 0;
+    };
+    const socket = this.#socket;
     try {
-      for (let n; (n = await this.#socket.recv(slots.bufs, slots.sizes, slots.addrs)) > 0;) {
+      for (let n; (n = await socket.recv(slots.bufs, slots.sizes, slots.addrs, segments)) > 0;) {
         for (let i = 0; i < n; i++) {
-          const datagram = slots.bufs[i]!;
+          const buf = slots.bufs[i]!;
           const size = slots.sizes[i]!;
-          if (size < OVERHEAD) {
-            this.stats.malformed++;
-            continue;
-          }
-          const client = this.#sessions.get(datagramSession(datagram));
-          const state = client?.udp;
-          if (state === undefined) {
-            this.stats.unknown++;
-            continue;
-          }
-          const length = state.crypto.open(datagram, size, slots.bodies[i]!, plain[i]!);
-          if (length < 0) continue;
-          this.stats.accepted++;
-          state.bytesIn += size;
-          this.#heard(client!, state, slots.addrs[i]!);
-          const type = state.crypto.type;
-          if (type === DatagramType.DATA) sink.fromClient(client!, plain[i]!, 0, length);
-          else if (type === DatagramType.PING) {
-            this.#out.add(state.crypto, DatagramType.PONG, plain[i]!, length, state.peer);
-          }
+          const from = slots.addrs[i]!;
+          const step = segments[i]! || size;
+          const whole = step === size;
+          // A GRO read holds datagrams of `step` bytes but a shorter last, back to back.
+          let at = 0;
+          do {
+            if (used === plain.length) flush();
+            const datagram = whole ? buf : buf.subarray(at, Math.min(at + step, size));
+            const body = whole ? slots.bodies[i]! : datagram.subarray(HEADER_LEN);
+            const length = whole ? size : datagram.length;
+            if (this.#open(sink, datagram, length, body, plain[used]!, from)) used++;
+            at += step;
+          } while (at < size);
         }
-        sink.flush();
-        this.flush();
+        flush();
       }
     } catch (error) {
       logger.error("UDP receive failed: {error}", { error: String(error) });
     }
+  }
+
+  /**
+   * Opens one datagram from `from` into `out` and acts on it. True when `out` went to the sink
+   * (which may keep a view of it until flush).
+   */
+  #open(
+    sink: UdpSink,
+    datagram: Uint8Array,
+    size: number,
+    body: Uint8Array,
+    out: Uint8Array,
+    from: SockAddr,
+  ): boolean {
+    if (size < OVERHEAD) {
+      this.stats.malformed++;
+      return false;
+    }
+    const client = this.#sessions.get(datagramSession(datagram));
+    const state = client?.udp;
+    if (state === undefined) {
+      this.stats.unknown++;
+      return false;
+    }
+    const length = state.crypto.open(datagram, size, body, out);
+    if (length < 0) return false;
+    this.stats.accepted++;
+    state.bytesIn += size;
+    this.#heard(client!, state, from);
+    const type = state.crypto.type;
+    if (type === DatagramType.DATA) {
+      sink.fromClient(client!, out, 0, length);
+      return true;
+    }
+    // The answer is sealed into the send batch at once, so `out` is free again.
+    if (type === DatagramType.PING) {
+      this.#out.add(state.crypto, DatagramType.PONG, out, length, state.peer);
+    }
+    return false;
   }
 
   #heard(client: UdpClient, state: UdpState, from: Uint8Array): void {

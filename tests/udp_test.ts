@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import { assert, assertEquals, assertGreater, assertRejects, assertThrows } from "./_assert.ts";
 import {
   copySockAddr,
   encodeSockAddr,
@@ -249,6 +249,49 @@ for (const host of ["127.0.0.1", "::1"]) {
     }
     assertEquals(await other.recv(into.bufs, into.sizes, into.addrs), 1);
     assertEquals(into.sizes[0], 1400);
+  });
+}
+
+for (const host of ["127.0.0.1", "::1"]) {
+  Deno.test(`UdpSocket with GRO receives a GSO send as one read and its segment size (${host})`, async () => {
+    using sender = UdpSocket.bind(host, 0);
+    using receiver = UdpSocket.bind(host, 0);
+    assert(receiver.enableGro(), "this kernel takes UDP_GRO");
+    const to = encodeSockAddr(host, receiver.port);
+    const sizes = [...new Array<number>(30).fill(1400), 600, 1000];
+    const out = slots(sizes.length, 1500);
+    sizes.forEach((size, i) => {
+      fill(out.bufs[i]!, i, size);
+      out.sizes[i] = size;
+      copySockAddr(to, out.addrs[i]!);
+    });
+    assertEquals(sender.sendBatch(out.bufs, out.sizes, out.addrs, sizes.length), sizes.length);
+    const into = slots(8, 65536);
+    const segments = new Array<number>(8).fill(0);
+    await assertRejects(
+      () => receiver.recv(into.bufs, into.sizes, into.addrs),
+      Error,
+      /GRO is on, so recv\(\) needs the segments array/,
+    );
+    const got: number[] = [];
+    let joined = 0;
+    while (got.length < sizes.length) {
+      const n = await receiver.recv(into.bufs, into.sizes, into.addrs, segments);
+      for (let k = 0; k < n; k++) {
+        const size = into.sizes[k]!;
+        const step = segments[k]! || size;
+        if (segments[k]! > 0) joined++;
+        for (let at = 0; at < size; at += step) {
+          const i = got.length;
+          const datagram = into.bufs[k]!.subarray(at, Math.min(at + step, size));
+          assertEquals(datagram.length, sizes[i], `size of datagram ${i}`);
+          assert(intact(datagram, i, sizes[i]!), `content of datagram ${i}`);
+          got.push(i);
+        }
+      }
+    }
+    assertGreater(joined, 0, "at least one read joined several datagrams");
+    assertEquals(receiver.stats.received, sizes.length);
   });
 }
 
