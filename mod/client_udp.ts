@@ -25,7 +25,6 @@ import {
   DatagramType,
   deriveKeys,
   type EpochKeys,
-  HEADER_LEN,
 } from "./datagram.ts";
 import { log } from "./log.ts";
 import { keyMaterial, type Rekey, type UdpAccept } from "./messages.ts";
@@ -188,27 +187,17 @@ export class ClientUdp implements Disposable {
     // A plaintext buffer per datagram of a batch: the sink keeps views of them until flush.
     const plain = slots.bufs.map(() => new Uint8Array(slots.bufs[0]!.length));
     let used = 0;
+    const open = (datagram: Uint8Array, length: number, body: Uint8Array) => {
+      if (used === plain.length) {
+        this.#sink.flush();
+        used = 0;
+      }
+      if (this.#open(datagram, length, body, plain[used]!)) used++;
+    };
     const socket = this.#socket;
     try {
       for (let n; (n = await socket.recv(slots.bufs, slots.sizes, slots.addrs, segments)) > 0;) {
-        for (let i = 0; i < n; i++) {
-          const buf = slots.bufs[i]!;
-          const size = slots.sizes[i]!;
-          const step = segments[i]! || size;
-          const whole = step === size;
-          // A GRO read holds datagrams of `step` bytes but a shorter last, back to back.
-          let at = 0;
-          do {
-            if (used === plain.length) {
-              this.#sink.flush();
-              used = 0;
-            }
-            const datagram = whole ? buf : buf.subarray(at, Math.min(at + step, size));
-            const body = whole ? slots.bodies[i]! : datagram.subarray(HEADER_LEN);
-            if (this.#open(datagram, whole ? size : datagram.length, body, plain[used]!)) used++;
-            at += step;
-          } while (at < size);
-        }
+        for (let i = 0; i < n; i++) slots.forEach(i, segments[i]!, open);
         this.#sink.flush();
         used = 0;
       }

@@ -132,6 +132,28 @@ export class DatagramSlots {
     this.sizes = new Array<number>(slots).fill(0);
     this.addrs = Array.from({ length: slots }, () => newSockAddr());
   }
+
+  /**
+   * Passes each datagram of received slot `i` to `each`: the whole slot, or for a GRO read
+   * (`segment` > 0, see `UdpSocket.recv`) every `segment` bytes back to back, the last perhaps
+   * shorter. `body` is the view of the datagram that starts at the ciphertext.
+   */
+  forEach(
+    i: number,
+    segment: number,
+    each: (datagram: Uint8Array, length: number, body: Uint8Array) => void,
+  ): void {
+    const buf = this.bufs[i]!;
+    const size = this.sizes[i]!;
+    if (segment === 0 || segment >= size) {
+      each(buf, size, this.bodies[i]!);
+      return;
+    }
+    for (let at = 0; at < size; at += segment) {
+      const datagram = buf.subarray(at, Math.min(at + segment, size));
+      each(datagram, datagram.length, datagram.subarray(HEADER_LEN));
+    }
+  }
 }
 
 /** Why datagrams were refused; the counters only grow. */

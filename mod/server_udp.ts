@@ -33,7 +33,6 @@ import {
   DatagramSlots,
   DatagramType,
   deriveKeys,
-  HEADER_LEN,
   OVERHEAD,
   type RejectStats,
   REKEY_AFTER_PACKETS,
@@ -258,25 +257,17 @@ export class ServerUdp {
       this.flush();
       used = 0;
     };
+    let from = slots.addrs[0]!;
+    const open = (datagram: Uint8Array, length: number, body: Uint8Array) => {
+      if (used === plain.length) flush();
+      if (this.#open(sink, datagram, length, body, plain[used]!, from)) used++;
+    };
     const socket = this.#socket;
     try {
       for (let n; (n = await socket.recv(slots.bufs, slots.sizes, slots.addrs, segments)) > 0;) {
         for (let i = 0; i < n; i++) {
-          const buf = slots.bufs[i]!;
-          const size = slots.sizes[i]!;
-          const from = slots.addrs[i]!;
-          const step = segments[i]! || size;
-          const whole = step === size;
-          // A GRO read holds datagrams of `step` bytes but a shorter last, back to back.
-          let at = 0;
-          do {
-            if (used === plain.length) flush();
-            const datagram = whole ? buf : buf.subarray(at, Math.min(at + step, size));
-            const body = whole ? slots.bodies[i]! : datagram.subarray(HEADER_LEN);
-            const length = whole ? size : datagram.length;
-            if (this.#open(sink, datagram, length, body, plain[used]!, from)) used++;
-            at += step;
-          } while (at < size);
+          from = slots.addrs[i]!;
+          slots.forEach(i, segments[i]!, open);
         }
         flush();
       }

@@ -110,3 +110,24 @@ Deno.test("DatagramCrypto opens both epochs during a rekey, so nothing in flight
   assertEquals(open(server, inFlight), new Uint8Array([1]));
   assertEquals(server.sendEpoch, 1);
 });
+
+Deno.test("DatagramSlots.forEach() gives a whole slot, or each datagram of a GRO read", () => {
+  const slots = new DatagramSlots(2, 4000);
+  const seen: [number, number, number][] = [];
+  const each = (datagram: Uint8Array, length: number, body: Uint8Array) =>
+    seen.push([datagram[0]!, length, body.byteOffset - datagram.byteOffset]);
+  slots.sizes[0] = 100;
+  slots.bufs[0]![0] = 9;
+  slots.forEach(0, 0, each);
+  slots.forEach(0, 100, each); // a segment as large as the read: one datagram
+  assertEquals(seen, [[9, 100, HEADER_LEN], [9, 100, HEADER_LEN]]);
+  seen.length = 0;
+  slots.sizes[1] = 3 * 1000 + 400;
+  for (let k = 0; k < 4; k++) slots.bufs[1]![k * 1000] = k;
+  slots.forEach(1, 1000, each);
+  assertEquals(seen, [[0, 1000, HEADER_LEN], [1, 1000, HEADER_LEN], [2, 1000, HEADER_LEN], [
+    3,
+    400,
+    HEADER_LEN,
+  ]]);
+});
