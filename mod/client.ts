@@ -31,7 +31,7 @@ import type { ClientProfile, Proto } from "./config.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
 import { Coalescer, Segmenter } from "./offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
-import { log } from "./log.ts";
+import { BatchFailures, log } from "./log.ts";
 import {
   ALPN,
   decodeBye,
@@ -432,33 +432,43 @@ export class Client implements PacketSink {
   async #tunToServer(tun: TunDevice): Promise<void> {
     const bufs = Array.from({ length: BATCH }, () => new Uint8Array(MAX_PAYLOAD));
     const sizes = new Array<number>(BATCH).fill(0);
-    const segmenter = this.#segmenter;
+    const failures = new BatchFailures(logger, "TUN to server");
     try {
       for (let n; (n = await tun.read(bufs, sizes)) > 0;) {
-        const channel = this.#channel;
-        if (channel === undefined) continue; // between sessions: dropped, like an unplugged cable
-        const udp = this.#udp;
-        const vnet = this.#vnet;
-        const mtu = this.#push!.mtu;
-        for (let i = 0; i < n; i++) {
-          const packet = bufs[i]!;
-          const size = sizes[i]!;
-          if (udp?.active) segmenter.convert(packet, size, tun.vnetHdr, vnet, mtu, this.#emitUdp);
-          else if (tun.vnetHdr === vnet) {
-            // The only session: wait for the write in flight rather than drop (backpressure).
-            if (!channel.offerData(packet, size)) {
-              channel.flush();
-              await channel.drained();
-              channel.queueData(packet, size);
-            }
-          } else segmenter.convert(packet, size, tun.vnetHdr, vnet, Infinity, this.#emitTls);
+        try {
+          await this.#send(tun, bufs, sizes, n);
+        } catch (error) {
+          failures.report(error);
         }
-        udp?.flush();
-        channel.flush();
       }
     } catch (error) {
       if (!this.#stopped) logger.error("TUN read failed: {error}", { error: String(error) });
     }
+  }
+
+  /** Sends one batch read from the TUN to the server, over UDP when that path is up. */
+  async #send(tun: TunDevice, bufs: Uint8Array[], sizes: number[], n: number): Promise<void> {
+    const channel = this.#channel;
+    if (channel === undefined) return; // between sessions: dropped, like an unplugged cable
+    const segmenter = this.#segmenter;
+    const udp = this.#udp;
+    const vnet = this.#vnet;
+    const mtu = this.#push!.mtu;
+    for (let i = 0; i < n; i++) {
+      const packet = bufs[i]!;
+      const size = sizes[i]!;
+      if (udp?.active) segmenter.convert(packet, size, tun.vnetHdr, vnet, mtu, this.#emitUdp);
+      else if (tun.vnetHdr === vnet) {
+        // The only session: wait for the write in flight rather than drop (backpressure).
+        if (!channel.offerData(packet, size)) {
+          channel.flush();
+          await channel.drained();
+          channel.queueData(packet, size);
+        }
+      } else segmenter.convert(packet, size, tun.vnetHdr, vnet, Infinity, this.#emitTls);
+    }
+    udp?.flush();
+    channel.flush();
   }
 
   #sleep(ms: number): Promise<void> {

@@ -26,7 +26,7 @@ import {
   deriveKeys,
   type EpochKeys,
 } from "./datagram.ts";
-import { log } from "./log.ts";
+import { BatchFailures, log } from "./log.ts";
 import { keyMaterial, type Rekey, type UdpAccept } from "./messages.ts";
 
 const logger = log("client");
@@ -195,11 +195,17 @@ export class ClientUdp implements Disposable {
       if (this.#open(datagram, length, body, plain[used]!)) used++;
     };
     const socket = this.#socket;
+    const failures = new BatchFailures(logger, "UDP receive");
     try {
       for (let n; (n = await socket.recv(slots.bufs, slots.sizes, slots.addrs, segments)) > 0;) {
-        for (let i = 0; i < n; i++) slots.forEach(i, segments[i]!, open);
-        this.#sink.flush();
-        used = 0;
+        try {
+          for (let i = 0; i < n; i++) slots.forEach(i, segments[i]!, open);
+          this.#sink.flush();
+          used = 0;
+        } catch (error) {
+          // `used` stays: the sink may still hold views of those buffers until its next flush.
+          failures.report(error);
+        }
       }
     } catch (error) {
       logger.error("UDP receive failed: {error}", { error: String(error) });

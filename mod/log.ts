@@ -32,3 +32,35 @@ export function setupLogging(level: LogLevel): void {
 export function log(part: string): Logger {
   return getLogger(["vpn", part]);
 }
+
+/**
+ * The log of a data path's unexpected errors: a batch of packets whose handling threw (a bug,
+ * not bad input, which is counted and dropped where it is parsed) is lost, and the path goes
+ * on serving everyone else. One line a second at most, with how many batches failed.
+ */
+export class BatchFailures {
+  readonly #logger: Logger;
+  readonly #path: string;
+  #count = 0;
+  #logged = -Infinity;
+
+  /** `path` names the loop in the log, e.g. "UDP receive". */
+  constructor(logger: Logger, path: string) {
+    this.#logger = logger;
+    this.#path = path;
+  }
+
+  /** Counts a failed batch; logs it unless a line went out less than a second ago. */
+  report(error: unknown): void {
+    this.#count++;
+    const now = performance.now();
+    if (now - this.#logged < 1000) return;
+    this.#logged = now;
+    this.#logger.error("{path}: {count} batch(es) of packets dropped after an error: {error}", {
+      path: this.#path,
+      count: this.#count,
+      error: String(error),
+    });
+    this.#count = 0;
+  }
+}

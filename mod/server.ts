@@ -30,7 +30,7 @@ import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
 import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts";
 import { ipv4Destination, ipv4Source, packetVersion } from "./ip.ts";
-import { log } from "./log.ts";
+import { BatchFailures, log } from "./log.ts";
 import { ALPN } from "./messages.ts";
 import { Coalescer, Segmenter, VNET_HDR_LEN } from "./offload.ts";
 import { REJECT_REASONS, REJECT_WORDS, type RejectReason, ServerUdp } from "./server_udp.ts";
@@ -442,33 +442,43 @@ export class Server {
   async #tunToClients(): Promise<void> {
     const bufs = Array.from({ length: BATCH }, () => new Uint8Array(MAX_PAYLOAD));
     const sizes = new Array<number>(BATCH).fill(0);
+    const failures = new BatchFailures(logger, "TUN to clients");
     try {
       for (let n; (n = await this.#tun.read(bufs, sizes)) > 0;) {
-        const ip = this.#vnet ? VNET_HDR_LEN : 0;
-        for (let i = 0; i < n; i++) {
-          const packet = bufs[i]!;
-          const size = sizes[i]!;
-          const session = size >= ip + 20 && packetVersion(packet, ip) === 4
-            ? this.#byAddress.get(ipv4Destination(packet, ip))
-            : undefined;
-          if (session === undefined) {
-            this.stats.unroutable++;
-          } else if (!session.udp?.alive && this.#vnet === session.vnet) {
-            // TLS as is: a full send buffer waits a little for its write before it drops.
-            if (!session.channel.offerData(packet, size)) {
-              await this.#makeRoom(session);
-              if (!session.channel.queueData(packet, size)) continue;
-            }
-            this.#touch(session);
-          } else {
-            this.#toClient(session, packet, size, this.#vnet);
-          }
+        try {
+          await this.#route(bufs, sizes, n);
+        } catch (error) {
+          failures.report(error);
         }
-        this.flush();
       }
     } catch (error) {
       if (!this.#stopped) logger.error("TUN read failed: {error}", { error: String(error) });
     }
+  }
+
+  /** Sends one batch read from the TUN to the clients the packets are for. */
+  async #route(bufs: Uint8Array[], sizes: number[], n: number): Promise<void> {
+    const ip = this.#vnet ? VNET_HDR_LEN : 0;
+    for (let i = 0; i < n; i++) {
+      const packet = bufs[i]!;
+      const size = sizes[i]!;
+      const session = size >= ip + 20 && packetVersion(packet, ip) === 4
+        ? this.#byAddress.get(ipv4Destination(packet, ip))
+        : undefined;
+      if (session === undefined) {
+        this.stats.unroutable++;
+      } else if (!session.udp?.alive && this.#vnet === session.vnet) {
+        // TLS as is: a full send buffer waits a little for its write before it drops.
+        if (!session.channel.offerData(packet, size)) {
+          await this.#makeRoom(session);
+          if (!session.channel.queueData(packet, size)) continue;
+        }
+        this.#touch(session);
+      } else {
+        this.#toClient(session, packet, size, this.#vnet);
+      }
+    }
+    this.flush();
   }
 
   /** Says, at most once a second, how many datagrams were dropped since the last time, and why. */

@@ -37,7 +37,7 @@ import {
   type RejectStats,
   REKEY_AFTER_PACKETS,
 } from "./datagram.ts";
-import { log } from "./log.ts";
+import { BatchFailures, log } from "./log.ts";
 import { encodeMessage, keyMaterial, type Rekey, UDP_CIPHERS, type UdpOffer } from "./messages.ts";
 import { FrameType } from "./wire.ts";
 import type { Channel } from "./channel.ts";
@@ -263,13 +263,19 @@ export class ServerUdp {
       if (this.#open(sink, datagram, length, body, plain[used]!, from)) used++;
     };
     const socket = this.#socket;
+    const failures = new BatchFailures(logger, "UDP receive");
     try {
       for (let n; (n = await socket.recv(slots.bufs, slots.sizes, slots.addrs, segments)) > 0;) {
-        for (let i = 0; i < n; i++) {
-          from = slots.addrs[i]!;
-          slots.forEach(i, segments[i]!, open);
+        try {
+          for (let i = 0; i < n; i++) {
+            from = slots.addrs[i]!;
+            slots.forEach(i, segments[i]!, open);
+          }
+          flush();
+        } catch (error) {
+          // `used` stays: the sink may still hold views of those buffers until its next flush.
+          failures.report(error);
         }
-        flush();
       }
     } catch (error) {
       logger.error("UDP receive failed: {error}", { error: String(error) });
