@@ -237,10 +237,11 @@ function addressOf(bytes: Uint8Array): bigint {
 
 /**
  * `struct mmsghdr[size]`, then `struct iovec[size]`, then a control message slot per mmsghdr
- * (`UDP_SEGMENT` to send, `UDP_GRO` as received), for one caller's buffer set. iovec i points at `bufs[i]`. To receive, mmsghdr i
- * takes iovec i and `addrs[i]`; to send, {@linkcode MsgVec.group} lets one mmsghdr carry a run
- * of iovecs as one GSO send. It keeps references to the buffers and addresses it points at,
- * so that they live at least as long as the pointers.
+ * (`UDP_SEGMENT` to send, `UDP_GRO` as received), for one caller's buffer set. iovec i points
+ * at `bufs[i]`. To receive, mmsghdr i takes iovec i and `addrs[i]`; to send,
+ * {@linkcode MsgVec.group} lets one mmsghdr carry a run of iovecs as one GSO send. It keeps
+ * references to the buffers and addresses it points at, so that they live at least as long as
+ * the pointers.
  */
 class MsgVec {
   readonly size: number;
@@ -501,6 +502,10 @@ export class UdpSocket implements Disposable {
    * v4-mapped). Datagrams larger than their buffer are dropped and counted in
    * `stats.truncated`. Resolves the count, or 0 once the socket is closed.
    *
+   * After {@linkcode enableGro}, `segments` is required: `segments[i]` is the size of the
+   * datagrams the kernel joined into read i (all of it but a shorter last), 0 for a read of one
+   * datagram.
+   *
    * The structs pointing at the slots are cached per `bufs` array: pass the same arrays every
    * time. Replacing an element is allowed (its slot is re-pointed on the next call).
    */
@@ -531,7 +536,8 @@ export class UdpSocket implements Disposable {
   /**
    * Lets the kernel join consecutive datagrams from one peer, all of one size but a shorter
    * last, into one read (UDP GRO): `recv` then returns them in one slot and gives their size
-   * in `segments`. False, and nothing changes, when the kernel refuses.
+   * in `segments`. A joined read is up to 64 KiB: smaller slots drop it as truncated. False, and
+   * nothing changes, when the kernel refuses.
    */
   enableGro(): boolean {
     const on = new Int32Array([1]);
