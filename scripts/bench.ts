@@ -21,7 +21,11 @@
  * - CPU of the server and client VPN processes (utime + stime from /proc/PID/stat, every
  *   thread) during the single-stream runs, as % of one core.
  *
- * Usage: deno run -A scripts/bench.ts [--seconds N] [--runs N]
+ * With `--floor`, a fifth case measures the RTT of `scripts/_rtt_floor.ts`, the smallest UDP
+ * tunnel this runtime can run (one thread in one synchronous `poll`), against OpenVPN's over UDP:
+ * the floor under this project's RTT.
+ *
+ * Usage: deno run -A scripts/bench.ts [--seconds N] [--runs N] [--floor]
  *
  * Exit codes: 0 done, 1 a case failed, 2 missing tools, not root or bad arguments. Processes,
  * namespaces and temporary directories are removed on every exit, SIGINT and SIGTERM included.
@@ -34,6 +38,7 @@ import { waitFor } from "../tests/_vpn.ts";
 import { clientConfig, makeOpenVpnPki, type OpenVpnPki, serverConfig } from "./_bench_openvpn.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const FLOOR = new URL("./_rtt_floor.ts", import.meta.url).pathname;
 const DENO = [Deno.execPath(), "run", "--allow-all", "--unstable-net"];
 
 const SERVER_NS = `vpnbench-srv-${Deno.pid}`;
@@ -58,7 +63,7 @@ const TOOLS: [string, string][] = [
 // ---------------------------------------------------------------------------------------------
 // Arguments and preconditions
 
-const USAGE = "usage: deno run -A scripts/bench.ts [--seconds N] [--runs N]";
+const USAGE = "usage: deno run -A scripts/bench.ts [--seconds N] [--runs N] [--floor]";
 
 function positiveInteger(name: string, value: string): number {
   const n = Number(value);
@@ -69,13 +74,14 @@ function positiveInteger(name: string, value: string): number {
   return n;
 }
 
-function parseOptions(): { seconds: number; runs: number } {
+function parseOptions(): Settings {
   try {
     const { values } = parseArgs({
       args: Deno.args,
       options: {
         seconds: { type: "string", default: "10" },
         runs: { type: "string", default: "3" },
+        floor: { type: "boolean", default: false },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -87,6 +93,7 @@ function parseOptions(): { seconds: number; runs: number } {
     return {
       seconds: positiveInteger("seconds", values.seconds),
       runs: positiveInteger("runs", values.runs),
+      floor: values.floor,
     };
   } catch (error) {
     console.error(`bench: ${(error as Error).message}\n${USAGE}`);
@@ -428,6 +435,8 @@ interface Row {
 interface Settings {
   seconds: number;
   runs: number;
+  /** Also measure the RTT floor of `_rtt_floor.ts`. */
+  floor: boolean;
 }
 
 /** Measures the tunnel that `vpnServer` and `vpnClient` hold up (10.8.0.2 → 10.8.0.1). */
@@ -596,6 +605,25 @@ async function openVpn(
   }
 }
 
+/** RTT in ms of the minimal synchronous tunnel of `_rtt_floor.ts`, one end per namespace. */
+async function floorRtt(): Promise<number> {
+  const server = new Proc("floor server", SERVER_NS, [...DENO, FLOOR, "10.8.0.1/24", CLIENT_LINK]);
+  const client = new Proc("floor client", CLIENT_NS, [...DENO, FLOOR, "10.8.0.2/24", SERVER_LINK]);
+  try {
+    await server.waitForLog(/^ready/m, 30_000);
+    await client.waitForLog(/^ready/m, 30_000);
+    return await pingRtt(SERVER_TUN);
+  } catch (error) {
+    throw new Error(
+      `${(error as Error).message}\n--- floor server ---\n${server.tail()}\n` +
+        `--- floor client ---\n${client.tail()}`,
+    );
+  } finally {
+    await client.stop();
+    await server.stop();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Report
 
@@ -696,8 +724,26 @@ async function main(settings: Settings): Promise<number> {
     }
   }
 
+  let floor: number | undefined;
+  if (settings.floor && !interrupted) {
+    console.error("minimal synchronous UDP tunnel (scripts/_rtt_floor.ts)");
+    try {
+      floor = await floorRtt();
+    } catch (error) {
+      if (!interrupted) {
+        failures++;
+        console.error(`bench: the floor case failed: ${(error as Error).message}`);
+      }
+    }
+  }
+
   if (interrupted) return 130;
   console.log(table(rows));
+  if (floor !== undefined) {
+    const reference = rows.find((r) => r.mode === "UDP" && r.tool === "openvpn")?.rtt;
+    const ratio = reference ? ` (${(floor / reference).toFixed(2)} × OpenVPN over UDP)` : "";
+    console.log(`\nminimal synchronous UDP tunnel, RTT: ${floor.toFixed(3)} ms${ratio}`);
+  }
   console.log(
     `\nbare veth, iperf3 single TCP stream (one run): ${
       mbit(bare.bitsPerSecond).toFixed(0)
