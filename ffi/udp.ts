@@ -206,7 +206,7 @@ export function copySockAddr(from: SockAddr, to: SockAddr): void {
 
 /** Counters of one socket; they only grow. */
 export interface UdpStats {
-  /** Datagrams returned by `recv()`, each one a GRO read joined counted. */
+  /** Datagrams returned by `recv()`; a GRO read counts every datagram it joined. */
   received: number;
   /** Datagrams the kernel accepted from `sendTo()` and `sendBatch()`. */
   sent: number;

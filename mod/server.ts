@@ -101,12 +101,9 @@ export class Server {
   #registryMtime = 0;
   #revocationTimer: ReturnType<typeof setInterval> | undefined;
   #revocationCheck: Promise<void> | undefined;
-  readonly #reportedRejects: Record<RejectReason, number> = {
-    unknown: 0,
-    malformed: 0,
-    replayed: 0,
-    forged: 0,
-  };
+  readonly #reportedRejects = Object.fromEntries(
+    REJECT_REASONS.map((reason) => [reason, 0]),
+  ) as Record<RejectReason, number>;
   #stopped = false;
   readonly #done: Promise<void>;
   /** The inbound batch: packets for the TUN, and sessions with TLS frames to flush. */

@@ -85,20 +85,16 @@ export interface UdpStats extends RejectStats {
 /** The reasons a datagram is dropped, each a counter of {@linkcode UdpStats}. */
 export type RejectReason = Exclude<keyof UdpStats, "accepted">;
 
-export const REJECT_REASONS: readonly RejectReason[] = [
-  "unknown",
-  "malformed",
-  "replayed",
-  "forged",
-];
-
-/** How the log names each reason. */
+/** How the log names each reason, in the order it lists them. */
 export const REJECT_WORDS: Record<RejectReason, string> = {
   unknown: "for no session",
   malformed: "malformed",
   replayed: "replayed",
   forged: "failing authentication",
 };
+
+/** Every reason, from {@linkcode REJECT_WORDS}. */
+export const REJECT_REASONS = Object.keys(REJECT_WORDS) as RejectReason[];
 
 /** Receives each accepted DATA packet; `flush` ends a batch. */
 export interface UdpSink {
