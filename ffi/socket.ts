@@ -11,11 +11,12 @@
  * - `setTcpNoDelay`: `Deno.TlsConn` has no `setNoDelay`, and its sockets keep Nagle's algorithm
  *   on, which holds back a small frame (a keepalive, a TCP ACK of the inner traffic) while
  *   earlier data is unacknowledged: up to a delayed-ACK timeout of added latency in a tunnel.
+ *   `tcpNoDelay` reads the option back.
  *
  * @module
  */
 
-import { libc } from "./libc.ts";
+import { check, libc } from "./libc.ts";
 import { AF_INET, AF_INET6, IPPROTO_TCP, SHUT_RDWR, TCP_NODELAY } from "./constants.ts";
 import { formatIpAddress, parseIpAddress } from "./netlink_message.ts";
 
@@ -74,6 +75,24 @@ const one = new Int32Array([1]);
 export function setTcpNoDelay(local: SocketAddress, remote: SocketAddress): boolean {
   const fd = findTcp(local, remote);
   return fd !== undefined && libc().setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, one, 4) === 0;
+}
+
+/**
+ * Whether Nagle's algorithm is off (`TCP_NODELAY`) on the TCP socket of this process whose ends
+ * are `local` and `remote`, as `getsockopt` reads it. Throws when there is no such socket.
+ */
+export function tcpNoDelay(local: SocketAddress, remote: SocketAddress): boolean {
+  const fd = findTcp(local, remote);
+  if (fd === undefined) {
+    throw new Error(
+      `No TCP socket from ${local.hostname}:${local.port} to ${remote.hostname}:${remote.port} ` +
+        `in this process`,
+    );
+  }
+  const value = new Int32Array(1);
+  const size = new Uint32Array([4]);
+  check("getsockopt(TCP_NODELAY)", libc().getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, value, size));
+  return value[0] !== 0;
 }
 
 function findTcp(local: SocketAddress, remote: SocketAddress): number | undefined {

@@ -225,6 +225,26 @@ export class DatagramCrypto implements Disposable {
     return this.#send?.since ?? 0;
   }
 
+  /**
+   * Moves the sending key's counter forward to `counter`, as if the packets in between had been
+   * sealed: lets tests reach the usage limits without sealing 2^32 packets. Never backwards, so
+   * no nonce can repeat.
+   *
+   * @throws {RangeError} when there is no sending key, or `counter` is below the current one or
+   * not a safe integer
+   */
+  advanceSendCounter(counter: number): void {
+    const send = this.#send;
+    if (send === undefined) throw new RangeError("Cannot advance the counter: no sending key");
+    if (!Number.isSafeInteger(counter) || counter < send.counter) {
+      throw new RangeError(
+        `Cannot move the send counter from ${send.counter} to ${counter}: it moves only forward, ` +
+          `to a safe integer`,
+      );
+    }
+    send.counter = counter;
+  }
+
   /** Installs the receiving key of an epoch in its phase slot, replacing epoch - 2. */
   installReceive(keys: EpochKeys): void {
     const own = this.#isClient ? keys.serverToClient : keys.clientToServer;

@@ -209,6 +209,11 @@ export class Server {
     return this.#bySerial.size;
   }
 
+  /** Number of connections in their handshake now (TLS or AUTH pending), at most 64. */
+  get preAuthCount(): number {
+    return this.#preAuth.size;
+  }
+
   /** Says goodbye to every client, closes the listener and the TUN. */
   async stop(reason = "server shutting down"): Promise<void> {
     if (this.#stopped) return;
@@ -230,6 +235,8 @@ export class Server {
         if (this.#preAuth.size >= MAX_PRE_AUTH) {
           this.stats.refused++;
           conn.close();
+          // Its TLS handshake is pending, so close() alone leaves the socket open (ffi/socket.ts).
+          shutdownTcp(conn.localAddr, conn.remoteAddr);
           continue;
         }
         this.#handshake(conn);

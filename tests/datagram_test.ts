@@ -1,4 +1,4 @@
-import { assert, assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import {
   datagramCounter,
   DatagramCrypto,
@@ -109,6 +109,29 @@ Deno.test("DatagramCrypto opens both epochs during a rekey, so nothing in flight
   assertEquals(open(server, seal(client, new Uint8Array([3]))), new Uint8Array([3]));
   assertEquals(open(server, inFlight), new Uint8Array([1]));
   assertEquals(server.sendEpoch, 1);
+});
+
+Deno.test("DatagramCrypto seals up to packet 2^32 + 2^24 - 1 and nothing from 2^32 + 2^24 on", () => {
+  const { client, server } = pair("aes-256-gcm");
+  client.advanceSendCounter(2 ** 32 + 2 ** 24 - 1);
+  const last = seal(client, new Uint8Array([7]));
+  assertEquals(datagramCounter(last), 2 ** 32 + 2 ** 24 - 1);
+  assertEquals(open(server, last), new Uint8Array([7]), "the last packet is a valid one");
+  assertEquals(seal(client, new Uint8Array([8])).length, 0, "nothing sealed at 2^32 + 2^24");
+  assertEquals(seal(client, new Uint8Array([9])).length, 0, "nor after");
+  assertEquals(client.sent, 2 ** 32 + 2 ** 24);
+});
+
+Deno.test("DatagramCrypto.advanceSendCounter() moves the counter forward only", () => {
+  const { client } = pair("aes-256-gcm");
+  seal(client, new Uint8Array([1]));
+  client.advanceSendCounter(1000);
+  assertEquals(datagramCounter(seal(client, new Uint8Array([2]))), 1000);
+  assertThrows(() => client.advanceSendCounter(1000), RangeError, /only forward/);
+  assertThrows(() => client.advanceSendCounter(2 ** 53), RangeError, /only forward/);
+  assertEquals(client.sent, 1001);
+  const unkeyed = new DatagramCrypto(1, "aes-256-gcm", true);
+  assertThrows(() => unkeyed.advanceSendCounter(5), RangeError, /no sending key/);
 });
 
 Deno.test("DatagramSlots.forEach() gives a whole slot, or each datagram of a GRO read", () => {
