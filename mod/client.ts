@@ -75,7 +75,7 @@ const FATAL: ReadonlySet<ErrorReason> = new Set([
 /** What the client runs with. */
 export interface ClientOptions {
   profile: ClientProfile;
-  /** Server host and port (from the profile, or overridden on the command line). */
+  /** Server host (a name or an IP, IPv6 without brackets: see `parseRemote`) and port. */
   host: string;
   port: number;
   /** TUN name or pattern; default the profile's. */
@@ -211,7 +211,7 @@ export class Client implements PacketSink {
       const credentials = {
         certPem: profile.cert,
         keyPem: profile.key,
-        serverName: host.replace(/^\[(.*)\]$/, "$1"),
+        serverName: host,
         offload: this.#tun!.vnetHdr,
         ...(this.address ? { address: this.address } : {}),
       };

@@ -1,9 +1,13 @@
 /**
  * Helpers for end-to-end tests that need root: throwaway network namespaces, commands run
  * inside them, and a test wrapper that skips where root is missing (and fails under CI).
+ * Every wait here is bounded (tests/_wait.ts): a command that does not finish is killed and
+ * reported with its output, rather than hanging the run.
  *
  * @module
  */
+
+import { exitOf, kill, within } from "./_wait.ts";
 
 /** True where this process can create namespaces and TUN devices. */
 export function canRunRootTests(): string | undefined {
@@ -20,11 +24,29 @@ export function canRunRootTests(): string | undefined {
 const missing = canRunRootTests();
 
 /**
- * Registers a test that needs root and real devices. Without them it is ignored locally and
- * fails under CI (`CI=true`), so that a green CI run always includes it.
+ * True under CI: `CI` set to anything but empty, `0`, `false`, `no` or `off` (CI services
+ * write `true`, `1` or `yes`).
  */
-export function rootTest(name: string, fn: (t: Deno.TestContext) => Promise<void> | void): void {
-  const ci = Deno.env.get("CI") === "true";
+export function underCi(value: string | undefined): boolean {
+  return value !== undefined && !["", "0", "false", "no", "off"].includes(value.toLowerCase());
+}
+
+/** Bound on one root test as a whole; its waits are bounded one by one as well. */
+const ROOT_TEST_MS = 180_000;
+
+/**
+ * Registers a test that needs root and real devices. Without them it is ignored locally and
+ * fails under CI ({@linkcode underCi}), so that a green CI run always includes it.
+ *
+ * The test fails once it has run `timeoutMs`: its own waits are each bounded, but a long chain
+ * of them would still hold the run up for many minutes.
+ */
+export function rootTest(
+  name: string,
+  fn: (t: Deno.TestContext) => Promise<void> | void,
+  timeoutMs = ROOT_TEST_MS,
+): void {
+  const ci = underCi(Deno.env.get("CI"));
   Deno.test({
     name,
     ignore: missing !== undefined && !ci,
@@ -34,7 +56,9 @@ export function rootTest(name: string, fn: (t: Deno.TestContext) => Promise<void
       ? () => {
         throw new Error(`root test cannot run here (${missing}); CI requires it`);
       }
-      : fn,
+      : async (t) => {
+        await within(Promise.resolve(fn(t)), timeoutMs, `the test "${name}" as a whole`);
+      },
   });
 }
 
@@ -45,22 +69,53 @@ export interface RunResult {
   stderr: string;
 }
 
-/** Runs `cmd` to completion; throws with its output unless `allowFail` and it fails. */
-export async function run(cmd: string[], allowFail = false): Promise<RunResult> {
+/** Bound on a command run to completion, unless the caller gives its own. */
+const RUN_MS = 60_000;
+
+/**
+ * Runs `cmd` to completion; throws with its output unless `allowFail` and it fails. A command
+ * still running after `timeoutMs` is killed, and the call throws with the command line and
+ * the output so far (`allowFail` does not cover that).
+ */
+export async function run(
+  cmd: string[],
+  allowFail = false,
+  timeoutMs = RUN_MS,
+): Promise<RunResult> {
   const [program, ...args] = cmd;
-  const out = await new Deno.Command(program!, {
+  const child = new Deno.Command(program!, {
     args,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).output();
-  const result = {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
+  }).spawn();
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const readers = [child.stdout.getReader(), child.stderr.getReader()];
+  const collect = async (reader: ReadableStreamDefaultReader<Uint8Array>, into: string[]) => {
+    const decoder = new TextDecoder();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      into.push(decoder.decode(chunk.value, { stream: true }));
+    }
   };
-  if (!allowFail && out.code !== 0) {
-    throw new Error(`${cmd.join(" ")} exited ${out.code}: ${result.stderr}${result.stdout}`);
+  const output = Promise.all([collect(readers[0]!, stdout), collect(readers[1]!, stderr)]);
+  let status: Deno.CommandStatus;
+  try {
+    // The output too: a child that left a process holding its pipes has not finished.
+    [status] = await within(Promise.all([child.status, output]), timeoutMs, cmd.join(" "));
+  } catch (error) {
+    kill(child);
+    const exited = await within(child.status, 5000, "SIGKILL").then(() => true, () => false);
+    // Releases the pipes, also where another process still holds their other ends.
+    for (const reader of readers) await reader.cancel().catch(() => {/* already closed */});
+    throw new Error(
+      `${(error as Error).message}; killed${exited ? "" : " (and still there 5 s later)"}; ` +
+        `stdout so far: ${stdout.join("")}; stderr so far: ${stderr.join("")}`,
+    );
+  }
+  const result = { code: status.code, stdout: stdout.join(""), stderr: stderr.join("") };
+  if (!allowFail && status.code !== 0) {
+    throw new Error(`${cmd.join(" ")} exited ${status.code}: ${result.stderr}${result.stdout}`);
   }
   return result;
 }
@@ -125,9 +180,9 @@ export class Netns implements AsyncDisposable {
     return ["ip", "netns", "exec", this.name, ...cmd];
   }
 
-  /** Runs a command inside this namespace to completion. */
-  run(cmd: string[], allowFail = false): Promise<RunResult> {
-    return run(this.exec(cmd), allowFail);
+  /** Runs a command inside this namespace to completion, for at most `timeoutMs`. */
+  run(cmd: string[], allowFail = false, timeoutMs = RUN_MS): Promise<RunResult> {
+    return run(this.exec(cmd), allowFail, timeoutMs);
   }
 
   /** Starts a long-running command inside this namespace. */
@@ -245,17 +300,20 @@ export async function transfer(
   const events = new JsonLines(sink.stdout);
   try {
     await events.next((e) => e.listening === true);
-    const sent = await from.run(denoScript(TRANSFER, "send", address, "5201", String(bytes)));
-    const received = await events.next((e) => e.sha256 !== undefined, 60_000);
+    // The sender finishes once its data is in flight; a stalled tunnel stops it writing.
+    const sent = await from.run(
+      denoScript(TRANSFER, "send", address, "5201", String(bytes)),
+      false,
+      60_000,
+    );
+    const received = await events.next((e) => e.sha256 !== undefined, 30_000);
     if (received.bytes !== bytes || received.sha256 !== JSON.parse(sent.stdout).sha256) {
       throw new Error(
         `transfer to ${address}: sent ${bytes} bytes, received ${JSON.stringify(received)}`,
       );
     }
   } finally {
-    try {
-      sink.kill();
-    } catch { /* already done */ }
-    await sink.status;
+    kill(sink);
+    await exitOf(sink, 5000, "the transfer sink");
   }
 }

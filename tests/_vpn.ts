@@ -2,12 +2,14 @@
  * A real VPN in namespaces for end-to-end tests: one server namespace, client namespaces
  * joined to it by veth pairs, `vpn` processes started from main.ts, and their logs.
  *
- * Client i reaches the server at 172.30.(i+1).1; the server certificate names all of them.
+ * Client i reaches the server at 172.30.(i+1).1 (and, with `ipv6`, at fd00:30:(i+1)::1); the
+ * server certificate names all of them.
  *
  * @module
  */
 
 import { denoScript, Netns, run } from "./_netns.ts";
+import { exitOf, kill, within } from "./_wait.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -26,16 +28,20 @@ export async function waitFor<T>(
   }
 }
 
-/** A `vpn` process with its output kept. */
+/** A `vpn` process (or any other long-running one) with its output kept. */
 export class VpnProcess {
   readonly child: Deno.ChildProcess;
   readonly output: string[] = [];
   readonly #reading: Promise<void>;
+  /** Set once both output streams ended: nothing more will be logged. */
+  #ended = false;
 
   constructor(child: Deno.ChildProcess) {
     this.child = child;
     this.#reading = Promise.all([this.#collect(child.stdout), this.#collect(child.stderr)]).then(
-      () => {},
+      () => {
+        this.#ended = true;
+      },
     );
   }
 
@@ -48,9 +54,20 @@ export class VpnProcess {
     return this.output.join("");
   }
 
-  /** Waits until the output matches `pattern`. */
-  waitForLog(pattern: RegExp, ms = 15_000): Promise<true> {
-    return waitFor(`log ${pattern}`, () => pattern.test(this.log) ? true : undefined, ms);
+  /**
+   * Waits until the output matches `pattern`; fails at once when the process has ended
+   * without it, and with the output either way.
+   */
+  async waitForLog(pattern: RegExp, ms = 15_000): Promise<true> {
+    try {
+      return await waitFor(`log ${pattern}`, () => {
+        if (pattern.test(this.log)) return true;
+        if (this.#ended) throw new Error(`the process ended without logging ${pattern}`);
+        return undefined;
+      }, ms);
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; output:\n${this.log}`);
+    }
   }
 
   /** Sends a signal and waits (bounded) for the exit code. */
@@ -63,21 +80,22 @@ export class VpnProcess {
 
   /** The exit code, waiting at most `ms` (then the process is killed). */
   async exited(ms = 15_000): Promise<number> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const status = await Promise.race([
-      this.child.status,
-      new Promise<undefined>((resolve) => timer = setTimeout(() => resolve(undefined), ms)),
-    ]);
-    clearTimeout(timer);
-    if (status === undefined) {
-      this.child.kill("SIGKILL");
-      await this.child.status;
-      await this.#reading;
-      throw new Error(`process did not exit within ${ms} ms; output:\n${this.log}`);
+    let status: Deno.CommandStatus;
+    try {
+      status = await exitOf(this.child, ms, "the process");
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; output:\n${this.log}`);
     }
-    await this.#reading;
+    // Its pipes close with it; a process it left behind could hold them open.
+    await within(this.#reading, 5000, `the end of the output of a process that exited`);
     return status.code;
   }
+}
+
+/** Options of {@linkcode Topology.create}. */
+export interface TopologyOptions {
+  /** Also give each link IPv6 addresses (fd00:30:(i+1)::1 and ::2), named in the certificate. */
+  ipv6?: boolean;
 }
 
 /** A server namespace and client namespaces, torn down on dispose. */
@@ -94,7 +112,11 @@ export class Topology implements AsyncDisposable {
   }
 
   /** Creates the namespaces and links, and a PKI for the server's link addresses. */
-  static async create(clientCount: number, initArgs: string[] = []): Promise<Topology> {
+  static async create(
+    clientCount: number,
+    initArgs: string[] = [],
+    options: TopologyOptions = {},
+  ): Promise<Topology> {
     const dir = await Deno.makeTempDir({ prefix: "vpn-e2e-" });
     const server = await Netns.create("srv");
     const clients: Netns[] = [];
@@ -124,6 +146,13 @@ export class Topology implements AsyncDisposable {
         await server.run(["ip", "link", "set", `vs${link}`, "up"]);
         await ns.run(["ip", "link", "set", `vc${link}`, "up"]);
         hosts.push("--host", topology.serverIp(i));
+        if (options.ipv6) {
+          // nodad: usable at once, instead of after duplicate address detection.
+          const add = ["ip", "-6", "addr", "add"];
+          await server.run([...add, `${topology.serverIp6(i)}/64`, "dev", `vs${link}`, "nodad"]);
+          await ns.run([...add, `fd00:30:${i + 1}::2/64`, "dev", `vc${link}`, "nodad"]);
+          hosts.push("--host", topology.serverIp6(i));
+        }
       }
       await topology.vpn(["init", "--dir", dir, ...hosts, ...initArgs]);
       return topology;
@@ -136,6 +165,18 @@ export class Topology implements AsyncDisposable {
   /** The server's link address as seen by client i. */
   serverIp(i: number): string {
     return `172.30.${i + 1}.1`;
+  }
+
+  /** The server's IPv6 link address as seen by client i (with the `ipv6` option). */
+  serverIp6(i: number): string {
+    return `fd00:30:${i + 1}::1`;
+  }
+
+  /** Starts `vpn ARGS` as given in namespace `ns` (killed on dispose), e.g. without -v. */
+  spawn(ns: Netns, args: string[], wrap: string[] = []): VpnProcess {
+    const process = new VpnProcess(ns.spawn([...wrap, ...denoScript(MAIN, ...args)]));
+    this.#processes.push(process);
+    return process;
   }
 
   /** Runs a short `vpn` command in the root namespace (init, client add/revoke/list). */
@@ -162,6 +203,13 @@ export class Topology implements AsyncDisposable {
     const out = `${this.dir}/${name}.yaml`;
     await this.vpn(["client", "add", name, "--dir", this.dir, "--out", out]);
     return out;
+  }
+
+  /** Starts any program `argv` in `ns` (tcpdump, a script), killed on dispose like `vpn`. */
+  spawnCommand(ns: Netns, argv: string[], options: Deno.CommandOptions = {}): VpnProcess {
+    const process = new VpnProcess(ns.spawn(argv, options));
+    this.#processes.push(process);
+    return process;
   }
 
   /** Starts `vpn connect` in client namespace i to its server address. */
@@ -197,18 +245,23 @@ export class Topology implements AsyncDisposable {
       ["ping", "-c", String(count), "-i", "0.2", "-W", "2", address],
       true,
     );
-    return result.code === 0;
+    // ping exits 0 after a single reply; the promise is every reply.
+    const received = / (\d+) received/.exec(result.stdout)?.[1];
+    return received === String(count);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
+    const stuck: string[] = [];
     for (const process of this.#processes) {
-      try {
-        process.child.kill("SIGKILL");
-      } catch { /* already gone */ }
-      await process.child.status;
+      kill(process.child);
+      // Cleanup goes on past a process that does not die, and says so at the end.
+      await within(process.child.status, 5000, "SIGKILL").catch(() => stuck.push(process.log));
     }
     for (const ns of [this.server, ...this.clients]) await ns[Symbol.asyncDispose]();
     await Deno.remove(this.dir, { recursive: true });
+    if (stuck.length > 0) {
+      throw new Error(`${stuck.length} processes outlived SIGKILL by 5 s; output:\n${stuck}`);
+    }
   }
 }
 

@@ -4,6 +4,7 @@
  */
 
 import { assert, assertEquals } from "./_assert.ts";
+import { waitUntil, within } from "./_wait.ts";
 import { ClientUdp } from "../mod/client_udp.ts";
 import {
   DatagramBatch,
@@ -52,22 +53,25 @@ Deno.test("ClientUdp drops a batch whose handling throws and delivers the next",
   // The client's first PING tells the stand-in server where the client is.
   const inbox = new DatagramSlots(8);
   const plain = new Uint8Array(2048);
-  assert(await server.recv(inbox.bufs, inbox.sizes, inbox.addrs) > 0, "a probe arrived");
+  const probes = await within(
+    server.recv(inbox.bufs, inbox.sizes, inbox.addrs),
+    5000,
+    "the client's first PING",
+  );
+  assert(probes > 0, "a probe arrived");
   assert(serverCrypto.open(inbox.bufs[0]!, inbox.sizes[0]!, inbox.bodies[0]!, plain) >= 0);
   assertEquals(serverCrypto.type, DatagramType.PING);
   const to = inbox.addrs[0]!;
   const out = new DatagramBatch(server);
   out.add(serverCrypto, DatagramType.PONG, plain, 8, to);
   out.flush();
-  assert(await probing, "the probe was answered");
+  assert(await within(probing, 5000, "probe() settles"), "the probe was answered");
 
   // Two batches: the first one's handling throws, the second must still arrive.
   for (const first of [1, 2]) {
     out.add(serverCrypto, DatagramType.DATA, new Uint8Array([first, 0, 0, 0]), 4, to);
     out.flush();
-    for (let i = 0; i < 100 && calls < first; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    await waitUntil(() => calls >= first, 5000, `the sink is handed batch ${first}`);
   }
   assertEquals(calls, 2);
   assertEquals(received, [2]);

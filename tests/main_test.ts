@@ -1,15 +1,18 @@
+/**
+ * The command line: `vpn` run as a process from main.ts, its exit code and output checked.
+ */
+
 import { assertEquals, assertMatch } from "./_assert.ts";
+import { denoScript, run, type RunResult } from "./_netns.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
-async function vpn(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--unstable-net", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+/**
+ * Runs `vpn ARGS` to its end. Bounded: a command that should exit at once but serves or waits
+ * instead (a check gone) is killed after 30 s and fails the test with its output.
+ */
+function vpn(...args: string[]): Promise<RunResult> {
+  return run(denoScript(MAIN, ...args), true, 30_000);
 }
 
 Deno.test("vpn --help lists the commands and exits 0", async () => {

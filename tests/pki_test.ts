@@ -6,6 +6,7 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { assert, assertEquals, assertMatch, assertRejects, assertThrows } from "./_assert.ts";
+import { within } from "./_wait.ts";
 import {
   authChallenge,
   AuthError,
@@ -390,36 +391,41 @@ Deno.test("verifyClient() rejects an unparsable certificate", async () => {
 
 /**
  * Serves one TLS connection with `dir`'s server identity, dials it with `hostname` and
- * `caPem`, and exchanges a message each way. Rejects if the client's handshake fails.
+ * `caPem`, and exchanges a message each way. Rejects if the client's handshake fails, and
+ * after 5 s of waiting on either side.
  */
 async function tlsRoundTrip(dir: string, hostname: string, caPem: string): Promise<void> {
   const { certPem, keyPem } = await loadServerIdentity(dir);
   const listener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: certPem, key: keyPem });
+  const bounded = <T>(promise: Promise<T>, what: string) => within(promise, 5000, what);
   const served = (async () => {
     const conn = await listener.accept();
     try {
       const buf = new Uint8Array(5);
       let got = 0;
       while (got < 5) {
-        const n = await conn.read(buf.subarray(got));
+        const n = await bounded(conn.read(buf.subarray(got)), "the server reads the message");
         if (n === null) throw new Error("client closed early");
         got += n;
       }
       assertEquals(new TextDecoder().decode(buf), "hello");
-      await conn.write(new TextEncoder().encode("world"));
+      await bounded(conn.write(new TextEncoder().encode("world")), "the server answers");
     } finally {
       conn.close();
     }
   })();
   try {
-    const conn = await Deno.connectTls({ hostname, port: listener.addr.port, caCerts: [caPem] });
+    const conn = await bounded(
+      Deno.connectTls({ hostname, port: listener.addr.port, caCerts: [caPem] }),
+      "connect",
+    );
     try {
-      await conn.handshake();
-      await conn.write(new TextEncoder().encode("hello"));
+      await bounded(conn.handshake(), "the client's TLS handshake");
+      await bounded(conn.write(new TextEncoder().encode("hello")), "the client writes");
       const buf = new Uint8Array(5);
       let got = 0;
       while (got < 5) {
-        const n = await conn.read(buf.subarray(got));
+        const n = await bounded(conn.read(buf.subarray(got)), "the client reads the answer");
         if (n === null) break;
         got += n;
       }
@@ -427,10 +433,12 @@ async function tlsRoundTrip(dir: string, hostname: string, caPem: string): Promi
     } finally {
       conn.close();
     }
-    await served;
+    await bounded(served, "the server side ends");
   } finally {
     listener.close();
-    // A failed handshake fails the server side too; that is expected, not a test failure.
+    // Only reached with `served` unawaited when the client side threw already, which is the
+    // failure reported; a failed handshake fails the server side too, as expected. On success
+    // `served` was awaited above, so its errors are not swallowed here.
     await served.catch(() => {});
   }
 }

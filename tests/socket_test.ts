@@ -1,4 +1,10 @@
+/**
+ * `ffi/socket.ts` on real TLS connections over 127.0.0.1, read back through getsockopt and the
+ * peer. Every network wait is bounded, so a socket left open fails the test instead of hanging.
+ */
+
 import { assert, assertEquals } from "./_assert.ts";
+import { within } from "./_wait.ts";
 import { setTcpNoDelay, shutdownTcp } from "../ffi/socket.ts";
 import { initPki, loadServerIdentity } from "../mod/pki.ts";
 
@@ -39,13 +45,13 @@ async function tlsListener() {
 Deno.test("setTcpNoDelay() turns Nagle's algorithm off on a TLS connection's socket", async () => {
   const { listener, caPem } = await tlsListener();
   const accepted = listener.accept();
-  const conn = await Deno.connectTls({
-    hostname: "127.0.0.1",
-    port: listener.addr.port,
-    caCerts: [caPem],
-  });
-  const server = await accepted;
-  await Promise.all([conn.handshake(), server.handshake()]);
+  const conn = await within(
+    Deno.connectTls({ hostname: "127.0.0.1", port: listener.addr.port, caCerts: [caPem] }),
+    5000,
+    "connect",
+  );
+  const server = await within(accepted, 5000, "accept");
+  await within(Promise.all([conn.handshake(), server.handshake()]), 5000, "the TLS handshake");
   assertEquals(noDelayOf(conn.localAddr.port), 0, "Deno leaves Nagle on");
   assert(setTcpNoDelay(conn.localAddr, conn.remoteAddr));
   assertEquals(noDelayOf(conn.localAddr.port), 1);
@@ -57,13 +63,18 @@ Deno.test("setTcpNoDelay() turns Nagle's algorithm off on a TLS connection's soc
 Deno.test("shutdownTcp() ends a connection whose TLS handshake never started", async () => {
   const { listener } = await tlsListener();
   const accepted = listener.accept();
-  const idle = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const server = await accepted;
+  const idle = await within(
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    5000,
+    "connect",
+  );
+  const server = await within(accepted, 5000, "accept");
   const handshake = server.handshake().catch(() => "failed");
   server.close(); // on its own this leaves the socket open: the peer would wait forever
   assert(shutdownTcp(server.localAddr, server.remoteAddr));
-  assertEquals(await idle.read(new Uint8Array(16)), null, "the idle peer sees the end");
-  assertEquals(await handshake, "failed");
+  const end = await within(idle.read(new Uint8Array(16)), 5000, "the idle peer sees the end");
+  assertEquals(end, null, "the idle peer sees the end");
+  assertEquals(await within(handshake, 5000, "the handshake fails"), "failed");
   assertEquals(shutdownTcp(server.localAddr, server.remoteAddr), false, "already gone");
   idle.close();
   listener.close();

@@ -1,4 +1,5 @@
 import { assertEquals, assertThrows } from "./_assert.ts";
+import { within } from "./_wait.ts";
 import { decodeIfreqName, encodeIfreq, validateTunName } from "../ffi/tun.ts";
 import { ErrnoError } from "../ffi/libc.ts";
 import { errnoName } from "../ffi/constants.ts";
@@ -45,10 +46,10 @@ Deno.test("MemoryTun.read() returns injected packets in order, in batches", asyn
   tun.inject(packet(40, 3));
   const bufs = [new Uint8Array(100), new Uint8Array(100), new Uint8Array(100)];
   const sizes = [0, 0, 0];
-  assertEquals(await tun.read(bufs, sizes), 2);
+  assertEquals(await within(tun.read(bufs, sizes), 5000, "the first batch"), 2);
   assertEquals(sizes.slice(0, 2), [20, 30]);
   assertEquals(bufs[1]![0], 2);
-  assertEquals(await tun.read(bufs, sizes), 1);
+  assertEquals(await within(tun.read(bufs, sizes), 5000, "the second batch"), 1);
   assertEquals(sizes[0], 40);
   assertEquals(tun.stats.readPackets, 3);
 });
@@ -59,10 +60,10 @@ Deno.test("MemoryTun.read() waits for a packet and resolves 0 once closed", asyn
   const sizes = [0];
   const pending = tun.read(bufs, sizes);
   tun.inject(packet(10, 7));
-  assertEquals(await pending, 1);
+  assertEquals(await within(pending, 5000, "read() after inject()"), 1);
   const closed = tun.read(bufs, sizes);
   tun.close();
-  assertEquals(await closed, 0);
+  assertEquals(await within(closed, 5000, "read() after close()"), 0);
 });
 
 Deno.test("MemoryTun.write() keeps copies until taken and drops past its capacity", async () => {
@@ -70,7 +71,7 @@ Deno.test("MemoryTun.write() keeps copies until taken and drops past its capacit
   const buf = packet(10, 5);
   assertEquals(tun.write([buf, buf, buf]), 2);
   buf.fill(0);
-  const written = await tun.take();
+  const written = await within(tun.take(), 5000, "the written packets");
   assertEquals(written.length, 2);
   assertEquals(written[0]![0], 5, "a copy, not the caller's buffer");
   assertEquals(tun.dropped, 1);

@@ -110,7 +110,7 @@ rootTest("vpn: a replayed datagram and a tampered one are dropped and counted", 
   const vpn = net.connect(0, await net.addClient("alice"), ["--proto", "udp"]);
   await vpn.waitForLog(/data goes over UDP/);
   const pcap = `${net.dir}/capture.pcap`;
-  const capture = client.spawn([
+  const capture = net.spawnCommand(client, [
     "tcpdump",
     "-i",
     "any",
@@ -120,9 +120,10 @@ rootTest("vpn: a replayed datagram and a tampered one are dropped and counted", 
     pcap,
     "udp and dst port 1194 and greater 200",
   ]);
-  await new Promise((resolve) => setTimeout(resolve, 1000));
+  // tcpdump says so on stderr once its capture is open: packets sent after that are seen.
+  await capture.waitForLog(/listening on/, 10_000);
   await client.run(["ping", "-c", "2", "-s", "400", "-W", "2", "10.8.0.1"]);
-  await capture.status;
+  assertEquals(await capture.exited(10_000), 0, `tcpdump captured nothing: ${capture.log}`);
   const payload = udpPayload(await Deno.readFile(pcap));
   // A counter far ahead passes the replay window, so authentication has to catch it (the
   // header is authenticated data); the ciphertext is flipped too.
