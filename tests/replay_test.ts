@@ -37,6 +37,17 @@ Deno.test("ReplayWindow accepts out-of-order packets inside the window once", ()
   assert(take(window, 51));
 });
 
+Deno.test("ReplayWindow keeps exactly 2048 counters ending at the highest (PROTOCOL.md)", () => {
+  // The number itself is the promise: a literal here, so that a changed WINDOW fails.
+  assertEquals(WINDOW, 2048);
+  for (const highest of [7_048, 7_079, 2_047, 2 ** 40 + 17]) {
+    const window = new ReplayWindow();
+    assert(take(window, highest));
+    assert(take(window, highest - 2047), `${highest}: the oldest counter still inside`);
+    assert(!take(window, highest - 2048), `${highest}: the first counter outside`);
+  }
+});
+
 Deno.test("ReplayWindow keeps exactly WINDOW counters ending at the highest", () => {
   for (const highest of [WINDOW + 5_000, WINDOW + 5_000 + 31, WINDOW - 1, 2 ** 40 + 17]) {
     const window = new ReplayWindow();

@@ -72,6 +72,17 @@ Deno.test("FrameReader.space() keeps unparsed bytes across many reads", () => {
   assertEquals(parsed, 40);
 });
 
+Deno.test("FrameReader.next() takes a 65,545-byte payload whole, the largest PROTOCOL.md allows", () => {
+  const reader = new FrameReader();
+  const frame = new Uint8Array(4 + 65_545);
+  frame.set([0, 0x01, 0x00, 0x09]);
+  frame[4 + 65_544] = 0x5a;
+  feed(reader, frame);
+  assert(reader.next());
+  assertEquals([reader.type, reader.payloadEnd - reader.payloadStart], [FrameType.DATA, 65_545]);
+  assertEquals(reader.buffer[reader.payloadEnd - 1], 0x5a);
+});
+
 Deno.test("FrameReader.next() refuses an oversized frame and an unknown type", () => {
   const oversized = new FrameReader();
   feed(oversized, new Uint8Array([0, 0x01, 0x00, 0x0a]));
