@@ -74,8 +74,11 @@ rootTest("vpn auto: with UDP blocked, data goes over TLS", async () => {
   assertGreater(after.tcp - before.tcp, 4 << 20);
 });
 
+/** The client's UDP to and from the VPN port: both directions, so that each side's fallback counts. */
+const DROP_UDP_IN = ["INPUT", "-p", "udp", "--sport", "1194", "-j", "DROP"];
+
 rootTest(
-  "vpn auto: UDP lost mid-session falls back to TLS and comes back when the path does",
+  "vpn auto: UDP lost both ways mid-session moves both sides to TLS and comes back with the path",
   async () => {
     await using net = await Topology.create(1);
     const client = net.clients[0]!;
@@ -84,12 +87,16 @@ rootTest(
     const vpn = net.connect(0, await net.addClient("alice"));
     await vpn.waitForLog(/data goes over UDP/);
     await client.run(["iptables", "-A", ...DROP_UDP]);
+    await client.run(["iptables", "-A", ...DROP_UDP_IN]);
     await vpn.waitForLog(
       /no answer over UDP from 172\.30\.1\.1:1194 for 3 s; data falls back to TLS/,
     );
     await server.waitForLog(/alice: UDP silent for 3 s; its data goes over TLS/);
-    assert(await net.ping(client, "10.8.0.1", 5), "traffic continues over TLS");
+    assert(await net.ping(client, "10.8.0.1", 5), "the client's traffic continues over TLS");
+    // From the server too: its requests, not only its replies, must now go over TLS.
+    assert(await net.ping(net.server, "10.8.0.2", 5), `${server.log}\n${vpn.log}`);
     await client.run(["iptables", "-D", ...DROP_UDP]);
+    await client.run(["iptables", "-D", ...DROP_UDP_IN]);
     await waitFor(
       "UDP again",
       () => (vpn.log.match(/data goes over UDP/g)?.length ?? 0) >= 2 || undefined,
