@@ -448,7 +448,7 @@ export const MUTATIONS: Mutation[] = [
     file: "mod/offload.ts",
     find: "  if (i < end) sum += bytes[i]! << 8;\n",
     replace: "",
-    tests: ["tests/offload_test.ts"],
+    tests: ["tests/checksum_test.ts", "tests/offload_test.ts"],
   },
   {
     name: "checksum-fold-once",
@@ -456,6 +456,6 @@ export const MUTATIONS: Mutation[] = [
     file: "mod/offload.ts",
     find: "while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);",
     replace: "if (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);",
-    tests: ["tests/offload_test.ts"],
+    tests: ["tests/checksum_test.ts", "tests/offload_test.ts"],
   },
 ];

@@ -129,6 +129,9 @@ for (const version of [4, 6] as const) {
         1400,
       );
       const ipHeader = version === 4 ? 20 : 40;
+      // 6000 bytes at 1400 - 60 to 1400 - 28 bytes a segment: 5 segments in every family. An
+      // empty result must fail here, not pass the loop below untested.
+      assertEquals(segments.length, 5);
       for (const segment of segments) {
         assert(segment.length - VNET_HDR_LEN <= 1400, `${segment.length - VNET_HDR_LEN} bytes`);
         assertEquals(segment[0], 1, "NEEDS_CSUM");
