@@ -231,6 +231,7 @@ export class LinuxTun implements TunDevice {
     const read = libc().read;
     const limit = Math.min(bufs.length, this.batchSize);
     let count = 0;
+    let retried = false;
     while (count < limit) {
       const buf = bufs[count]!;
       const n = read(this.#fd, buf, buf.length);
@@ -238,8 +239,16 @@ export class LinuxTun implements TunDevice {
         const code = errno();
         if (code === EAGAIN) break;
         if (code === EINTR) continue;
+        // errno is read by a second FFI call, and the runtime may set it in between: seen here
+        // as ENOENT, which read(2) on a TUN never returns, where the read at once after gave
+        // EAGAIN. Only an error that repeats is the kernel's.
+        if (!retried) {
+          retried = true;
+          continue;
+        }
         throw new ErrnoError(`read(${this.name})`, code);
       }
+      retried = false;
       sizes[count++] = n;
     }
     this.stats.readPackets += count;

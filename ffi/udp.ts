@@ -554,6 +554,7 @@ export class UdpSocket implements Disposable {
     addrs: SockAddr[],
     segments: number[] | undefined,
   ): number {
+    let retried = false;
     for (;;) {
       // Before every call: the kernel lowered msg_namelen and msg_controllen of the slots it
       // filled last time (msg_len and msg_flags it only writes).
@@ -563,8 +564,15 @@ export class UdpSocket implements Disposable {
         const code = errno();
         if (code === EAGAIN) return 0;
         if (code === EINTR) continue;
+        // errno comes from a second FFI call and may not be this call's (see LinuxTun's
+        // drain): only an error that repeats at once is the kernel's.
+        if (!retried) {
+          retried = true;
+          continue;
+        }
         throw new ErrnoError(`recvmmsg(UDP ${this.#name})`, code);
       }
+      retried = false;
       const kept = this.#collect(vec, n, bufs, sizes, addrs, segments);
       // Only truncated datagrams: the queue may hold more, so look again before polling.
       if (kept > 0) return kept;

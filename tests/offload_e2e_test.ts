@@ -1,16 +1,18 @@
 /**
- * TUN offload end to end: bulk TCP transfers both ways through the VPN, with offload on both
- * sides and on one side only, over TLS and over UDP. The receiving kernel checks every
- * checksum of the segments this project cut from super-packets: a wrong one stalls the
- * transfer, a wrong byte changes the hash.
+ * TUN offload end to end: TCP transfers both ways through the VPN, over TLS and over UDP, with
+ * offload on both sides, on one side only, and on neither. The receiving kernel checks every
+ * checksum of the segments this project cut from super-packets or completed: it is the oracle,
+ * independent of mod/offload.ts. A wrong checksum drops the segment (counted in the kernel's
+ * InCsumErrors, which fails a transfer at once) and stalls the transfer on its retransmissions;
+ * a wrong byte changes the hash.
  *
- * Odd sizes: transfers that are no multiple of 64 KiB end in a short segment of odd length,
- * whose checksum covers a padded trailing byte. The receiving kernel's TCP checksum check is
- * the oracle (independent of mod/offload.ts); its InCsumErrors counter must stay at 0.
+ * Bulk transfers (24 MiB) are whole multiples of 64 KiB; the odd sizes (1 MiB + 1 byte,
+ * 200,003 bytes) end in a short segment of odd length, whose checksum covers a padded trailing
+ * byte.
  */
 
 import { assert, assertEquals } from "./_assert.ts";
-import { JsonLines, type Netns, rootTest, run } from "./_netns.ts";
+import { JsonLines, type Netns, rootTest, run, transferScript } from "./_netns.ts";
 import { Topology, type VpnProcess } from "./_vpn.ts";
 
 /** The eight ways offload can be set up: TLS or UDP, offload on both, one or no side. */
@@ -47,17 +49,6 @@ const ODD_SIZES = [1_048_577, 200_003];
 
 /** Bound on one odd-sized transfer: about a second when it works, forever when it stalls. */
 const TRANSFER_MS = 30_000;
-
-const TRANSFER = new URL("./helpers/tcp_transfer.ts", import.meta.url).pathname;
-
-/**
- * The argv of tests/helpers/tcp_transfer.ts. Without Maglev: Deno 2.9.6's V8 now and then
- * crashes (SIGSEGV in a "V8 DefaultWorker" thread, the concurrent Maglev compiler) in the
- * sender's hot loop on a busy machine, which would fail a case the VPN did not break.
- */
-function helper(...args: string[]): string[] {
-  return [Deno.execPath(), "run", "--allow-all", "--v8-flags=--no-maglev", TRANSFER, ...args];
-}
 
 /** Whether the TUN in `ns` that holds `address` has a virtio-net header (`vnet_hdr on`). */
 async function tunHasVnetHdr(net: Topology, ns: Netns, address: string): Promise<boolean> {
@@ -145,7 +136,7 @@ async function processState(process: VpnProcess): Promise<string> {
  * namespaces) and the VPN's (its processes and their last log lines).
  */
 async function boundedTransfer(c: TransferCase): Promise<void> {
-  const sink = c.to.spawn(helper("sink", c.address, "5201"));
+  const sink = c.to.spawn(transferScript("sink", c.address, "5201"));
   const events = new JsonLines(sink.stdout);
   let sender: Deno.ChildProcess | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -153,7 +144,7 @@ async function boundedTransfer(c: TransferCase): Promise<void> {
   const ms = c.ms;
   try {
     await events.next((e) => e.listening === true, ms);
-    sender = c.from.spawn(helper("send", c.address, "5201", String(c.bytes)));
+    sender = c.from.spawn(transferScript("send", c.address, "5201", String(c.bytes)));
     const sent = sender.output();
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`not done within ${ms} ms`)), ms);
