@@ -23,54 +23,76 @@ import { type Proto, PROTOS } from "./mod/config.ts";
 import { UDP_CIPHERS, type UdpCipher } from "./mod/messages.ts";
 import { VERSION } from "./mod/version.ts";
 
-const HELP = `vpn ${VERSION}: an SSL VPN with a TUN device on each side
+/** One command (or `client` action): its usage line, its help, and what runs it. */
+interface Command {
+  usage: string;
+  help: string;
+  run(args: string[]): Promise<number>;
+}
 
-Usage: vpn <command> [options]
-
-Commands:
-  serve [--dir DIR] [--config FILE]
-        run the server; creates a PKI in DIR first if there is none
-  init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]
-        create a CA, a server certificate and DIR/server.yaml
-  client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]
-        issue a client certificate into one profile file (default ./NAME.yaml)
-  client revoke NAME [--dir DIR]
-        revoke a client; a running server drops it within seconds
-  client list [--dir DIR]
-        list issued clients: name, serial, status, expiry
-  connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
-          [--cipher aes-256-gcm|chacha20-poly1305]
-        join a server; HOST:PORT overrides the profile's remote; --proto how data
-        travels: auto (UDP when it works, else TLS; the default), udp (or fail), tcp;
-        --no-offload: plain packets on the TUN, no segmentation offload;
-        --cipher: the only AEAD to offer for UDP (default both, AES-256-GCM first)
-  version
-        print the version
-
-Options:
-  --dir DIR        PKI and server.yaml directory (default ${DEFAULT_DIR})
-  -v, --verbose    log debug messages
-  -q, --quiet      log errors only
-  -h, --help       print this help
-
-Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error.
-`;
+const LOGGING_HELP = `  -v, --verbose    log debug messages
+  -q, --quiet      log errors only`;
+const DIR_HELP = `  --dir DIR        the PKI and server.yaml directory (default ${DEFAULT_DIR})`;
+const HELP_HELP = "  -h, --help       print this help";
 
 const LOGGING = {
   verbose: { type: "boolean", short: "v" },
   quiet: { type: "boolean", short: "q" },
 } as const satisfies ParseArgsConfig["options"];
 
-const DIR = {
-  dir: { type: "string", default: DEFAULT_DIR },
-} as const satisfies ParseArgsConfig["options"];
+const DIR = { dir: { type: "string" } } as const satisfies ParseArgsConfig["options"];
 
-function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[], options: T) {
+const HELP_OPTION = { help: { type: "boolean", short: "h" } } as const satisfies ParseArgsConfig[
+  "options"
+];
+
+/**
+ * Parses `args` for `command`; `undefined` when `--help` was asked for (the help is printed).
+ * Parser errors become a {@linkcode UsageError} that names the option and shows the usage.
+ */
+function parse<T extends NonNullable<ParseArgsConfig["options"]>>(
+  command: Command,
+  args: string[],
+  options: T,
+) {
+  let parsed;
   try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args,
+      options: { ...options, ...HELP_OPTION },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    throw usageError(command, parserMessage(error as Error & { code?: string }));
   }
+  if ((parsed.values as { help?: boolean }).help) {
+    console.log(command.help);
+    return undefined;
+  }
+  return parsed;
+}
+
+/** node:util's messages, reworded: they quote unevenly and suggest `--` for a typo. */
+function parserMessage(error: Error & { code?: string }): string {
+  const option = /'([^' ]+)/.exec(error.message)?.[1] ?? "";
+  switch (error.code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+      return `unknown option ${option}`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      return /argument missing/.test(error.message)
+        ? `${option} needs a value`
+        : `${option} takes no value`;
+    default:
+      return error.message;
+  }
+}
+
+function usageError(command: Command, message: string): UsageError {
+  const name = command.usage.split(" [")[0]!.replace(/ NAME$/, "");
+  return new UsageError(
+    `${message}\nusage: ${command.usage}\n(${name} --help explains each option)`,
+  );
 }
 
 function level(values: { verbose?: boolean; quiet?: boolean }): LogLevel | undefined {
@@ -79,8 +101,13 @@ function level(values: { verbose?: boolean; quiet?: boolean }): LogLevel | undef
   return undefined;
 }
 
-function positionals(list: string[], count: number, usage: string): string[] {
-  if (list.length !== count) throw new UsageError(`usage: ${usage}`);
+function positionals(command: Command, list: string[], count: number): string[] {
+  if (list.length !== count) {
+    const what = list.length > count
+      ? `unexpected argument "${list[count]}"`
+      : "missing argument NAME";
+    throw usageError(command, what);
+  }
   return list;
 }
 
@@ -93,128 +120,306 @@ function port(text: string | undefined): number | undefined {
   return value;
 }
 
-async function run(command: string, rest: string[]): Promise<number> {
-  switch (command) {
-    case "serve": {
-      const { values, positionals: extra } = parse(rest, {
-        ...DIR,
-        ...LOGGING,
-        config: { type: "string" },
-      });
-      positionals(extra, 0, "vpn serve [--dir DIR] [--config FILE]");
-      const options = { dir: values.dir, ...(values.config ? { config: values.config } : {}) };
-      const logLevel = level(values);
-      return await serve(logLevel ? { ...options, level: logLevel } : options);
+const SERVE: Command = {
+  usage: "vpn serve [--dir DIR] [--config FILE] [-v|-q]",
+  help: `Usage: vpn serve [--dir DIR] [--config FILE] [-v|-q]
+
+Runs the server in the foreground until SIGINT or SIGTERM.
+
+Options:
+  --dir DIR        the PKI: ca.crt, server.crt, server.key, clients.json (default: the
+                   directory of --config, else ${DEFAULT_DIR})
+  --config FILE    the server configuration (default DIR/server.yaml)
+${LOGGING_HELP}
+${HELP_HELP}
+
+On its first run with no PKI in ${DEFAULT_DIR}, it creates one as "vpn init" does and says so.
+Any other directory without a PKI is refused: run "vpn init --dir DIR" first.`,
+  async run(args) {
+    const parsed = parse(SERVE, args, { ...DIR, ...LOGGING, config: { type: "string" } });
+    if (parsed === undefined) return 0;
+    const { values, positionals: extra } = parsed;
+    positionals(SERVE, extra, 0);
+    const logLevel = level(values);
+    return await serve({
+      ...(values.dir ? { dir: values.dir } : {}),
+      ...(values.config ? { config: values.config } : {}),
+      ...(logLevel ? { level: logLevel } : {}),
+    });
+  },
+};
+
+const INIT: Command = {
+  usage: "vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]",
+  help: `Usage: vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]
+
+Creates DIR (mode 0700) with a CA, a server certificate, their private keys (0600), an empty
+client registry and server.yaml with every default written out. An existing server.yaml is
+kept.
+
+Options:
+${DIR_HELP}
+  --host NAME_OR_IP  a name or address clients dial, repeatable; the first is the one
+                   "vpn client add" writes into profiles (default: this machine's name and
+                   addresses, public ones first)
+  --subnet CIDR    the VPN's IPv4 subnet (default 10.8.0.0/24)
+  --port N         the port to listen on (default 1194)
+  --force          replace an existing PKI (every client profile issued from it stops
+                   working) and server.yaml
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(INIT, args, {
+      ...DIR,
+      host: { type: "string", multiple: true },
+      subnet: { type: "string" },
+      port: { type: "string" },
+      force: { type: "boolean", default: false },
+    });
+    if (parsed === undefined) return 0;
+    const { values, positionals: extra } = parsed;
+    positionals(INIT, extra, 0);
+    const listenPort = port(values.port);
+    return await init({
+      dir: values.dir ?? DEFAULT_DIR,
+      hosts: values.host ?? [],
+      force: values.force,
+      ...(values.subnet ? { subnet: values.subnet } : {}),
+      ...(listenPort ? { port: listenPort } : {}),
+    });
+  },
+};
+
+const CLIENT_ADD: Command = {
+  usage: "vpn client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]",
+  help: `Usage: vpn client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]
+
+Issues a client certificate and writes one self-contained profile (remote, CA, certificate
+and private key), mode 0600. Copy it to the client: vpn connect --profile FILE.
+
+Options:
+${DIR_HELP}
+  --remote HOST:PORT  where the client connects (default: the server certificate's first
+                   public name and the port of DIR/server.yaml)
+  --out FILE       where to write the profile (default ./NAME.yaml)
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(CLIENT_ADD, args, {
+      ...DIR,
+      remote: { type: "string" },
+      out: { type: "string" },
+    });
+    if (parsed === undefined) return 0;
+    const { values, positionals: names } = parsed;
+    const [name] = positionals(CLIENT_ADD, names, 1);
+    return await clientAdd({
+      name: name!,
+      dir: values.dir ?? DEFAULT_DIR,
+      ...(values.remote ? { remote: values.remote } : {}),
+      ...(values.out ? { out: values.out } : {}),
+    });
+  },
+};
+
+const CLIENT_REVOKE: Command = {
+  usage: "vpn client revoke NAME [--dir DIR]",
+  help: `Usage: vpn client revoke NAME [--dir DIR]
+
+Revokes the client's certificate; a running server drops its session within 5 s and refuses
+it from then on.
+
+Options:
+${DIR_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(CLIENT_REVOKE, args, DIR);
+    if (parsed === undefined) return 0;
+    const [name] = positionals(CLIENT_REVOKE, parsed.positionals, 1);
+    return await clientRevoke({ name: name!, dir: parsed.values.dir ?? DEFAULT_DIR });
+  },
+};
+
+const CLIENT_LIST: Command = {
+  usage: "vpn client list [--dir DIR]",
+  help: `Usage: vpn client list [--dir DIR]
+
+Lists every client issued: name, serial, status (valid, revoked, expired) and expiry.
+
+Options:
+${DIR_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(CLIENT_LIST, args, DIR);
+    if (parsed === undefined) return 0;
+    positionals(CLIENT_LIST, parsed.positionals, 0);
+    return await clientList({ dir: parsed.values.dir ?? DEFAULT_DIR });
+  },
+};
+
+const CLIENT_ACTIONS: Record<string, Command> = {
+  add: CLIENT_ADD,
+  revoke: CLIENT_REVOKE,
+  list: CLIENT_LIST,
+};
+
+const CLIENT: Command = {
+  usage: "vpn client add|revoke|list ...",
+  help: `Usage: vpn client add|revoke|list ...
+
+  ${CLIENT_ADD.usage}
+        issue a client certificate into one profile file (default ./NAME.yaml)
+  ${CLIENT_REVOKE.usage}
+        revoke a client; a running server drops it within seconds
+  ${CLIENT_LIST.usage}
+        list issued clients: name, serial, status, expiry
+
+"vpn client ACTION --help" explains each option.`,
+  run(args) {
+    const [action, ...rest] = args;
+    if (action === "-h" || action === "--help") {
+      console.log(CLIENT.help);
+      return Promise.resolve(0);
     }
-    case "init": {
-      const { values, positionals: extra } = parse(rest, {
-        ...DIR,
-        host: { type: "string", multiple: true },
-        subnet: { type: "string" },
-        port: { type: "string" },
-        force: { type: "boolean", default: false },
-      });
-      positionals(
-        extra,
-        0,
-        "vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]",
+    const command = CLIENT_ACTIONS[action ?? ""];
+    if (command === undefined) {
+      throw new UsageError(
+        `unknown "client" action "${action ?? ""}"; use add, revoke or list\n\n${CLIENT.help}`,
       );
-      const listenPort = port(values.port);
-      return await init({
-        dir: values.dir,
-        hosts: values.host ?? [],
-        force: values.force,
-        ...(values.subnet ? { subnet: values.subnet } : {}),
-        ...(listenPort ? { port: listenPort } : {}),
-      });
     }
-    case "client": {
-      const [action, ...args] = rest;
-      if (action === "add") {
-        const { values, positionals: names } = parse(args, {
-          ...DIR,
-          remote: { type: "string" },
-          out: { type: "string" },
-        });
-        const [name] = positionals(
-          names,
-          1,
-          "vpn client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]",
-        );
-        return await clientAdd({
-          name: name!,
-          dir: values.dir,
-          ...(values.remote ? { remote: values.remote } : {}),
-          ...(values.out ? { out: values.out } : {}),
-        });
-      }
-      if (action === "revoke") {
-        const { values, positionals: names } = parse(args, DIR);
-        const [name] = positionals(names, 1, "vpn client revoke NAME [--dir DIR]");
-        return await clientRevoke({ name: name!, dir: values.dir });
-      }
-      if (action === "list") {
-        const { values, positionals: extra } = parse(args, DIR);
-        positionals(extra, 0, "vpn client list [--dir DIR]");
-        return await clientList({ dir: values.dir });
-      }
-      throw new UsageError(`unknown "client" action "${action ?? ""}"; use add, revoke or list`);
+    return command.run(rest);
+  },
+};
+
+const CONNECT_USAGE = "vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] " +
+  "[--proto auto|udp|tcp] [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]";
+
+const CONNECT: Command = {
+  usage: CONNECT_USAGE,
+  help: `Usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]
+         [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]
+
+Joins a server and keeps the tunnel up (reconnecting after any loss) until SIGINT or SIGTERM.
+
+Options:
+  HOST[:PORT]      where to connect, instead of the profile's remote
+  --profile FILE   the profile "vpn client add" wrote (required)
+  --dev NAME       the TUN's name or pattern (default: the profile's dev, vpn%d)
+  --proto P        how data travels: auto (UDP when it works, else TLS; the default),
+                   udp (or fail), tcp (TLS only)
+  --no-offload     plain packets on the TUN, no segmentation offload
+  --cipher C       the only AEAD to offer for UDP, aes-256-gcm or chacha20-poly1305
+                   (default both, AES-256-GCM first)
+${LOGGING_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(CONNECT, args, {
+      ...LOGGING,
+      profile: { type: "string" },
+      dev: { type: "string" },
+      proto: { type: "string" },
+      "no-offload": { type: "boolean", default: false },
+      cipher: { type: "string" },
+    });
+    if (parsed === undefined) return 0;
+    const { values, positionals: remote } = parsed;
+    if (remote.length > 1) throw usageError(CONNECT, `unexpected argument "${remote[1]}"`);
+    if (values.profile === undefined) throw usageError(CONNECT, "--profile FILE is required");
+    const cipher = values.cipher;
+    if (cipher !== undefined && !(UDP_CIPHERS as readonly string[]).includes(cipher)) {
+      throw new UsageError(`--cipher ${cipher}: must be ${UDP_CIPHERS.join(" or ")}`);
     }
-    case "connect": {
-      const { values, positionals: remote } = parse(rest, {
-        ...LOGGING,
-        profile: { type: "string" },
-        dev: { type: "string" },
-        proto: { type: "string" },
-        "no-offload": { type: "boolean", default: false },
-        cipher: { type: "string" },
-      });
-      if (remote.length > 1 || values.profile === undefined) {
-        throw new UsageError(
-          "usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]",
-        );
-      }
-      const cipher = values.cipher;
-      if (cipher !== undefined && !(UDP_CIPHERS as readonly string[]).includes(cipher)) {
-        throw new UsageError(`--cipher ${cipher}: must be ${UDP_CIPHERS.join(" or ")}`);
-      }
-      const proto = values.proto;
-      if (proto !== undefined && !PROTOS.includes(proto as Proto)) {
-        throw new UsageError(`--proto ${proto}: must be auto, udp or tcp`);
-      }
-      const logLevel = level(values);
-      return await connect({
-        profile: values.profile,
-        ...(remote[0] ? { remote: remote[0] } : {}),
-        ...(values.dev ? { dev: values.dev } : {}),
-        ...(proto ? { proto: proto as Proto } : {}),
-        ...(values["no-offload"] ? { offload: false } : {}),
-        ...(cipher ? { cipher: cipher as UdpCipher } : {}),
-        ...(logLevel ? { level: logLevel } : {}),
-      });
+    const proto = values.proto;
+    if (proto !== undefined && !PROTOS.includes(proto as Proto)) {
+      throw new UsageError(`--proto ${proto}: must be auto, udp or tcp`);
     }
-    case "version":
-    case "--version":
-      positionals(rest, 0, "vpn version");
-      console.log(`vpn ${VERSION} (deno ${Deno.version.deno})`);
-      return 0;
-    default:
-      throw new UsageError(`unknown command "${command}"\n\n${HELP}`);
-  }
-}
+    const logLevel = level(values);
+    return await connect({
+      profile: values.profile,
+      ...(remote[0] ? { remote: remote[0] } : {}),
+      ...(values.dev ? { dev: values.dev } : {}),
+      ...(proto ? { proto: proto as Proto } : {}),
+      ...(values["no-offload"] ? { offload: false } : {}),
+      ...(cipher ? { cipher: cipher as UdpCipher } : {}),
+      ...(logLevel ? { level: logLevel } : {}),
+    });
+  },
+};
+
+const VERSION_COMMAND: Command = {
+  usage: "vpn version",
+  help: "Usage: vpn version\n\nPrints the version of vpn and of the Deno it runs on.",
+  run(args) {
+    const parsed = parse(VERSION_COMMAND, args, {});
+    if (parsed === undefined) return Promise.resolve(0);
+    positionals(VERSION_COMMAND, parsed.positionals, 0);
+    console.log(`vpn ${VERSION} (deno ${Deno.version.deno})`);
+    return Promise.resolve(0);
+  },
+};
+
+const COMMANDS: Record<string, Command> = {
+  serve: SERVE,
+  init: INIT,
+  client: CLIENT,
+  connect: CONNECT,
+  version: VERSION_COMMAND,
+  "--version": VERSION_COMMAND,
+};
+
+const HELP = `vpn ${VERSION}: an SSL VPN with a TUN device on each side
+
+Usage: vpn <command> [options]
+
+Commands:
+  ${SERVE.usage}
+        run the server; on its first run creates a PKI in ${DEFAULT_DIR}
+  ${INIT.usage}
+        create a CA, a server certificate and DIR/server.yaml
+  ${CLIENT_ADD.usage}
+        issue a client certificate into one profile file (default ./NAME.yaml)
+  ${CLIENT_REVOKE.usage}
+        revoke a client; a running server drops it within seconds
+  ${CLIENT_LIST.usage}
+        list issued clients: name, serial, status, expiry
+  vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
+          [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]
+        join a server; HOST:PORT overrides the profile's remote
+  ${VERSION_COMMAND.usage}
+        print the version
+
+"vpn COMMAND --help" (or "vpn help COMMAND") explains a command's options.
+Relative paths are taken from the directory you run vpn in, also through "deno task vpn".
+
+Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error.`;
 
 /** Runs the command line `args` and returns the exit code. */
 export async function main(args: string[]): Promise<number> {
-  const [command, ...rest] = args;
-  if (command === undefined || command === "help" || command === "-h" || command === "--help") {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "-h" || name === "--help") {
     console.log(HELP);
     return 0;
   }
   try {
-    return await run(command, rest);
+    if (name === "help") {
+      const topic = rest[0] === undefined ? undefined : COMMANDS[rest[0]];
+      if (rest[0] !== undefined && topic === undefined) {
+        throw new UsageError(`unknown command "${rest[0]}"\n\n${HELP}`);
+      }
+      const sub = topic === CLIENT && rest[1] ? CLIENT_ACTIONS[rest[1]] : undefined;
+      console.log((sub ?? topic)?.help ?? HELP);
+      return 0;
+    }
+    const command = COMMANDS[name];
+    if (command === undefined) throw new UsageError(`unknown command "${name}"\n\n${HELP}`);
+    return await command.run(rest);
   } catch (error) {
     return exitCodeOf(error);
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  // `deno task vpn` runs in the repository root; its definition passes the caller's
+  // directory here, so that relative paths mean what they mean where the user typed them.
+  const caller = Deno.env.get("VPN_CALLER_DIR");
+  if (caller) Deno.chdir(caller);
+  Deno.exit(await main(Deno.args));
+}

@@ -6,6 +6,7 @@
  */
 
 import { Netlink } from "../ffi/netlink.ts";
+import { TunError } from "../ffi/tun.ts";
 import { Client, ClientError } from "./client.ts";
 import {
   ConfigError,
@@ -29,6 +30,7 @@ import {
   listClients,
   loadServerIdentity,
   PkiError,
+  pkiFilesIn,
   revokeClient,
 } from "./pki.ts";
 import type { UdpCipher } from "./messages.ts";
@@ -49,10 +51,45 @@ export class UsageError extends Error {
 
 /** Exit code and message for an error that reached the top of a command. */
 export function exitCodeOf(error: unknown): number {
+  if (error instanceof Deno.errors.PermissionDenied) {
+    console.error(`vpn: ${permissionMessage(error)}`);
+    return 2;
+  }
   const usage = error instanceof UsageError || error instanceof ConfigError ||
-    error instanceof PkiError || error instanceof TypeError || error instanceof RangeError;
+    error instanceof PkiError || error instanceof TunError || error instanceof TypeError ||
+    error instanceof RangeError;
   console.error(`vpn: ${error instanceof Error ? error.message : String(error)}`);
   return usage ? 2 : 1;
+}
+
+/**
+ * "Permission denied (os error 13): open '/etc/vpn/ca.key'" as which file, who may use it, and
+ * what to run. The file or directory that refused is the nearest one this user can stat.
+ */
+function permissionMessage(error: Error): string {
+  const match = /^(.*?) \(os error \d+\): (\w+) '(.+)'$/.exec(error.message);
+  if (match === null) return `${error.message}; run vpn as root (it needs CAP_NET_ADMIN too)`;
+  const [, , call, path] = match as unknown as [string, string, string, string];
+  const op = call.replace(/file$/, ""); // Deno says "readfile", "writefile"
+  let owner = "";
+  for (let p = path; p !== "" && p !== "/"; p = dirname(p)) {
+    try {
+      const info = Deno.statSync(p);
+      const mode = (info.mode! & 0o7777).toString(8).padStart(4, "0");
+      owner = ` (${p} belongs to uid ${info.uid}, mode ${mode}; this is uid ${Deno.uid()})`;
+      break;
+    } catch {
+      continue;
+    }
+  }
+  return `cannot ${op} ${path}: permission denied${owner}; run vpn as root (sudo) or as ` +
+    `that owner, or give --dir, --out or --profile a path you may use`;
+}
+
+/** `path` without its last component ("." for a bare name). */
+function dirname(path: string): string {
+  const cut = path.replace(/\/+$/, "").lastIndexOf("/");
+  return cut < 0 ? "." : cut === 0 ? "/" : path.slice(0, cut);
 }
 
 /** Options of `vpn init`. */
@@ -64,7 +101,10 @@ export interface InitCommand {
   force: boolean;
 }
 
-/** `vpn init`: a CA, a server certificate and `server.yaml` with every default written out. */
+/**
+ * `vpn init`: a CA, a server certificate and `server.yaml` with every default written out. An
+ * existing `server.yaml` is the operator's and stays, unless `--force`.
+ */
 export async function init(options: InitCommand): Promise<number> {
   const config = defaultServerConfig();
   if (options.subnet !== undefined) config.subnet = options.subnet;
@@ -72,43 +112,76 @@ export async function init(options: InitCommand): Promise<number> {
   // Validate before anything is written, with the same rules as the file.
   const text = serverConfigYaml(config);
   parseServerConfig(text, "--subnet/--port");
+  const configPath = `${options.dir}/server.yaml`;
+  const keepConfig = !options.force && await exists(configPath);
+  if (keepConfig && (options.subnet !== undefined || options.port !== undefined)) {
+    throw new UsageError(
+      `${configPath} exists; edit its subnet and listen.port there, or pass --force to write ` +
+        `a new one`,
+    );
+  }
   const hosts = options.hosts.length > 0 ? options.hosts : localHosts();
   await initPki(options.dir, { hosts, force: options.force });
-  await Deno.writeTextFile(`${options.dir}/server.yaml`, text, { mode: 0o644 });
-  console.log(`created the PKI and ${options.dir}/server.yaml for ${hosts.join(", ")}`);
+  if (!keepConfig) await Deno.writeTextFile(configPath, text, { mode: 0o644 });
+  console.log(
+    `created the PKI in ${options.dir} (${keepConfig ? "kept the existing" : "and"} ` +
+      `${configPath}) for ${hosts.join(", ")}`,
+  );
+  if (options.hosts.length === 0) {
+    console.log(
+      `profiles from "vpn client add" will connect to ${hosts[0]}; if clients know this ` +
+        `server by another name, run "vpn init --dir ${options.dir} --host NAME --force"`,
+    );
+  }
   return 0;
 }
 
-/** The names a fresh server is reached by: loopback, the host name, and its addresses. */
+/**
+ * The names a fresh server is reached by, the likeliest to work from elsewhere first (the first
+ * one goes into profiles): a fully qualified host name, the IPv4 then IPv6 addresses that are
+ * not loopback or link-local, a bare host name, and loopback last.
+ */
 function localHosts(): string[] {
-  const hosts = new Set(DEFAULT_HOSTS);
+  const hosts = new Set<string>();
+  let bare: string | undefined;
   try {
     const name = Deno.hostname().toLowerCase();
-    if (/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(name)) hosts.add(name);
-    using nl = Netlink.open();
-    for (const a of nl.listAddresses()) {
-      if (!a.address.startsWith("fe80:") && a.address !== "::1") hosts.add(a.address);
+    if (/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(name) && !isLoopback(name)) {
+      if (name.includes(".")) hosts.add(name);
+      else bare = name;
     }
+    using nl = Netlink.open();
+    const addresses = nl.listAddresses().map((a) => a.address)
+      .filter((a) => !isLoopback(a) && !/^(fe80:|169\.254\.)/i.test(a));
+    for (const a of addresses) if (!a.includes(":")) hosts.add(a);
+    for (const a of addresses) if (a.includes(":")) hosts.add(a);
   } catch (error) {
     logger.debug("cannot list local addresses: {error}", { error: String(error) });
   }
+  if (bare !== undefined) hosts.add(bare);
+  for (const host of DEFAULT_HOSTS) hosts.add(host);
   return [...hosts];
+}
+
+/** Whether a host name or address can only be reached from this machine. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/\.$/, "");
+  return h === "localhost" || h.endsWith(".localhost") || /^127\./.test(h) || h === "::1" ||
+    /^::ffff:127\./.test(h);
 }
 
 /** Options of `vpn serve`. */
 export interface ServeCommand {
-  dir: string;
+  /** The PKI directory; default the directory of `config`, else {@linkcode DEFAULT_DIR}. */
+  dir?: string;
   config?: string;
   level?: LogLevel;
 }
 
 /** `vpn serve`: runs the server until SIGINT or SIGTERM. */
 export async function serve(options: ServeCommand): Promise<number> {
-  const { dir } = options;
-  if (!hasPki(dir)) {
-    console.log(`no PKI in ${dir}: creating one`);
-    await init({ dir, hosts: [], force: false });
-  }
+  const dir = options.dir ?? (options.config ? dirname(options.config) : DEFAULT_DIR);
+  if (!hasPki(dir)) await firstRun(dir, options.config ?? `${dir}/server.yaml`);
   const config = await readServerConfig(options.config ?? `${dir}/server.yaml`);
   setupLogging(options.level ?? config.log.level);
   const server = await Server.start({ dir, config });
@@ -124,7 +197,33 @@ export async function serve(options: ServeCommand): Promise<number> {
   return 0;
 }
 
+/**
+ * A PKI is created without being asked for only in the default directory, and only when it holds
+ * nothing of ours yet: a new CA elsewhere would serve happily while every existing client fails.
+ */
+async function firstRun(dir: string, configPath: string): Promise<void> {
+  const present = pkiFilesIn(dir);
+  if (present.length > 0) {
+    throw new UsageError(
+      `the PKI in ${dir} is incomplete: ${dir}/ca.crt is missing but ${present.join(", ")} ` +
+        `exist; restore ca.crt from a backup, or run "vpn init --dir ${dir} --force" for a new ` +
+        `CA (every client profile stops working)`,
+    );
+  }
+  if (dir !== DEFAULT_DIR || await exists(configPath)) {
+    throw new UsageError(
+      `no PKI in ${dir} (no ca.crt); run "vpn init --dir ${dir}" to create one, or pass ` +
+        `--dir with the directory that holds it`,
+    );
+  }
+  console.error(
+    `vpn: no PKI in ${dir}: first run, creating a new CA and server certificate there`,
+  );
+  await init({ dir, hosts: [], force: false });
+}
+
 async function readProfile(path: string) {
+  await warnIfReadable(path);
   try {
     return await loadProfile(path);
   } catch (error) {
@@ -134,6 +233,22 @@ async function readProfile(path: string) {
       );
     }
     throw error;
+  }
+}
+
+/** As ssh does for a key: a profile holds the client's private key, so others must not read it. */
+async function warnIfReadable(path: string): Promise<void> {
+  let mode: number | null;
+  try {
+    mode = (await Deno.stat(path)).mode;
+  } catch {
+    return; // loadProfile reports the missing file
+  }
+  if (mode !== null && (mode & 0o077) !== 0) {
+    console.error(
+      `vpn: warning: ${path} holds this client's private key but others may read it (mode ` +
+        `${(mode & 0o777).toString(8).padStart(4, "0")}); run: chmod 600 ${path}`,
+    );
   }
 }
 
@@ -163,7 +278,13 @@ export async function clientAdd(options: ClientAddCommand): Promise<number> {
   const out = options.out ?? `./${options.name}.yaml`;
   if (await exists(out)) throw new UsageError(`${out} exists; remove it or choose another --out`);
   const remote = options.remote ?? await defaultRemote(options.dir);
-  parseRemote(remote);
+  if (isLoopback(parseRemote(remote).host)) {
+    console.error(
+      `vpn: warning: the profile's remote ${remote} is a loopback address: it works only on ` +
+        `this machine; pass --remote HOST:PORT with the name or address clients reach this ` +
+        `server by`,
+    );
+  }
   const issued = await issueClient(options.dir, options.name);
   const text = profileYaml({ remote, ca: issued.caPem, cert: issued.certPem, key: issued.keyPem });
   await Deno.writeTextFile(out, text, { mode: 0o600, createNew: true });
@@ -172,10 +293,14 @@ export async function clientAdd(options: ClientAddCommand): Promise<number> {
   return 0;
 }
 
-/** The server's first certificate name and its configured port. */
+/**
+ * The server certificate's first name that is not loopback (PKIs made before the first name
+ * was the public one list `localhost` first), and the configured port.
+ */
 async function defaultRemote(dir: string): Promise<string> {
   const { certPem } = await loadServerIdentity(dir);
-  const name = certificateNames(certPem)[0] ?? "localhost";
+  const names = certificateNames(certPem);
+  const name = names.find((n) => !isLoopback(n)) ?? names[0] ?? "localhost";
   let port = 1194;
   if (await exists(`${dir}/server.yaml`)) {
     port = (await loadServerConfig(`${dir}/server.yaml`)).listen.port;

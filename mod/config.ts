@@ -319,7 +319,8 @@ export async function loadServerConfig(path: string): Promise<ServerConfig> {
 /** The comment written above each key of `server.yaml`. */
 const SERVER_COMMENTS = {
   listen: "Where clients connect.",
-  "listen.host": "Local address to listen on: 0.0.0.0 for every IPv4 address, :: for every one.",
+  "listen.host":
+    'Local address to listen on: 0.0.0.0 for every IPv4 address, "::" (quoted) for every one.',
   "listen.port": "Port to listen on (1-65535).",
   "listen.udp": "Also take data packets over UDP on this port (TLS over TCP is always on).",
   subnet: "IPv4 subnet of the VPN (/8 to /30). The server takes the first host address.",
@@ -332,7 +333,7 @@ const SERVER_COMMENTS = {
   client_to_client:
     "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",
   push: "What clients are told to set up.",
-  "push.routes": "Networks clients route through the VPN, e.g. [192.168.50.0/24, fd00:50::/64].",
+  "push.routes": "IPv4 networks clients route through the VPN, e.g. [192.168.50.0/24].",
   dev: "TUN device name, at most 15 bytes; %d becomes the lowest free number.",
   log: "What the server logs.",
   "log.level": "debug, info, warning or error.",
@@ -487,6 +488,29 @@ const CERTIFICATE_RULE = "must be a PEM certificate (-----BEGIN CERTIFICATE-----
 const PRIVATE_KEY = "[A-Z0-9 ]*PRIVATE KEY";
 const PRIVATE_KEY_RULE = "must be a PEM private key (-----BEGIN PRIVATE KEY-----)";
 
+/**
+ * What a YAML error at `line` (1-based) most likely means: an unquoted value that starts with
+ * ":" (`host: ::`, which YAML reads as a nested mapping), or a PEM block whose indentation broke
+ * (named by its key, since the error points into base64 that says nothing).
+ */
+function yamlHint(text: string, line: number): string {
+  const lines = text.split("\n");
+  const bad = lines[line - 1] ?? "";
+  const colon = /^\s*([A-Za-z_][\w.]*):\s+(:\S*)\s*(#.*)?$/.exec(bad);
+  if (colon) {
+    return `; a value that starts with ":" must be quoted: ${colon[1]}: "${colon[2]}"`;
+  }
+  for (let i = Math.min(line, lines.length) - 1; i >= 0; i--) {
+    const key = /^\s*([A-Za-z_]\w*):\s*(\|[-+]?)?\s*$/.exec(lines[i]!);
+    if (key?.[2]) {
+      return ` (in "${key[1]}", the block that starts at line ${i + 1}: every line of a PEM ` +
+        `block must be indented like its first line)`;
+    }
+    if (/^\s*[A-Za-z_]\w*:/.test(lines[i]!)) break;
+  }
+  return "";
+}
+
 /** Reads values out of one parsed file, throwing {@linkcode ConfigError}s that name it. */
 class Reader {
   constructor(readonly source: string) {}
@@ -509,7 +533,8 @@ class Reader {
       const at = where === undefined ? "" : `line ${where.line}, column ${where.col}: `;
       // The library appends its own position and an excerpt; the position is already in `at`.
       const what = error.message.replace(/ at line \d+, column \d+:[\s\S]*$/, "");
-      throw new ConfigError(this.source, undefined, `${at}invalid YAML: ${what}`);
+      const hint = where === undefined ? "" : yamlHint(text, where.line);
+      throw new ConfigError(this.source, undefined, `${at}invalid YAML: ${what}${hint}`);
     }
     let value: unknown;
     try {

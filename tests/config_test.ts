@@ -409,3 +409,28 @@ Deno.test("parseServerConfig() checks rekey_interval", () => {
     /rekey_interval: 0 is not allowed: must be a whole number of seconds from 1 to 86400/,
   );
 });
+
+Deno.test('parseServerConfig() says that listen.host: :: must be quoted, and reads "::"', () => {
+  const error = serverError("listen:\n  host: ::\n");
+  assertMatch(error.message, /line 2, column 9: invalid YAML: .*must be quoted: host: "::"$/);
+  assertEquals(parseServerConfig('listen:\n  host: "::"\n', "server.yaml").listen.host, "::");
+});
+
+Deno.test("parseProfile() names the PEM block whose indentation broke", () => {
+  const lines = profileYaml(profile()).split("\n");
+  const keyLine = lines.indexOf("key: |");
+  assert(keyLine > 0, "the profile has a key block");
+  // One base64 line of the key pasted without its indentation.
+  lines[keyLine + 2] = lines[keyLine + 2]!.trimStart();
+  assertMatch(
+    profileError(lines.join("\n")).message,
+    new RegExp(
+      `invalid YAML: .*\\(in "key", the block that starts at line ${keyLine + 1}: ` +
+        `every line of a PEM block must be indented like its first line\\)`,
+    ),
+  );
+  const caLines = profileYaml(profile()).split("\n");
+  const caLine = caLines.indexOf("ca: |");
+  caLines[caLine + 2] = ` ${caLines[caLine + 2]!.trimStart()}`;
+  assertMatch(profileError(caLines.join("\n")).message, /\(in "ca", the block that starts at/);
+});

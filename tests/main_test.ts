@@ -2,8 +2,8 @@
  * The command line: `vpn` run as a process from main.ts, its exit code and output checked.
  */
 
-import { assertEquals, assertMatch } from "./_assert.ts";
-import { denoScript, run, type RunResult } from "./_netns.ts";
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
+import { denoScript, Netns, rootTest, run, type RunResult, veth } from "./_netns.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -38,6 +38,7 @@ Deno.test("vpn with an unknown command says what exists and exits 2", async () =
 Deno.test("vpn serve with a bad config names the key and the fix, and exits 2", async () => {
   const dir = await Deno.makeTempDir();
   try {
+    assertEquals((await vpn("init", "--dir", dir, "--host", "vpn.example.org")).code, 0);
     await Deno.writeTextFile(`${dir}/bad.yaml`, "keepalive:\n  interval: 0\n");
     const bad = await vpn("serve", "--dir", dir, "--config", `${dir}/bad.yaml`);
     assertEquals(bad.code, 2);
@@ -116,3 +117,269 @@ Deno.test("vpn connect with an unknown --cipher or --proto exits 2 and names the
   assertEquals(proto.code, 2);
   assertMatch(proto.stderr, /--proto sctp: must be auto, udp or tcp/);
 });
+
+Deno.test("vpn COMMAND --help prints that command's usage and options and exits 0", async () => {
+  const cases: [string[], RegExp][] = [
+    [["serve", "--help"], /^Usage: vpn serve \[--dir DIR\] \[--config FILE\][\s\S]*--config FILE/],
+    [["init", "-h"], /^Usage: vpn init [\s\S]*--host NAME_OR_IP[\s\S]*--force/],
+    [["client", "--help"], /^Usage: vpn client add\|revoke\|list[\s\S]*vpn client list/],
+    [["client", "add", "--help"], /^Usage: vpn client add NAME[\s\S]*--remote HOST:PORT/],
+    [["client", "revoke", "--help"], /^Usage: vpn client revoke NAME/],
+    [["client", "list", "-h"], /^Usage: vpn client list/],
+    [["connect", "--help"], /^Usage: vpn connect [\s\S]*--no-offload[\s\S]*--cipher C/],
+    [["version", "--help"], /^Usage: vpn version/],
+    [["help", "connect"], /^Usage: vpn connect /],
+    [["help", "client", "revoke"], /^Usage: vpn client revoke NAME/],
+  ];
+  for (const [args, pattern] of cases) {
+    const { code, stdout, stderr } = await vpn(...args);
+    assertEquals(code, 0, `vpn ${args.join(" ")}: ${stderr}`);
+    assertMatch(stdout, pattern, `vpn ${args.join(" ")}`);
+  }
+});
+
+Deno.test("vpn with an unknown option names it, shows that command's usage and exits 2", async () => {
+  const serve = await vpn("serve", "--bogus");
+  assertEquals(serve.code, 2);
+  assertMatch(serve.stderr, /^vpn: unknown option --bogus\nusage: vpn serve \[--dir DIR\]/);
+  // node:util's own wording suggested `-- "--bogus"` with an unbalanced quote.
+  assertEquals(serve.stderr.includes("'"), false, serve.stderr);
+  const missing = await vpn("client", "add", "alice", "--dir");
+  assertEquals(missing.code, 2);
+  assertMatch(missing.stderr, /--dir needs a value\nusage: vpn client add NAME/);
+});
+
+Deno.test("vpn connect's usage error lists every one of its options", async () => {
+  const { code, stderr } = await vpn("connect");
+  assertEquals(code, 2);
+  assertMatch(stderr, /--profile FILE is required/);
+  for (const flag of ["--profile", "--dev", "--proto", "--no-offload", "--cipher", "-v|-q"]) {
+    assert(stderr.includes(flag), `${flag} missing from: ${stderr}`);
+  }
+});
+
+Deno.test("vpn serve refuses a --dir without a PKI, or a --config in one, and creates nothing", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const typo = `${root}/typo`;
+    const wrongDir = await vpn("serve", "--dir", typo);
+    assertEquals(wrongDir.code, 2);
+    assertMatch(wrongDir.stderr, new RegExp(`no PKI in ${typo} .*run "vpn init --dir ${typo}"`));
+    assertEquals(await exists(typo), false, "the mistyped directory was created");
+    // A server.yaml whose directory holds no PKI: that directory is where the PKI belongs.
+    await Deno.mkdir(`${root}/conf`);
+    await Deno.writeTextFile(`${root}/conf/server.yaml`, "mtu: 1300\n");
+    const config = await vpn("serve", "--config", `${root}/conf/server.yaml`);
+    assertEquals(config.code, 2);
+    assertMatch(config.stderr, new RegExp(`no PKI in ${root}/conf `));
+    assertEquals((await Array.fromAsync(Deno.readDir(`${root}/conf`))).length, 1);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("vpn serve in a directory that lost its ca.crt names what is left and the way out", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    assertEquals((await vpn("init", "--dir", dir, "--host", "vpn.example.org")).code, 0);
+    await Deno.remove(`${dir}/ca.crt`);
+    const { code, stderr } = await vpn("serve", "--dir", dir);
+    assertEquals(code, 2);
+    assertMatch(stderr, /the PKI in .* is incomplete: .*ca\.crt is missing but .*ca\.key/);
+    assertMatch(stderr, /restore ca\.crt from a backup/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vpn init keeps an existing server.yaml, and refuses --port over it without --force", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/server.yaml`, "mtu: 1300\n");
+    const first = await vpn("init", "--dir", dir, "--host", "vpn.example.org");
+    assertEquals(first.code, 0, first.stderr);
+    assertMatch(first.stdout, /kept the existing .*server\.yaml/);
+    assertEquals(await Deno.readTextFile(`${dir}/server.yaml`), "mtu: 1300\n");
+    await Deno.remove(`${dir}/ca.crt`);
+    await Deno.remove(`${dir}/ca.key`);
+    const port = await vpn("init", "--dir", dir, "--port", "1195");
+    assertEquals(port.code, 2);
+    assertMatch(port.stderr, /server\.yaml exists; edit its subnet and listen\.port there/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("deno task vpn takes relative --dir and --out from the caller's directory", async () => {
+  const caller = await Deno.makeTempDir();
+  const repo = new URL("..", import.meta.url).pathname;
+  try {
+    const task = (...args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["task", "-q", "--config", `${repo}deno.json`, "vpn", ...args],
+        cwd: caller,
+        // As from a shell: `deno task test` set INIT_CWD, and deno task keeps one already set.
+        clearEnv: true,
+        env: { ...withoutInitCwd(), NO_COLOR: "1" },
+      }).output();
+    const init = await task("init", "--dir", "pki", "--host", "vpn.example.org");
+    assertEquals(init.code, 0, new TextDecoder().decode(init.stderr));
+    const add = await task("client", "add", "alice", "--dir", "pki", "--out", "alice.yaml");
+    assertEquals(add.code, 0, new TextDecoder().decode(add.stderr));
+    assertEquals((await Deno.stat(`${caller}/alice.yaml`)).mode! & 0o777, 0o600);
+    await Deno.stat(`${caller}/pki/ca.key`);
+    assertEquals(await exists(`${repo}alice.yaml`), false, "the key landed in the repository");
+    assertEquals(await exists(`${repo}pki`), false, "the PKI landed in the repository");
+  } finally {
+    await Deno.remove(caller, { recursive: true });
+  }
+});
+
+Deno.test("vpn client add warns when the profile's remote is a loopback address", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await vpn("init", "--dir", dir, "--host", "localhost", "--host", "127.0.0.1");
+    const local = await vpn("client", "add", "alice", "--dir", dir, "--out", `${dir}/a.yaml`);
+    assertEquals(local.code, 0, local.stderr);
+    assertMatch(await Deno.readTextFile(`${dir}/a.yaml`), /remote: localhost:1194/);
+    assertMatch(
+      local.stderr,
+      /warning: the profile's remote localhost:1194 is a loopback address: .*--remote HOST:PORT/,
+    );
+    const explicit = await vpn(
+      "client",
+      "add",
+      "bob",
+      ...["--dir", dir, "--out", `${dir}/b.yaml`, "--remote", "[::1]:1194"],
+    );
+    assertMatch(explicit.stderr, /\[::1\]:1194 is a loopback address/);
+    const other = await vpn(
+      "client",
+      "add",
+      "carol",
+      ...["--dir", dir, "--out", `${dir}/c.yaml`, "--remote", "vpn.example.org:1194"],
+    );
+    assertEquals(other.code, 0, other.stderr);
+    assertEquals(other.stderr, "", "no warning for a public name");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vpn client add prefers the certificate's first name that is not loopback", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // As PKIs made by earlier versions were: localhost first.
+    await vpn("init", ...["--dir", dir, "--host", "localhost", "--host", "vpn.example.org"]);
+    const add = await vpn("client", "add", "alice", "--dir", dir, "--out", `${dir}/a.yaml`);
+    assertEquals(add.stderr, "");
+    assertMatch(await Deno.readTextFile(`${dir}/a.yaml`), /remote: vpn\.example\.org:1194/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vpn connect warns, as ssh does, about a profile that others may read", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await vpn("init", "--dir", dir, "--host", "vpn.example.org");
+    const profile = `${dir}/alice.yaml`;
+    await vpn("client", "add", "alice", "--dir", dir, "--out", profile);
+    await Deno.chmod(profile, 0o644);
+    // A TUN name of 16 bytes stops it right after the profile is read: no TUN, no network.
+    const loose = await vpn("connect", "--profile", profile, "--cipher", "rot13");
+    assertEquals(loose.stderr.includes("chmod"), false, "options are checked before any file");
+    const { stderr } = await vpn("connect", "--profile", profile, "--dev", "x".repeat(16));
+    assertMatch(
+      stderr,
+      new RegExp(
+        `warning: ${profile} holds this client's private key but others may read it ` +
+          `\\(mode 0644\\); run: chmod 600 ${profile}`,
+      ),
+    );
+    await Deno.chmod(profile, 0o600);
+    const tight = await vpn("connect", "--profile", profile, "--dev", "x".repeat(16));
+    assertEquals(tight.stderr.includes("chmod"), false, tight.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+rootTest(
+  "vpn without access to its PKI says which file, whose it is and what to run (exit 2)",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      assertEquals((await vpn("init", "--dir", dir, "--host", "vpn.example.org")).code, 0);
+      await run(["chown", "-R", "65534:65534", dir]);
+      // Root without the capabilities that bypass file modes: a user who is not the owner.
+      const asOther = (...args: string[]) =>
+        run(
+          [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            ...denoScript(MAIN, ...args),
+          ],
+          true,
+          30_000,
+        );
+      const expected = new RegExp(
+        `^vpn: cannot \\w+ ${dir}/\\S+: permission denied \\(${dir} belongs to uid 65534, mode ` +
+          `0700; this is uid 0\\); run vpn as root \\(sudo\\) or as that owner`,
+      );
+      for (const args of [["serve", "--dir", dir], ["client", "list", "--dir", dir]]) {
+        const { code, stderr } = await asOther(...args);
+        assertEquals(code, 2, `vpn ${args.join(" ")}: ${stderr}`);
+        assertMatch(stderr, expected);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+rootTest(
+  "vpn init without --host names this machine's address first and loopback last",
+  async () => {
+    await using ns = await Netns.create("init");
+    await using peer = await Netns.create("peer");
+    await veth(ns, "192.0.2.77/24", peer, "192.0.2.78/24");
+    const dir = await Deno.makeTempDir();
+    try {
+      const init = await ns.run(denoScript(MAIN, "init", "--dir", `${dir}/pki`));
+      const host = Deno.hostname().toLowerCase();
+      // A fully qualified host name is the one clients can look up; otherwise the address.
+      const first = host.includes(".") ? host : "192.0.2.77";
+      assertMatch(
+        init.stdout,
+        new RegExp(`for ${first.replaceAll(".", "\\.")}, .*localhost, 127\\.0\\.0\\.1\\n`),
+      );
+      assertMatch(init.stdout, /192\.0\.2\.77/);
+      const out = `${dir}/alice.yaml`;
+      const add = await vpn("client", "add", "alice", "--dir", `${dir}/pki`, "--out", out);
+      assertEquals(add.stderr, "", "no loopback warning");
+      assertMatch(
+        await Deno.readTextFile(out),
+        new RegExp(`remote: ${first.replaceAll(".", "\\.")}:1194`),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+function withoutInitCwd(): Record<string, string> {
+  const env = Deno.env.toObject();
+  delete env.INIT_CWD;
+  return env;
+}

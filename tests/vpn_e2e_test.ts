@@ -273,22 +273,74 @@ rootTest(
   },
 );
 
-rootTest("vpn serve with an empty directory creates a PKI and serves", async () => {
-  await using net = await Topology.create(1);
-  const dir = `${net.dir}/fresh`;
-  const server = net.server.spawn(denoScript(MAIN, "serve", "--dir", dir));
-  const process = new VpnProcess(server);
-  try {
-    await process.waitForLog(/listening on 0\.0\.0\.0:1194/);
-    for (const file of ["ca.crt", "ca.key", "server.crt", "server.key", "server.yaml"]) {
-      await Deno.stat(`${dir}/${file}`);
+/**
+ * Runs `argv` with its own view of /etc: an overlay whose writes land in `dir`/upper, so that
+ * a server that falls back to /etc/vpn never touches the host's. /etc/vpn starts out absent.
+ */
+async function privateEtc(dir: string, argv: string[]): Promise<{ argv: string[]; etc: string }> {
+  const upper = `${dir}/etc-upper`;
+  const work = `${dir}/etc-work`;
+  await Deno.mkdir(upper);
+  await Deno.mkdir(work);
+  const script = `mount -t overlay overlay -o lowerdir=/etc,upperdir=${upper},workdir=${work} ` +
+    `/etc && rm -rf /etc/vpn && exec "$@"`;
+  return {
+    argv: ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", ...argv],
+    etc: upper,
+  };
+}
+
+rootTest(
+  "vpn serve on its first run, with no PKI in /etc/vpn, creates one there and says so",
+  async () => {
+    await using net = await Topology.create(1);
+    const { argv, etc } = await privateEtc(net.dir, denoScript(MAIN, "serve"));
+    const server = new VpnProcess(net.server.spawn(argv));
+    try {
+      await server.waitForLog(/listening on 0\.0\.0\.0:1194/);
+      assertMatch(server.log, /no PKI in \/etc\/vpn: first run, creating a new CA/);
+      for (const file of ["ca.crt", "ca.key", "server.crt", "server.key", "server.yaml"]) {
+        await Deno.stat(`${etc}/vpn/${file}`);
+      }
+      assertEquals((await Deno.stat(`${etc}/vpn/ca.key`)).mode! & 0o777, 0o600);
+      assertEquals((await Deno.stat(`${etc}/vpn/server.key`)).mode! & 0o777, 0o600);
+      // The CA it made is the one it serves with: a profile issued from it connects.
+      const profile = `${net.dir}/first.yaml`;
+      await net.vpn(["client", "add", "first", "--dir", `${etc}/vpn`, "--out", profile]);
+      const client = net.connect(0, profile);
+      await client.waitForLog(/connected: address 10\.8\.0\.2/);
+    } finally {
+      assertEquals(await server.stop(), 0);
     }
-    assertEquals((await Deno.stat(`${dir}/ca.key`)).mode! & 0o777, 0o600);
-    assertEquals((await Deno.stat(`${dir}/server.key`)).mode! & 0o777, 0o600);
-  } finally {
-    assertEquals(await process.stop(), 0);
-  }
-});
+  },
+);
+
+rootTest(
+  "vpn serve --config DIR/server.yaml without --dir serves DIR's PKI, not /etc/vpn's",
+  async () => {
+    await using net = await Topology.create(1);
+    await net.configure("mtu: 1300\n");
+    const profile = await net.addClient("alice");
+    const serve = denoScript(MAIN, "serve", "--config", `${net.dir}/server.yaml`);
+    const { argv, etc } = await privateEtc(net.dir, serve);
+    const server = new VpnProcess(net.server.spawn(argv));
+    try {
+      await server.waitForLog(/listening on/);
+      net.connect(0, profile);
+      await net.waitForAddress(net.clients[0]!, "10.8.0.2");
+      await server.waitForLog(/alice connected from/);
+      assertEquals(server.log.includes("no PKI"), false, server.log);
+      const created = await Array.fromAsync(Deno.readDir(etc));
+      assertEquals(
+        created.map((e) => e.name).filter((n) => n === "vpn"),
+        [],
+        "nothing in /etc/vpn",
+      );
+    } finally {
+      assertEquals(await server.stop(), 0);
+    }
+  },
+);
 
 rootTest(
   "vpn serve on a port in use says so and exits 1, leaving the running server alone",
