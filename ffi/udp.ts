@@ -4,8 +4,8 @@
  * Receive path: the socket is non-blocking. `recv()` first takes what the kernel already holds
  * with one synchronous `recvmmsg(2)` (a whole batch per system call); only when the queue is
  * empty does it await one poll on a worker thread (ffi/readiness.ts), which `close()` wakes at
- * once. No FFI call is ever left pending on a closed socket (DESIGN.md: `Deno.listenDatagram`
- * receives at half the rate of this poll and drain).
+ * once. No FFI call is ever left pending on a closed socket. (Measured here: `Deno.listenDatagram`
+ * receives at half the rate of this poll and drain.)
  *
  * Send path: synchronous `sendmmsg(2)` for a batch, `sendto(2)` for one datagram, both with
  * `MSG_DONTWAIT`: a full socket buffer drops the datagram, as a busy NIC would.
@@ -175,15 +175,21 @@ export function encodeSockAddr(
 
 /**
  * Formats a {@linkcode SockAddr} for messages: "1.2.3.4:5", "[::1]:5", "[fe80::1%2]:5" (with
- * the scope id when one is set), "(address family 0)" for an unset one.
+ * the scope id when one is set), "(address family 0)" for an unset one. `format` joins the
+ * address and the port; the VPN's log passes its own (mod/ip.ts `formatPeer`), which also
+ * prints a v4-mapped address as IPv4, where this layer keeps the socket's exact view.
  */
-export function formatSockAddr(addr: SockAddr): string {
+export function formatSockAddr(
+  addr: SockAddr,
+  format = (host: string, port: number) =>
+    host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`,
+): string {
   const family = familyOf(addr);
   const port = (addr[2]! << 8) | addr[3]!;
-  if (family === AF_INET) return `${addr.subarray(4, 8).join(".")}:${port}`;
+  if (family === AF_INET) return format(addr.subarray(4, 8).join("."), port);
   if (family !== AF_INET6) return `(address family ${family})`;
   const scope = new DataView(addr.buffer, addr.byteOffset, SOCKADDR_LEN).getUint32(24, true);
-  return `[${formatIpAddress(addr.subarray(8, 24))}${scope ? `%${scope}` : ""}]:${port}`;
+  return format(`${formatIpAddress(addr.subarray(8, 24))}${scope ? `%${scope}` : ""}`, port);
 }
 
 /**

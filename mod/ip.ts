@@ -195,6 +195,31 @@ export function parseCidr(text: string): Cidr {
 }
 
 /**
+ * A peer's IP address as the log names it: an IPv4-mapped IPv6 address (how a socket bound to
+ * `::` sees an IPv4 peer, `::ffff:10.0.0.2`) becomes the IPv4 address; any other is returned
+ * as it is.
+ */
+export function peerHost(host: string): string {
+  return /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(host)?.[1] ?? host;
+}
+
+/**
+ * The one way a socket address is printed: `10.0.0.2:4000`, `[fd00::2]:4000`, and an
+ * IPv4-mapped IPv6 address as the IPv4 address it maps ({@linkcode peerHost}).
+ *
+ * @example
+ * ```ts
+ * import { formatPeer } from "./ip.ts";
+ * formatPeer("::ffff:10.0.0.2", 4000); // "10.0.0.2:4000"
+ * formatPeer("fd00::2", 4000); // "[fd00::2]:4000"
+ * ```
+ */
+export function formatPeer(host: string, port: number): string {
+  const ip = peerHost(host);
+  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
+/**
  * The IPv4 netmask for a prefix length, as an unsigned 32-bit number (`24` gives
  * `0xffffff00`).
  */

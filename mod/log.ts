@@ -64,3 +64,106 @@ export class BatchFailures {
     this.#count = 0;
   }
 }
+
+/**
+ * Text that came from a peer (a name it sent, a TLS library's account of what it did) made
+ * safe for one log line: control, format and separator characters, and the backslash, become
+ * `\u{..}` escapes, so that a peer can neither end the line and forge another nor hide text
+ * behind a bidi override. Everything else reads as it was.
+ */
+export function escapeText(text: string): string {
+  return text.replace(
+    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\\]/gu,
+    (char) => `\\u{${char.codePointAt(0)!.toString(16)}}`,
+  );
+}
+
+/** One key of a {@linkcode RateLimit}: when its last line went out, and how many were held. */
+interface Held {
+  at: number;
+  count: number;
+}
+
+/**
+ * At most one log line per key, a reason and a source (e.g. "unknown-ca" from 192.0.2.7),
+ * every `windowMs`; the lines held back in between are counted, and the next line of the key
+ * says how many. The table holds at most `maxKeys` sources: when it is full, keys whose window
+ * has passed make room (their count, if any, goes unsaid), and beyond that every new source
+ * shares one key per reason, so that a scan from many addresses cannot grow memory. Reasons
+ * are the caller's own short, fixed words, never a peer's text.
+ */
+export class RateLimit {
+  readonly #windowMs: number;
+  readonly #maxKeys: number;
+  /** By key, in the order of their last line (re-inserted on each), oldest first. */
+  readonly #keys = new Map<string, Held>();
+  /** By reason: the keys of sources that found the table full. */
+  readonly #shared = new Map<string, Held>();
+
+  constructor(windowMs: number, maxKeys: number) {
+    this.#windowMs = windowMs;
+    this.#maxKeys = maxKeys;
+  }
+
+  /**
+   * Whether a line about `reason` from `source` goes out at `now` (`performance.now()`):
+   * undefined when one went out for the key less than a window ago (this one is counted),
+   * else the end of the line: "", or " (and 12 more like it in the last 10 s)".
+   */
+  admit(reason: string, source: string, now = performance.now()): string | undefined {
+    let table = this.#keys;
+    let key = `${reason} ${source}`;
+    if (!table.has(key) && table.size >= this.#maxKeys) {
+      for (const [old, held] of table) {
+        if (now - held.at < this.#windowMs) break;
+        table.delete(old);
+      }
+      if (table.size >= this.#maxKeys) [table, key] = [this.#shared, reason];
+    }
+    const held = table.get(key);
+    if (held !== undefined && now - held.at < this.#windowMs) {
+      held.count++;
+      return undefined;
+    }
+    table.delete(key);
+    table.set(key, { at: now, count: 0 });
+    if (held === undefined || held.count === 0) return "";
+    const from = table === this.#shared ? " from any source" : "";
+    const seconds = Math.round((now - held.at) / 1000);
+    return ` (and ${held.count} more like it${from} in the last ${seconds} s)`;
+  }
+}
+
+/**
+ * The periodic line of counters that only grow: how much each moved since the last line, and
+ * the totals. Nothing when none moved, so that a quiet server logs nothing.
+ */
+export class CounterLine<Name extends string> {
+  readonly #names: readonly Name[];
+  readonly #last: Record<Name, number>;
+  #at: number;
+
+  /** `names` in the order the line lists them; all start at 0 at `now`. */
+  constructor(names: readonly Name[], now = performance.now()) {
+    this.#names = names;
+    this.#last = Object.fromEntries(names.map((name) => [name, 0])) as Record<Name, number>;
+    this.#at = now;
+  }
+
+  /**
+   * "in the last 10 s: 3 spoofed, 0 dropped; since start: 5 spoofed, 1 dropped" for `counts`
+   * at `now`, or undefined when no counter moved since the last line.
+   */
+  next(counts: Readonly<Record<Name, number>>, now = performance.now()): string | undefined {
+    const last = this.#last;
+    if (this.#names.every((name) => counts[name] === last[name])) return undefined;
+    const list = (count: (name: Name) => number) =>
+      this.#names.map((name) => `${count(name)} ${name}`).join(", ");
+    const seconds = Math.round((now - this.#at) / 1000);
+    const line = `in the last ${seconds} s: ${list((name) => counts[name] - last[name])}; ` +
+      `since start: ${list((name) => counts[name])}`;
+    for (const name of this.#names) last[name] = counts[name];
+    this.#at = now;
+    return line;
+  }
+}

@@ -29,8 +29,8 @@ import { AddressPool } from "./address_pool.ts";
 import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
 import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts";
-import { ipv4Destination, ipv4Source, packetVersion } from "./ip.ts";
-import { BatchFailures, log } from "./log.ts";
+import { formatPeer, ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
+import { BatchFailures, CounterLine, escapeText, log, RateLimit } from "./log.ts";
 import { ALPN } from "./messages.ts";
 import { Coalescer, Segmenter, VNET_HDR_LEN } from "./offload.ts";
 import { REJECT_REASONS, REJECT_WORDS, type RejectReason, ServerUdp } from "./server_udp.ts";
@@ -56,6 +56,12 @@ const REVOCATION_POLL_MS = 1000;
 const BATCH = 64;
 /** Longest the TUN loop waits for one session's TLS write before that session drops (ms). */
 const CONGESTION_WAIT_MS = 2;
+/** One refusal line per reason and source address in this time (ms); the rest are counted. */
+const REFUSAL_LOG_WINDOW_MS = 10_000;
+/** Source addresses the refusal log tells apart; more share one line per reason. */
+const REFUSAL_LOG_SOURCES = 1024;
+/** How often the counters line goes out (ms), when a counter moved. */
+const COUNTERS_EVERY_MS = 10_000;
 
 /** Counters of the server; they only grow. */
 export interface ServerStats {
@@ -65,7 +71,12 @@ export interface ServerStats {
   unroutable: number;
   /** Connections closed before auth: TLS failure, protocol error, timeout, or refusal. */
   refused: number;
+  /** Packets for clients dropped because the session's TLS send buffer was full. */
+  dropped: number;
 }
+
+/** The counters of the periodic line, in its order. */
+const COUNTERS = ["spoofed", "unroutable", "dropped", "refused"] as const;
 
 /** What the server runs with. */
 export interface ServerOptions {
@@ -79,7 +90,7 @@ export interface ServerOptions {
 
 /** The server of one VPN subnet. */
 export class Server {
-  readonly stats: ServerStats = { spoofed: 0, unroutable: 0, refused: 0 };
+  readonly stats: ServerStats = { spoofed: 0, unroutable: 0, refused: 0, dropped: 0 };
   readonly pool: AddressPool;
   /** Where the listener is bound. */
   readonly port: number;
@@ -100,6 +111,9 @@ export class Server {
   readonly #preAuth = new Set<() => void>();
   #registryMtime = 0;
   #revocationTimer: ReturnType<typeof setInterval> | undefined;
+  readonly #countersTimer: ReturnType<typeof setInterval>;
+  readonly #counters = new CounterLine(COUNTERS);
+  readonly #refusals = new RateLimit(REFUSAL_LOG_WINDOW_MS, REFUSAL_LOG_SOURCES);
   #revocationCheck: Promise<void> | undefined;
   readonly #reportedRejects = Object.fromEntries(
     REJECT_REASONS.map((reason) => [reason, 0]),
@@ -148,6 +162,10 @@ export class Server {
       this.#checkRevocations();
       this.#reportRejects();
     }, REVOCATION_POLL_MS);
+    this.#countersTimer = setInterval(() => {
+      const counts = this.#counters.next(this.stats);
+      if (counts !== undefined) logger.info("counters {counts}", { counts });
+    }, COUNTERS_EVERY_MS);
     this.#done = Promise.all([this.#acceptLoop(), this.#tunToClients()]).then(() => {});
   }
 
@@ -174,8 +192,9 @@ export class Server {
     } catch (error) {
       tun.close();
       if (error instanceof Deno.errors.AddrInUse) {
+        const address = formatPeer(config.listen.host, config.listen.port);
         throw new Error(
-          `Cannot listen on ${config.listen.host}:${config.listen.port}: the port is in use; ` +
+          `Cannot listen on ${address}: the port is in use; ` +
             `stop the program holding it or choose another listen.port`,
         );
       }
@@ -189,9 +208,8 @@ export class Server {
       tun.close();
       throw error;
     }
-    logger.info("listening on {host}:{port} ({transports}), subnet {subnet}, TUN {tun}", {
-      host: config.listen.host,
-      port: server.port,
+    logger.info("listening on {address} ({transports}), subnet {subnet}, TUN {tun}", {
+      address: formatPeer(config.listen.host, server.port),
       transports: server.udp ? "TLS and UDP" : "TLS",
       subnet: config.subnet,
       tun: tun.name,
@@ -219,6 +237,7 @@ export class Server {
     if (this.#stopped) return;
     this.#stopped = true;
     clearInterval(this.#revocationTimer);
+    clearInterval(this.#countersTimer);
     this.#listener.close();
     for (const drop of this.#preAuth) drop();
     await this.#revocationCheck;
@@ -234,6 +253,13 @@ export class Server {
       for await (const conn of this.#listener) {
         if (this.#preAuth.size >= MAX_PRE_AUTH) {
           this.stats.refused++;
+          const { hostname, port } = conn.remoteAddr;
+          this.#logRefusal(
+            hostname,
+            formatPeer(hostname, port),
+            "busy",
+            `${MAX_PRE_AUTH} connections are in their handshake already`,
+          );
           conn.close();
           // Its TLS handshake is pending, so close() alone leaves the socket open (ffi/socket.ts).
           shutdownTcp(conn.localAddr, conn.remoteAddr);
@@ -247,16 +273,22 @@ export class Server {
   }
 
   async #handshake(conn: Deno.TlsConn): Promise<void> {
-    const peer = `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`;
+    const { hostname } = conn.remoteAddr;
+    const peer = formatPeer(hostname, conn.remoteAddr.port);
     const channel = new Channel(conn);
     let tlsDone = false;
+    let timedOut = false;
     const drop = () => {
       channel.close();
       // A TlsConn closed mid-handshake keeps its socket open (ffi/socket.ts says why).
       if (!tlsDone) shutdownTcp(conn.localAddr, conn.remoteAddr);
     };
+    const expire = () => {
+      timedOut = true;
+      drop();
+    };
     this.#preAuth.add(drop);
-    const timer = setTimeout(drop, PRE_AUTH_TIMEOUT_MS);
+    const timer = setTimeout(expire, PRE_AUTH_TIMEOUT_MS);
     try {
       const { alpnProtocol } = await conn.handshake();
       tlsDone = true;
@@ -266,20 +298,21 @@ export class Server {
       // A revocation made a moment ago must already count for this client.
       await this.#checkRevocations();
       const client = await acceptClient(channel, this.#trust);
-      this.#admit(channel, client.name, client.serial, client.address, client.offload, peer);
+      this.#admit(
+        channel,
+        client.name,
+        client.serial,
+        client.address,
+        client.offload,
+        hostname,
+        peer,
+      );
     } catch (error) {
       this.stats.refused++;
-      if (error instanceof AuthError) {
-        logger.warn("refused {peer}: {reason}: {message}", {
-          peer,
-          reason: error.reason,
-          message: error.message,
-        });
-        await refuse(channel, error.reason, error.message);
-      } else {
-        logger.debug("dropped {peer} before auth: {error}", { peer, error: String(error) });
-        if (error instanceof FrameError) await refuse(channel, "protocol", error.message);
-      }
+      // At stop, every pending handshake is dropped: that is no client's failure.
+      if (!this.#stopped) this.#logRefusal(hostname, peer, ...refusal(error, timedOut));
+      if (error instanceof AuthError) await refuse(channel, error.reason, error.message);
+      else if (error instanceof FrameError) await refuse(channel, "protocol", error.message);
       drop();
     } finally {
       clearTimeout(timer);
@@ -293,6 +326,7 @@ export class Server {
     serial: string,
     preferred: string | undefined,
     offload: boolean,
+    host: string,
     peer: string,
   ): void {
     if (this.#stopped) {
@@ -305,7 +339,14 @@ export class Server {
     const address = this.pool.allocate(serial, previous?.address ?? preferred);
     if (address === undefined) {
       this.stats.refused++;
-      logger.warn("refused {name} from {peer}: address pool exhausted", { name, peer });
+      const more = this.#refusals.admit("pool-exhausted", host);
+      if (more !== undefined) {
+        logger.warn(
+          "refused {name} from {peer}: address pool exhausted: {subnet} has no free client " +
+            "address ({size} in use); a larger subnet in server.yaml makes room{more}",
+          { name, peer, size: this.pool.size, subnet: this.#config.subnet, more },
+        );
+      }
       refuse(channel, "pool-exhausted", "address pool exhausted");
       return;
     }
@@ -394,6 +435,7 @@ export class Server {
 
   #queueTls(session: Session, packet: Uint8Array, length: number): void {
     if (session.channel.queueData(packet, length)) this.#touch(session);
+    else this.stats.dropped++;
   }
 
   /** Puts `session` on the list of channels to flush at the end of the batch. */
@@ -475,7 +517,10 @@ export class Server {
         // TLS as is: a full send buffer waits a little for its write before it drops.
         if (!session.channel.offerData(packet, size)) {
           await this.#makeRoom(session);
-          if (!session.channel.queueData(packet, size)) continue;
+          if (!session.channel.queueData(packet, size)) {
+            this.stats.dropped++;
+            continue;
+          }
         }
         this.#touch(session);
       } else {
@@ -500,6 +545,22 @@ export class Server {
       total,
     });
     for (const reason of REJECT_REASONS) last[reason] = stats[reason];
+  }
+
+  /**
+   * Logs a connection refused before auth, at most once per reason and source address in
+   * {@linkcode REFUSAL_LOG_WINDOW_MS}: an operator sees every client that fails, and a client
+   * that retries, or a scan, cannot flood the log. `host` is the source as the socket has it.
+   */
+  #logRefusal(host: string, peer: string, reason: string, detail: string): void {
+    const more = this.#refusals.admit(reason, peerHost(host));
+    if (more === undefined) return;
+    logger.warn("refused {peer}: {reason}: {detail}{more}", {
+      peer,
+      reason,
+      detail: escapeText(detail),
+      more,
+    });
   }
 
   /** Re-reads the revocation list if the registry changed; one check at a time. */
@@ -528,6 +589,53 @@ export class Server {
       }
     }
   }
+}
+
+/** What fixes what a TLS client's alert about this server's certificate says. */
+const CERTIFICATE_ALERTS = new Map([
+  ["UnknownCA", 'the client trusts another CA: give it a profile made here by "vpn client add"'],
+  [
+    "BadCertificate",
+    "the client dialled a name or address that server.crt does not name (those given to " +
+    '"vpn init --host"), or cannot use the certificate',
+  ],
+  [
+    "CertificateExpired",
+    "server.crt is outside its validity period by the client's clock; check both clocks",
+  ],
+]);
+
+/**
+ * The reason a connection was refused before auth, a short fixed word that keys the refusal
+ * log's rate limit, and what to say about it. A TLS error's text comes from rustls and may
+ * name what the peer sent: it goes into the detail, escaped by the caller, never into the
+ * reason.
+ */
+function refusal(error: unknown, timedOut: boolean): [reason: string, detail: string] {
+  if (timedOut) {
+    return ["timeout", `no TLS handshake and AUTH within ${PRE_AUTH_TIMEOUT_MS / 1000} s`];
+  }
+  if (error instanceof AuthError) return [error.reason, error.message];
+  if (error instanceof FrameError) return ["protocol", error.message];
+  const message = error instanceof Error ? error.message : String(error);
+  if (
+    error instanceof Deno.errors.UnexpectedEof || error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.BrokenPipe
+  ) {
+    return ["closed", `the client closed the connection before it authenticated (${message})`];
+  }
+  const alert = /^received fatal alert: (\w+)$/.exec(message)?.[1];
+  if (alert !== undefined && (alert === "UnknownCA" || alert.includes("Certificate"))) {
+    const why = CERTIFICATE_ALERTS.get(alert) ?? "the client does not accept server.crt";
+    return ["server-certificate-rejected", `${why} (TLS: ${message})`];
+  }
+  if (message === "peer doesn't support any known protocol") {
+    return ["protocol", `client offered no "${ALPN}" ALPN id (TLS: ${message})`];
+  }
+  if (message.startsWith("received corrupt message")) {
+    return ["not-tls", `the client does not speak TLS (${message})`];
+  }
+  return ["tls", `TLS handshake failed: ${message}`];
 }
 
 function createServerTun(config: ServerConfig, pool: AddressPool): TunDevice {

@@ -37,6 +37,7 @@ import {
   type RejectStats,
   REKEY_AFTER_PACKETS,
 } from "./datagram.ts";
+import { formatPeer } from "./ip.ts";
 import { BatchFailures, log } from "./log.ts";
 import { encodeMessage, keyMaterial, type Rekey, UDP_CIPHERS, type UdpOffer } from "./messages.ts";
 import { FrameType } from "./wire.ts";
@@ -325,7 +326,7 @@ export class ServerUdp {
       const message = state.alive
         ? "{name}: UDP address changed to {addr}"
         : "{name}: data over UDP from {addr}";
-      logger.info(message, { name: client.name, addr: formatSockAddr(state.peer) });
+      logger.info(message, { name: client.name, addr: formatSockAddr(state.peer, formatPeer) });
     }
     state.alive = true;
   }

@@ -9,7 +9,7 @@
 import type { Channel } from "./channel.ts";
 import { refuse } from "./handshake.ts";
 import { parseIPv4 } from "./ip.ts";
-import { log } from "./log.ts";
+import { escapeText, log } from "./log.ts";
 import {
   decodeBye,
   decodeRekey,
@@ -136,7 +136,8 @@ export class Session {
         name: this.name,
         address: this.address,
         peer: this.#peer,
-        message,
+        // A client's goodbye carries its own words.
+        message: escapeText(message),
         bytesIn,
         bytesOut,
         dropped,
