@@ -26,12 +26,14 @@ import { cryptoUnavailable } from "../ffi/crypto.ts";
 import { Netlink } from "../ffi/netlink.ts";
 import { setTcpNoDelay } from "../ffi/socket.ts";
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
-import { Channel } from "./channel.ts";
+import { Channel, type ChannelStats } from "./channel.ts";
 import type { ClientProfile, Proto } from "./config.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
+import { formatPeer } from "./ip.ts";
 import { Coalescer, Segmenter } from "./offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
-import { BatchFailures, log } from "./log.ts";
+import { certificateCommonName } from "./pki.ts";
+import { BatchFailures, escapeText, log } from "./log.ts";
 import {
   ALPN,
   decodeBye,
@@ -58,18 +60,52 @@ const BATCH = 64;
 const UDP_PROBE_MS = 2000;
 
 /**
- * Refusals that no retry can fix: the certificate itself is not accepted, or another client
- * with the same certificate took over the session (retrying would only push it out again).
+ * Refusals that no retry can fix, and what to do about each: the certificate itself is not
+ * accepted, or another client with the same certificate took over the session (retrying would
+ * only push it out again). NAME becomes the profile's client name. A Map, because the reason
+ * comes from the server: an object would answer "constructor" too.
  */
-const FATAL: ReadonlySet<ErrorReason> = new Set([
-  "replaced",
-  "unknown-ca",
-  "expired",
-  "not-yet-valid",
-  "not-client",
-  "revoked",
-  "bad-signature",
-  "bad-certificate",
+const NEXT_STEP: ReadonlyMap<ErrorReason, string> = new Map([
+  [
+    "revoked",
+    "This profile's certificate was revoked on the server: ask the server's operator for a new " +
+    "profile (`vpn client add NAME` on the server).",
+  ],
+  [
+    "replaced",
+    "Another device connected with this same profile and took this session over: give each " +
+    "device its own profile (`vpn client add` with a name per device, on the server).",
+  ],
+  [
+    "unknown-ca",
+    "The profile's certificate is from another server's CA: get a profile from this server " +
+    "(`vpn client add NAME` on it).",
+  ],
+  [
+    "expired",
+    "The profile's certificate has expired: ask the server's operator for a new profile " +
+    "(`vpn client revoke NAME`, then `vpn client add NAME`, on the server).",
+  ],
+  [
+    "not-yet-valid",
+    "The profile's certificate is not valid yet: check the clock of this machine and of the " +
+    "server.",
+  ],
+  [
+    "not-client",
+    "The profile's certificate is not one for a client: use a profile written by " +
+    "`vpn client add NAME` on the server.",
+  ],
+  [
+    "bad-signature",
+    "The profile's key does not belong to its certificate, or the server does not answer to " +
+    "the name dialled: use the profile as `vpn client add` wrote it, and dial its remote.",
+  ],
+  [
+    "bad-certificate",
+    "The profile's certificate cannot be used: get a new profile (`vpn client add NAME` on the " +
+    "server).",
+  ],
 ]);
 
 /** What the client runs with. */
@@ -125,8 +161,13 @@ export class Client implements PacketSink {
   /** With offload, joins inbound TCP segments into super-packets for the TUN (GRO). */
   #coalescer: Coalescer | undefined;
   #stopped = false;
+  /** Cancels the TCP connect in progress. */
+  #dialing: AbortController | undefined;
   #wake: (() => void) | undefined;
   #pump: Promise<void> | undefined;
+  /** The byte counts of every session of this run, logged when it ends. */
+  readonly #totals: Traffic = { tlsIn: 0, tlsOut: 0, dropped: 0, udpIn: 0, udpOut: 0 };
+  #sessions = 0;
 
   constructor(options: ClientOptions) {
     this.#options = options;
@@ -157,8 +198,13 @@ export class Client implements PacketSink {
           await this.#runSession(channel);
         } catch (error) {
           if (error instanceof ClientError) throw error;
-          if (error instanceof RefusedError && FATAL.has(error.reason)) {
-            throw new ClientError(`the server refused this client: ${error.message}`);
+          const next = error instanceof RefusedError ? NEXT_STEP.get(error.reason) : undefined;
+          if (next !== undefined) {
+            throw new ClientError(
+              `the server refused this client: ${escapeText((error as Error).message)}. ${
+                next.replaceAll("NAME", certificateCommonName(this.#options.profile.cert) ?? "NAME")
+              }`,
+            );
           }
           if (isCertificateError(error)) {
             throw new ClientError(
@@ -168,10 +214,10 @@ export class Client implements PacketSink {
             );
           }
           if (this.#stopped) break;
-          logger.warn("connection to {host}:{port} failed: {error}", {
-            host: this.#options.host,
-            port: this.#options.port,
-            error: (error as Error).message,
+          logger.warn("connection to {server} failed: {error}", {
+            server: formatPeer(this.#options.host, this.#options.port),
+            // A refusal's message comes from the server.
+            error: escapeText((error as Error).message),
           });
         }
         if (this.#stopped) break;
@@ -182,6 +228,10 @@ export class Client implements PacketSink {
     } finally {
       this.#tun?.close();
       await this.#pump;
+      logger.info(`totals of {sessions} session(s): ${TRAFFIC}`, {
+        sessions: this.#sessions,
+        ...this.#totals,
+      });
     }
   }
 
@@ -190,22 +240,27 @@ export class Client implements PacketSink {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#wake?.();
+    this.#dialing?.abort(new Error("client stopped"));
     this.#connecting?.close();
     await this.#channel?.closeWith(FrameType.BYE, encodeMessage({ reason }));
   }
 
   async #connect(): Promise<Channel> {
     const { host, port, profile } = this.#options;
-    const conn = await withTimeout(
-      Deno.connectTls({ hostname: host, port, caCerts: [profile.ca], alpnProtocols: [ALPN] }),
-      CONNECT_TIMEOUT_MS,
-      `TCP/TLS connect to ${host}:${port}`,
-    );
+    const tcp = await this.#dial(host, port);
+    // Only wraps the socket: the TLS handshake happens below, where stop() can close it.
+    const conn = await Deno.startTls(tcp, {
+      hostname: host,
+      caCerts: [profile.ca],
+      alpnProtocols: [ALPN],
+    });
     this.#serverIp = conn.remoteAddr.hostname;
     const channel = new Channel(conn);
     // Not yet #channel: TUN packets must not go out before AUTH. stop() still reaches it.
     this.#connecting = channel;
     try {
+      // stop() during startTls found neither a connect to abort nor a channel to close.
+      if (this.#stopped) throw new Error("client stopped");
       await withTimeout(conn.handshake(), CONNECT_TIMEOUT_MS, "TLS handshake");
       setTcpNoDelay(conn.localAddr, conn.remoteAddr);
       const credentials = {
@@ -228,6 +283,25 @@ export class Client implements PacketSink {
       throw error;
     } finally {
       this.#connecting = undefined;
+    }
+  }
+
+  /**
+   * The TCP connection to the server. A signal cancels the connect itself (stop(), or the
+   * timeout), where losing a race would leave it pending: a dropped SYN is retried for minutes.
+   */
+  async #dial(host: string, port: number): Promise<Deno.TcpConn> {
+    const dialing = new AbortController();
+    this.#dialing = dialing;
+    const timedOut = new Error(
+      `TCP connect to ${formatPeer(host, port)} timed out after ${CONNECT_TIMEOUT_MS / 1000} s`,
+    );
+    const timer = setTimeout(() => dialing.abort(timedOut), CONNECT_TIMEOUT_MS);
+    try {
+      return await Deno.connect({ hostname: host, port, signal: dialing.signal });
+    } finally {
+      clearTimeout(timer);
+      this.#dialing = undefined;
     }
   }
 
@@ -301,7 +375,7 @@ export class Client implements PacketSink {
           case FrameType.PONG:
             return;
           case FrameType.BYE:
-            ended = `server said goodbye: ${decodeBye(payload()).reason}`;
+            ended = `server said goodbye: ${escapeText(decodeBye(payload()).reason)}`;
             channel.close();
             return;
           case FrameType.ERROR: {
@@ -316,7 +390,7 @@ export class Client implements PacketSink {
             return;
           case FrameType.UDP_REFUSE:
             this.#udpUnavailable(
-              `the server refused UDP: ${decodeUdpRefuse(payload()).reason}`,
+              `the server refused UDP: ${escapeText(decodeUdpRefuse(payload()).reason)}`,
               fail,
             );
             return;
@@ -339,25 +413,46 @@ export class Client implements PacketSink {
       clearInterval(keepalive);
       channel.close();
       if (this.#channel === channel) this.#channel = undefined;
-      await this.#udp?.close();
+      const udp = this.#udp;
+      await udp?.close();
       this.#udp = undefined;
+      this.#account(channel.stats, udp);
     }
-    const { bytesIn, bytesOut, dropped } = channel.stats;
-    logger.info("TLS session: {bytesIn} bytes in, {bytesOut} out, {dropped} packets dropped", {
-      bytesIn,
-      bytesOut,
-      dropped,
-    });
     if (fatal) throw fatal;
     if (!this.#stopped) {
       logger.warn("session ended: {reason}", { reason: ended ?? "connection closed" });
     }
   }
 
+  /** Logs the byte counts of a session that ended and adds them to the run's. */
+  #account(tls: ChannelStats, udp: ClientUdp | undefined): void {
+    const session: Traffic = {
+      tlsIn: tls.bytesIn,
+      tlsOut: tls.bytesOut,
+      dropped: tls.dropped,
+      udpIn: udp?.bytesIn ?? 0,
+      udpOut: udp?.bytesOut ?? 0,
+    };
+    logger.info(`session: ${TRAFFIC}`, { ...session });
+    this.#sessions++;
+    const totals = this.#totals;
+    totals.tlsIn += session.tlsIn;
+    totals.tlsOut += session.tlsOut;
+    totals.dropped += session.dropped;
+    totals.udpIn += session.udpIn;
+    totals.udpOut += session.udpOut;
+  }
+
   /** Asks for the UDP data channel unless `tcp`; returns the key material sent. */
   #offerUdp(channel: Channel, fail: (error: ClientError) => void): Uint8Array | undefined {
     const proto = this.#options.proto ?? this.#options.profile.proto;
-    if (proto === "tcp") return undefined;
+    if (proto === "tcp") {
+      // `auto` says so only when it falls back: here nothing else would tell.
+      logger.info("data goes over TLS to {server} (proto tcp)", {
+        server: formatPeer(this.#options.host, this.#options.port),
+      });
+      return undefined;
+    }
     const missing = cryptoUnavailable();
     if (missing !== undefined) {
       this.#udpUnavailable(`no UDP data channel without libcrypto (${missing})`, fail);
@@ -481,6 +576,18 @@ export class Client implements PacketSink {
     });
   }
 }
+
+/** Bytes a session moved, or all of a run's sessions: the TLS channel's and the UDP path's. */
+interface Traffic {
+  tlsIn: number;
+  tlsOut: number;
+  dropped: number;
+  udpIn: number;
+  udpOut: number;
+}
+
+const TRAFFIC = "TLS {tlsIn} bytes in, {tlsOut} out, {dropped} packets dropped; " +
+  "UDP {udpIn} bytes in, {udpOut} out";
 
 /** Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... 60, less up to 25%. */
 export function backoff(failures: number, random = Math.random()): number {

@@ -25,7 +25,9 @@ import {
   DatagramType,
   deriveKeys,
   type EpochKeys,
+  OVERHEAD,
 } from "./datagram.ts";
+import { formatPeer } from "./ip.ts";
 import { BatchFailures, log } from "./log.ts";
 import { keyMaterial, type Rekey, type UdpAccept } from "./messages.ts";
 
@@ -45,6 +47,9 @@ export class ClientUdp implements Disposable {
   readonly crypto: DatagramCrypto;
   /** Where datagrams go, e.g. `10.0.0.1:1194`. */
   readonly server: string;
+  /** Bytes of the authenticated datagrams received and of the datagrams sealed to send. */
+  bytesIn = 0;
+  bytesOut = 0;
 
   readonly #socket: UdpSocket;
   readonly #serverAddr: SockAddr;
@@ -68,7 +73,7 @@ export class ClientUdp implements Disposable {
     this.#socket = socket;
     this.#out = new DatagramBatch(socket);
     this.#serverAddr = serverAddr;
-    this.server = formatSockAddr(serverAddr);
+    this.server = formatSockAddr(serverAddr, formatPeer);
     this.crypto = crypto;
     this.#sink = sink;
     this.#timeoutMs = timeoutMs;
@@ -145,7 +150,11 @@ export class ClientUdp implements Disposable {
 
   /** Seals one packet into the outgoing batch; false when the key may seal no more. */
   queue(packet: Uint8Array, length: number): boolean {
-    return this.#out.add(this.crypto, DatagramType.DATA, packet, length, this.#serverAddr);
+    if (!this.#out.add(this.crypto, DatagramType.DATA, packet, length, this.#serverAddr)) {
+      return false;
+    }
+    this.bytesOut += length + OVERHEAD;
+    return true;
   }
 
   /** Sends the outgoing batch. */
@@ -177,7 +186,9 @@ export class ClientUdp implements Disposable {
 
   #sendPing(): void {
     crypto.getRandomValues(this.#ping);
-    this.#out.add(this.crypto, DatagramType.PING, this.#ping, 8, this.#serverAddr);
+    if (this.#out.add(this.crypto, DatagramType.PING, this.#ping, 8, this.#serverAddr)) {
+      this.bytesOut += 8 + OVERHEAD;
+    }
     this.#out.flush();
   }
 
@@ -216,6 +227,7 @@ export class ClientUdp implements Disposable {
   #open(datagram: Uint8Array, size: number, body: Uint8Array, out: Uint8Array): boolean {
     const length = this.crypto.open(datagram, size, body, out);
     if (length < 0) return false;
+    this.bytesIn += size;
     this.#heard();
     if (this.crypto.type !== DatagramType.DATA) return false;
     this.#sink.fromServer(out.subarray(0, length));
