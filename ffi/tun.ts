@@ -5,7 +5,7 @@
  * synchronous `read(2)` calls (about 3 us each); only when the queue is empty does it await one
  * poll on a worker thread (ffi/readiness.ts), which `close()` wakes at once. No FFI call is ever
  * left pending on a closed device: an awaited blocking read could not be cancelled and would
- * keep the process alive (DESIGN.md).
+ * keep the process alive (Deno waits for every pending nonblocking FFI call before it exits).
  *
  * Write path: synchronous `write(2)` per packet (about 3 us); a TUN write never blocks.
  *
