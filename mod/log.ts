@@ -139,14 +139,19 @@ export class RateLimit {
  * the totals. Nothing when none moved, so that a quiet server logs nothing.
  */
 export class CounterLine<Name extends string> {
+  readonly #words: Readonly<Record<Name, string>>;
   readonly #names: readonly Name[];
   readonly #last: Record<Name, number>;
   #at: number;
 
-  /** `names` in the order the line lists them; all start at 0 at `now`. */
-  constructor(names: readonly Name[], now = performance.now()) {
-    this.#names = names;
-    this.#last = Object.fromEntries(names.map((name) => [name, 0])) as Record<Name, number>;
+  /**
+   * `words`: each counter's name in the line, in the order the line lists them; all start at
+   * 0 at `now`.
+   */
+  constructor(words: Readonly<Record<Name, string>>, now = performance.now()) {
+    this.#words = words;
+    this.#names = Object.keys(words) as Name[];
+    this.#last = Object.fromEntries(this.#names.map((name) => [name, 0])) as Record<Name, number>;
     this.#at = now;
   }
 
@@ -158,7 +163,7 @@ export class CounterLine<Name extends string> {
     const last = this.#last;
     if (this.#names.every((name) => counts[name] === last[name])) return undefined;
     const list = (count: (name: Name) => number) =>
-      this.#names.map((name) => `${count(name)} ${name}`).join(", ");
+      this.#names.map((name) => `${count(name)} ${this.#words[name]}`).join(", ");
     const seconds = Math.round((now - this.#at) / 1000);
     const line = `in the last ${seconds} s: ${list((name) => counts[name] - last[name])}; ` +
       `since start: ${list((name) => counts[name])}`;

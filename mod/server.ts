@@ -65,18 +65,29 @@ const COUNTERS_EVERY_MS = 10_000;
 
 /** Counters of the server; they only grow. */
 export interface ServerStats {
-  /** Packets from a client whose source was not that client's address. */
+  /** IPv4 packets from a client whose source was not that client's address. */
   spoofed: number;
-  /** Packets read from the TUN for an address no session owns. */
+  /** IPv4 packets read from the TUN for an address no session owns. */
   unroutable: number;
+  /**
+   * Packets either way that are not IPv4 or too short for it: mostly the kernels' own IPv6
+   * (router solicitations when a TUN comes up), which the tunnel does not carry.
+   */
+  notIpv4: number;
   /** Connections closed before auth: TLS failure, protocol error, timeout, or refusal. */
   refused: number;
   /** Packets for clients dropped because the session's TLS send buffer was full. */
   dropped: number;
 }
 
-/** The counters of the periodic line, in its order. */
-const COUNTERS = ["spoofed", "unroutable", "dropped", "refused"] as const;
+/** The counters of the periodic line, in its order, with their words. */
+const COUNTERS = {
+  spoofed: "spoofed",
+  unroutable: "unroutable",
+  notIpv4: "not IPv4",
+  dropped: "dropped",
+  refused: "refused",
+} as const satisfies Record<keyof ServerStats, string>;
 
 /** What the server runs with. */
 export interface ServerOptions {
@@ -90,7 +101,7 @@ export interface ServerOptions {
 
 /** The server of one VPN subnet. */
 export class Server {
-  readonly stats: ServerStats = { spoofed: 0, unroutable: 0, refused: 0, dropped: 0 };
+  readonly stats: ServerStats = { spoofed: 0, unroutable: 0, notIpv4: 0, refused: 0, dropped: 0 };
   readonly pool: AddressPool;
   /** Where the listener is bound. */
   readonly port: number;
@@ -391,10 +402,11 @@ export class Server {
    */
   fromClient(session: Session, buffer: Uint8Array, start: number, end: number): void {
     const ip = session.vnet ? start + VNET_HDR_LEN : start;
-    if (
-      end - ip < 20 || packetVersion(buffer, ip) !== 4 ||
-      ipv4Source(buffer, ip) !== session.addressNumber
-    ) {
+    if (end - ip < 20 || packetVersion(buffer, ip) !== 4) {
+      this.stats.notIpv4++;
+      return;
+    }
+    if (ipv4Source(buffer, ip) !== session.addressNumber) {
       this.stats.spoofed++;
       return;
     }
@@ -508,9 +520,11 @@ export class Server {
     for (let i = 0; i < n; i++) {
       const packet = bufs[i]!;
       const size = sizes[i]!;
-      const session = size >= ip + 20 && packetVersion(packet, ip) === 4
-        ? this.#byAddress.get(ipv4Destination(packet, ip))
-        : undefined;
+      if (size < ip + 20 || packetVersion(packet, ip) !== 4) {
+        this.stats.notIpv4++;
+        continue;
+      }
+      const session = this.#byAddress.get(ipv4Destination(packet, ip));
       if (session === undefined) {
         this.stats.unroutable++;
       } else if (!session.udp?.alive && this.#vnet === session.vnet) {

@@ -90,24 +90,25 @@ Deno.test("RateLimit beyond its table of sources shares one key per reason, and 
 });
 
 Deno.test("CounterLine says what moved since its last line and the totals, and nothing when nothing moved", () => {
-  const names = ["spoofed", "unroutable", "dropped", "refused"] as const;
-  const line = new CounterLine(names, 0);
-  const counts = { spoofed: 0, unroutable: 0, dropped: 0, refused: 0 };
+  const words = { spoofed: "spoofed", notIpv4: "not IPv4", dropped: "dropped", refused: "refused" };
+  const line = new CounterLine(words, 0);
+  const counts = { spoofed: 0, notIpv4: 0, dropped: 0, refused: 0 };
   assertEquals(line.next(counts, 10_000), undefined);
   counts.spoofed = 3;
   counts.refused = 1;
   assertEquals(
     line.next(counts, 20_000),
-    "in the last 20 s: 3 spoofed, 0 unroutable, 0 dropped, 1 refused; " +
-      "since start: 3 spoofed, 0 unroutable, 0 dropped, 1 refused",
+    "in the last 20 s: 3 spoofed, 0 not IPv4, 0 dropped, 1 refused; " +
+      "since start: 3 spoofed, 0 not IPv4, 0 dropped, 1 refused",
   );
   assertEquals(line.next(counts, 30_000), undefined);
   counts.dropped = 7;
   counts.spoofed = 5;
+  counts.notIpv4 = 2;
   assertEquals(
     line.next(counts, 40_000),
-    "in the last 20 s: 2 spoofed, 0 unroutable, 7 dropped, 0 refused; " +
-      "since start: 5 spoofed, 0 unroutable, 7 dropped, 1 refused",
+    "in the last 20 s: 2 spoofed, 2 not IPv4, 7 dropped, 0 refused; " +
+      "since start: 5 spoofed, 2 not IPv4, 7 dropped, 1 refused",
   );
 });
 

@@ -97,6 +97,25 @@ Deno.test("Server drops and counts a packet whose source is not the client's add
   });
 });
 
+Deno.test("Server counts a client's IPv6 packet (a router solicitation) as not IPv4, not as spoofed", async () => {
+  await withLab(async (lab) => {
+    const alice = await lab.connected("alice");
+    // An IPv6 header (version 6, no payload, hop limit 255) from fe80::1 to ff02::2.
+    const solicitation = new Uint8Array(40);
+    solicitation.set([0x60, 0, 0, 0, 0, 0, 58, 255]);
+    solicitation.set([0xfe, 0x80], 8);
+    solicitation[23] = 1;
+    solicitation.set([0xff, 0x02], 24);
+    solicitation[39] = 2;
+    alice.tun.inject(solicitation);
+    const good = ipv4Packet("10.8.0.2", "10.8.0.1", "genuine");
+    alice.tun.inject(good);
+    assertEquals(await takeFrom(lab.serverTun), [good]);
+    assertEquals(lab.server.stats.notIpv4, 1);
+    assertEquals(lab.server.stats.spoofed, 0);
+  });
+});
+
 // --- addresses ---------------------------------------------------------------------------
 
 Deno.test("Server gives two clients .2 and .3 and a reconnecting client its old address", async () => {

@@ -316,7 +316,7 @@ rootTest(
 );
 
 rootTest(
-  "vpn serve --config DIR/server.yaml without --dir serves DIR's PKI, not /etc/vpn's",
+  "vpn serve --config DIR/server.yaml without --dir serves DIR's PKI, and refuses a DIR without one",
   async () => {
     await using net = await Topology.create(1);
     await net.configure("mtu: 1300\n");
@@ -330,14 +330,23 @@ rootTest(
       await net.waitForAddress(net.clients[0]!, "10.8.0.2");
       await server.waitForLog(/alice connected from/);
       assertEquals(server.log.includes("no PKI"), false, server.log);
-      const created = await Array.fromAsync(Deno.readDir(etc));
-      assertEquals(
-        created.map((e) => e.name).filter((n) => n === "vpn"),
-        [],
-        "nothing in /etc/vpn",
-      );
     } finally {
       assertEquals(await server.stop(), 0);
+    }
+    // A server.yaml whose directory holds no PKI: that directory is where the PKI belongs.
+    const conf = `${net.dir}/conf`;
+    await Deno.mkdir(conf);
+    await Deno.writeTextFile(`${conf}/server.yaml`, "mtu: 1300\n");
+    const empty = await privateEtc(
+      conf,
+      denoScript(MAIN, "serve", "--config", `${conf}/server.yaml`),
+    );
+    const refused = await net.server.run(empty.argv, true);
+    assertEquals(refused.code, 2, refused.stderr);
+    assertMatch(refused.stderr, new RegExp(`no PKI in ${conf} `));
+    for (const upper of [etc, empty.etc]) {
+      const created = await Array.fromAsync(Deno.readDir(upper));
+      assertEquals(created.map((e) => e.name).filter((n) => n === "vpn"), [], "no /etc/vpn");
     }
   },
 );
