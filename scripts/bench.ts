@@ -34,6 +34,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { checkPreconditions } from "./_preflight.ts";
 import { waitFor } from "../tests/_vpn.ts";
 import { clientConfig, makeOpenVpnPki, type OpenVpnPki, serverConfig } from "./_bench_openvpn.ts";
 
@@ -97,28 +98,6 @@ function parseOptions(): Settings {
     };
   } catch (error) {
     console.error(`bench: ${(error as Error).message}\n${USAGE}`);
-    Deno.exit(2);
-  }
-}
-
-function onPath(program: string): boolean {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
-    try {
-      if (Deno.statSync(`${dir}/${program}`).isFile) return true;
-    } catch { /* not here */ }
-  }
-  return false;
-}
-
-function checkPreconditions(): void {
-  const problems: string[] = [];
-  for (const [tool, pkg] of TOOLS) {
-    if (!onPath(tool)) problems.push(`${tool} is missing: apt-get install ${pkg}`);
-  }
-  if (Deno.build.os !== "linux") problems.push("the benchmark needs Linux");
-  else if (Deno.uid() !== 0) problems.push("the benchmark needs root: run it with sudo");
-  if (problems.length > 0) {
-    for (const problem of problems) console.error(`bench: ${problem}`);
     Deno.exit(2);
   }
 }
@@ -754,7 +733,7 @@ async function main(settings: Settings): Promise<number> {
 
 if (import.meta.main) {
   const settings = parseOptions();
-  checkPreconditions();
+  checkPreconditions("bench", TOOLS);
   const onSignal = async () => {
     interrupted = true;
     console.error("bench: interrupted; cleaning up");

@@ -14,6 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { checkPreconditions } from "./_preflight.ts";
 
 const PROBE = new URL("../tests/helpers/tun_probe.ts", import.meta.url).pathname;
 
@@ -71,28 +72,6 @@ function parseSeconds(): number {
     usageError(`${JSON.stringify(text)}: seconds must be a whole number from 1 to 3600`);
   }
   return seconds;
-}
-
-function onPath(program: string): boolean {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
-    try {
-      if (Deno.statSync(`${dir}/${program}`).isFile) return true;
-    } catch { /* not here */ }
-  }
-  return false;
-}
-
-function checkPreconditions(): void {
-  const problems: string[] = [];
-  for (const [tool, pkg] of TOOLS) {
-    if (!onPath(tool)) problems.push(`${tool} is missing: apt-get install ${pkg}`);
-  }
-  if (Deno.build.os !== "linux") problems.push("the benchmark needs Linux");
-  else if (Deno.uid() !== 0) problems.push("the benchmark needs root: run it with sudo");
-  if (problems.length > 0) {
-    for (const problem of problems) console.error(`tun_bench: ${problem}`);
-    Deno.exit(2);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,7 +221,7 @@ async function main(seconds: number): Promise<void> {
 
 if (import.meta.main) {
   const seconds = parseSeconds();
-  checkPreconditions();
+  checkPreconditions("tun_bench", TOOLS);
   /** Set by SIGINT or SIGTERM: the exit code, 128 + the signal's number. */
   let signalled: number | undefined;
   const onSignal = (code: number) => async () => {
