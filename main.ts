@@ -223,18 +223,30 @@ ${HELP_HELP}`,
 const CLIENT_REVOKE: Command = {
   usage: "vpn client revoke NAME [--dir DIR]",
   help: `Usage: vpn client revoke NAME [--dir DIR]
+       vpn client revoke --serial HEX [--dir DIR]
 
 Revokes the client's certificate; a running server drops its session within 5 s and refuses
 it from then on.
 
 Options:
 ${DIR_HELP}
+  --serial HEX     revoke the certificate with this serial (as "vpn client list" shows it)
+                   instead of the one called NAME
 ${HELP_HELP}`,
   async run(args) {
-    const parsed = parse(CLIENT_REVOKE, args, DIR);
+    const parsed = parse(CLIENT_REVOKE, args, { ...DIR, serial: { type: "string" } });
     if (parsed === undefined) return 0;
-    const [name] = positionals(CLIENT_REVOKE, parsed.positionals, 1);
-    return await clientRevoke({ name: name!, dir: parsed.values.dir ?? DEFAULT_DIR });
+    const dir = parsed.values.dir ?? DEFAULT_DIR;
+    const { serial } = parsed.values;
+    if (serial === undefined) {
+      const [name] = positionals(CLIENT_REVOKE, parsed.positionals, 1);
+      return await clientRevoke({ name: name!, dir });
+    }
+    positionals(CLIENT_REVOKE, parsed.positionals, 0);
+    if (!/^[0-9a-f]{1,40}$/i.test(serial)) {
+      throw usageError(CLIENT_REVOKE, `--serial ${serial}: must be the serial in hex`);
+    }
+    return await clientRevoke({ serial, dir });
   },
 };
 

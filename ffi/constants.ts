@@ -5,9 +5,19 @@
  */
 
 /** open(2) flags. */
+export const O_RDONLY = 0x0;
+export const O_WRONLY = 0x1;
 export const O_RDWR = 0x2;
+export const O_CREAT = 0x40;
+export const O_EXCL = 0x80;
+/** The one open(2) flag used here whose value differs between x86_64 and aarch64. */
+export const O_NOFOLLOW = Deno.build.arch === "aarch64" ? 0x8000 : 0x20000;
 export const O_NONBLOCK = 0x800;
 export const O_CLOEXEC = 0x80000;
+
+/** flock(2) operations. */
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
 
 /** poll(2) events. */
 export const POLLIN = 0x1;
@@ -35,11 +45,17 @@ export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
+export const SO_ACCEPTCONN = 30;
 export const IPPROTO_IPV6 = 41;
 export const IPV6_V6ONLY = 26;
 export const SHUT_RDWR = 2;
 export const IPPROTO_TCP = 6;
 export const TCP_NODELAY = 1;
+
+/** <linux/sock_diag.h>: the netlink family and the requests that find and abort a socket. */
+export const NETLINK_SOCK_DIAG = 4;
+export const SOCK_DIAG_BY_FAMILY = 20;
+export const SOCK_DESTROY = 21;
 
 /** <linux/if_tun.h> ioctls and flags. */
 export const TUNSETIFF = 0x400454ca;
@@ -59,6 +75,7 @@ export const TUN_F_USO6 = 0x40;
 export const IFNAMSIZ = 16;
 
 /** errno values this code reacts to by number. */
+export const ENOENT = 2;
 export const EINTR = 4;
 export const EIO = 5;
 export const EAGAIN = 11;

@@ -15,8 +15,16 @@ import { errnoName } from "./constants.ts";
 const symbols = {
   /** int open(const char *pathname, int flags) */
   open: { parameters: ["buffer", "i32"], result: "i32" },
+  /** int open(const char *pathname, int flags, mode_t mode): the form that creates */
+  open_mode: { name: "open", parameters: ["buffer", "i32", "u32"], result: "i32" },
   /** int close(int fd) */
   close: { parameters: ["i32"], result: "i32" },
+  /** int fchmod(int fd, mode_t mode) */
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
+  /** int fsync(int fd) */
+  fsync: { parameters: ["i32"], result: "i32" },
+  /** int flock(int fd, int operation) */
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   /** ssize_t read(int fd, void *buf, size_t count) */
   read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   /** ssize_t write(int fd, const void *buf, size_t count) */

@@ -11,7 +11,8 @@ import { formatIPv4, ipv4Netmask, parseCidr, parseIPv4 } from "./ip.ts";
  *
  * The first host address (`10.8.0.1` in `10.8.0.0/24`) belongs to the server; the network and
  * broadcast addresses are never handed out. A client that reconnects under the same owner name
- * gets its old address back while it still holds it.
+ * gets its old address back while it still holds it, and may ask for it back after it let it go
+ * as long as nobody else has held it since: an address is bound to its last owner.
  *
  * Lookups are O(1) maps. Free addresses are tracked in a bitmap of one bit per client address
  * (8 KiB for a /16), searched a 32-bit word at a time from the lowest word that may have a free
@@ -48,6 +49,12 @@ export class AddressPool {
   readonly #owners = new Map<number, string>();
   /** Index of the address each owner holds. */
   readonly #indexes = new Map<string, number>();
+  /**
+   * The last owner of each address given out, held or not, and the other way round: one entry
+   * per address at most, so the pool's size bounds them however often clients come and go.
+   */
+  readonly #lastOwners = new Map<number, string>();
+  readonly #lastIndexes = new Map<string, number>();
 
   /**
    * Creates an empty pool over `cidr`.
@@ -96,20 +103,37 @@ export class AddressPool {
    * Gives `owner` an address and returns it, or undefined when every address is taken.
    *
    * An owner that already holds an address gets that same one. Otherwise `preferred` is
-   * honoured when it is a free client address of this pool (it may come from the client, so
-   * anything else is ignored rather than refused), and the lowest free address is given when
-   * it is not.
+   * honoured when it is a free client address of this pool whose last owner was `owner`, or
+   * that nobody has held since the pool was made (a client asking back the address it had
+   * before a server restart); it comes from the client, so anything else (another owner's
+   * former address too) is ignored rather than refused, and the lowest free address is given.
    */
   allocate(owner: string, preferred?: string): string | undefined {
     const held = this.#indexes.get(owner);
     if (held !== undefined) return formatIPv4(this.#first + held);
     let index = preferred === undefined ? undefined : this.#indexOf(preferred);
-    if (index === undefined || this.#owners.has(index)) index = this.#lowestFree();
+    if (
+      index === undefined || this.#owners.has(index) ||
+      (this.#lastOwners.get(index) ?? owner) !== owner
+    ) {
+      index = this.#lowestFree();
+    }
     if (index === undefined) return undefined;
     this.#used[index >>> 5]! |= 1 << (index & 31);
     this.#owners.set(index, owner);
     this.#indexes.set(owner, index);
+    this.#bind(index, owner);
     return formatIPv4(this.#first + index);
+  }
+
+  /** Makes `owner` the last owner of the address at `index`, and of no other. */
+  #bind(index: number, owner: string): void {
+    const before = this.#lastIndexes.get(owner);
+    if (before !== undefined) this.#lastOwners.delete(before);
+    const previous = this.#lastOwners.get(index);
+    if (previous !== undefined) this.#lastIndexes.delete(previous);
+    this.#lastOwners.set(index, owner);
+    this.#lastIndexes.set(owner, index);
   }
 
   /** Frees `address` for reuse. Returns false when it was not held. */

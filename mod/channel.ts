@@ -47,6 +47,7 @@ export class Channel {
   #filling: FrameWriter;
   #flushing: FrameWriter;
   #writing = false;
+  #movedAt = 0;
   #closed = false;
   /** Who waits in {@linkcode drained} for the write in flight. */
   readonly #drainWaiters: (() => void)[] = [];
@@ -79,6 +80,19 @@ export class Channel {
     return !this.#closed && this.#filling.add(FrameType.DATA, packet, length);
   }
 
+  /** `performance.now()` when the last write began or last moved bytes. */
+  get movedAt(): number {
+    return this.#movedAt;
+  }
+
+  /**
+   * How long (ms) the write in flight has moved no bytes, 0 when none is in flight: a peer that
+   * stops reading stops it for good, since TCP's buffers are full.
+   */
+  get stuckFor(): number {
+    return this.#writing ? performance.now() - this.#movedAt : 0;
+  }
+
   /** Resolves once the write in flight has finished, at once when there is none. */
   drained(): Promise<void> {
     if (!this.#writing) return Promise.resolve();
@@ -102,6 +116,7 @@ export class Channel {
     if (this.#writing || this.#closed) return;
     if (this.#filling.length === 0 && this.#control.length === 0) return;
     this.#writing = true;
+    this.#movedAt = performance.now();
     this.#writeLoop().catch(() => this.close());
   }
 
@@ -129,7 +144,10 @@ export class Channel {
   }
 
   async #writeAll(bytes: Uint8Array): Promise<void> {
-    for (let off = 0; off < bytes.length;) off += await this.#conn.write(bytes.subarray(off));
+    for (let off = 0; off < bytes.length;) {
+      off += await this.#conn.write(bytes.subarray(off));
+      this.#movedAt = performance.now();
+    }
     this.stats.bytesOut += bytes.length;
   }
 

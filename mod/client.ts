@@ -24,15 +24,15 @@
 
 import { cryptoUnavailable } from "../ffi/crypto.ts";
 import { Netlink } from "../ffi/netlink.ts";
-import { setTcpNoDelay } from "../ffi/socket.ts";
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Channel, type ChannelStats } from "./channel.ts";
 import type { ClientProfile, Proto } from "./config.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
+import { KeyHalf } from "./datagram.ts";
 import { formatPeer } from "./ip.ts";
-import { Coalescer, Segmenter } from "./offload.ts";
+import { Coalescer, Segmenter, validVnetHeader } from "./offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
-import { certificateCommonName } from "./pki.ts";
+import { certificateCommonName, serverIdentityName } from "./pki.ts";
 import { BatchFailures, escapeText, log } from "./log.ts";
 import {
   ALPN,
@@ -138,6 +138,8 @@ export class ClientError extends Error {
 export class Client implements PacketSink {
   /** The address the server gave, once connected. */
   address: string | undefined;
+  /** Packets from the server dropped for a virtio-net header no kernel writes (mod/offload.ts). */
+  badVnet = 0;
 
   readonly #options: ClientOptions;
   #tun: TunDevice | undefined;
@@ -210,7 +212,8 @@ export class Client implements PacketSink {
             throw new ClientError(
               `the server's certificate is not trusted by this profile (${
                 (error as Error).message
-              }); check the profile's "ca" and the address dialled`,
+              }); check the profile's "ca" and the address dialled, and that the server runs ` +
+                `this version's "vpn serve" (it adds the name this client verifies)`,
             );
           }
           if (this.#stopped) break;
@@ -247,10 +250,16 @@ export class Client implements PacketSink {
 
   async #connect(): Promise<Channel> {
     const { host, port, profile } = this.#options;
+    // Deno's TLS also trusts its built-in public roots, which may certify `host`: verifying
+    // the name that only the profile's CA issues leaves the profile's CA as the only anchor.
+    const identity = await serverIdentityName(profile.ca);
     const tcp = await this.#dial(host, port);
+    // Nagle's algorithm would hold back a small frame (a keepalive, a TCP ACK of the inner
+    // traffic) behind unacknowledged data; set here, as the TlsConn has no setNoDelay().
+    tcp.setNoDelay(true);
     // Only wraps the socket: the TLS handshake happens below, where stop() can close it.
     const conn = await Deno.startTls(tcp, {
-      hostname: host,
+      hostname: identity,
       caCerts: [profile.ca],
       alpnProtocols: [ALPN],
     });
@@ -262,11 +271,10 @@ export class Client implements PacketSink {
       // stop() during startTls found neither a connect to abort nor a channel to close.
       if (this.#stopped) throw new Error("client stopped");
       await withTimeout(conn.handshake(), CONNECT_TIMEOUT_MS, "TLS handshake");
-      setTcpNoDelay(conn.localAddr, conn.remoteAddr);
       const credentials = {
         certPem: profile.cert,
         keyPem: profile.key,
-        serverName: host,
+        serverName: identity,
         offload: this.#tun!.vnetHdr,
         ...(this.address ? { address: this.address } : {}),
       };
@@ -352,7 +360,7 @@ export class Client implements PacketSink {
       fatal = error;
       channel.close();
     };
-    const udpRandom = this.#offerUdp(channel, fail);
+    const udpHalf = this.#offerUdp(channel, fail);
     const keepalive = setInterval(() => {
       if (performance.now() - channel.lastReceived > timeout * 1000) {
         ended = `no data from the server for ${timeout} s`;
@@ -384,8 +392,8 @@ export class Client implements PacketSink {
             throw new RefusedError(error);
           }
           case FrameType.UDP_ACCEPT:
-            if (udpRandom !== undefined) {
-              this.#startUdp(decodeUdpAccept(payload()), udpRandom, fail);
+            if (udpHalf !== undefined) {
+              this.#startUdp(decodeUdpAccept(payload()), udpHalf, fail);
             }
             return;
           case FrameType.UDP_REFUSE:
@@ -443,8 +451,8 @@ export class Client implements PacketSink {
     totals.udpOut += session.udpOut;
   }
 
-  /** Asks for the UDP data channel unless `tcp`; returns the key material sent. */
-  #offerUdp(channel: Channel, fail: (error: ClientError) => void): Uint8Array | undefined {
+  /** Asks for the UDP data channel unless `tcp`; returns this client's half of the keys sent. */
+  #offerUdp(channel: Channel, fail: (error: ClientError) => void): KeyHalf | undefined {
     const proto = this.#options.proto ?? this.#options.profile.proto;
     if (proto === "tcp") {
       // `auto` says so only when it falls back: here nothing else would tell.
@@ -458,22 +466,23 @@ export class Client implements PacketSink {
       this.#udpUnavailable(`no UDP data channel without libcrypto (${missing})`, fail);
       return undefined;
     }
-    const random = crypto.getRandomValues(new Uint8Array(32));
+    const half = new KeyHalf();
     channel.sendControl(
       FrameType.UDP_OFFER,
       encodeMessage({
         ciphers: this.#options.cipher ? [this.#options.cipher] : [...UDP_CIPHERS],
-        random: random.toBase64(),
+        random: half.random.toBase64(),
+        share: half.share.toBase64(),
       }),
     );
-    return random;
+    return half;
   }
 
-  #startUdp(accept: UdpAccept, random: Uint8Array, fail: (error: ClientError) => void): void {
+  #startUdp(accept: UdpAccept, half: KeyHalf, fail: (error: ClientError) => void): void {
     const { timeout } = this.#push!.keepalive;
     const udp = ClientUdp.open(
       accept,
-      random,
+      half,
       this.#serverIp,
       this.#options.port,
       this,
@@ -505,6 +514,11 @@ export class Client implements PacketSink {
 
   /** A packet from the server (TLS frame or datagram) for the TUN; {@linkcode flush} ends a batch. */
   fromServer(packet: Uint8Array): void {
+    // The server wrote this header, and our kernel would cut the packet as it says.
+    if (this.#vnet && !validVnetHeader(packet, 0, packet.length)) {
+      this.badVnet++;
+      return;
+    }
     if (this.#coalescer) this.#coalescer.add(packet, this.#vnet);
     else this.#toTun[this.#toTunCount++] = packet;
   }

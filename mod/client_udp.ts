@@ -25,6 +25,7 @@ import {
   DatagramType,
   deriveKeys,
   type EpochKeys,
+  KeyHalf,
   OVERHEAD,
 } from "./datagram.ts";
 import { formatPeer } from "./ip.ts";
@@ -82,11 +83,11 @@ export class ClientUdp implements Disposable {
 
   /**
    * Opens the path after the server's UDP_ACCEPT. `host` is the server's IP as the TLS
-   * connection saw it; `clientRandom` is what this client sent in its UDP_OFFER.
+   * connection saw it; `half` is what this client sent in its UDP_OFFER.
    */
   static open(
     accept: UdpAccept,
-    clientRandom: Uint8Array,
+    half: KeyHalf,
     host: string,
     port: number,
     sink: PacketSink,
@@ -99,10 +100,11 @@ export class ClientUdp implements Disposable {
     try {
       const crypto = new DatagramCrypto(accept.session, accept.cipher as CipherName, true);
       const keys = deriveKeys(
-        clientRandom,
+        half.random,
         Uint8Array.fromBase64(accept.random),
         accept.session,
         0,
+        half.agree(Uint8Array.fromBase64(accept.share)),
       );
       crypto.installReceive(keys);
       crypto.installSend(keys);
@@ -164,16 +166,18 @@ export class ClientUdp implements Disposable {
 
   /** The server's REKEY: installs the next epoch's receiving key, returns the REKEY_ACK. */
   rekey(message: Rekey): Rekey {
-    const random = crypto.getRandomValues(new Uint8Array(32));
+    const half = new KeyHalf();
+    const theirs = keyMaterial(message, "REKEY");
     const keys = deriveKeys(
-      random,
-      keyMaterial(message, "REKEY"),
+      half.random,
+      theirs.random,
       this.crypto.sessionId,
       message.epoch,
+      half.agree(theirs.share),
     );
     this.crypto.installReceive(keys);
     this.#pending = keys;
-    return { epoch: message.epoch, random: random.toBase64() };
+    return { epoch: message.epoch, random: half.random.toBase64(), share: half.share.toBase64() };
   }
 
   /** The server's REKEY_DONE: the server can open the new epoch, so send with it. */

@@ -23,6 +23,7 @@ import {
 import { log, type LogLevel, setupLogging } from "./log.ts";
 import {
   certificateNames,
+  checkKeyPair,
   DEFAULT_HOSTS,
   hasPki,
   initPki,
@@ -32,6 +33,9 @@ import {
   PkiError,
   pkiFilesIn,
   revokeClient,
+  revokeSerial,
+  upgradeServerCertificate,
+  writeFileAtomic,
 } from "./pki.ts";
 import type { UdpCipher } from "./messages.ts";
 import { Server } from "./server.ts";
@@ -122,7 +126,8 @@ export async function init(options: InitCommand): Promise<number> {
   }
   const hosts = options.hosts.length > 0 ? options.hosts : localHosts();
   await initPki(options.dir, { hosts, force: options.force });
-  if (!keepConfig) await Deno.writeTextFile(configPath, text, { mode: 0o644 });
+  // Atomic and never through a symlink planted at server.yaml, as the PKI's own files.
+  if (!keepConfig) await writeFileAtomic(configPath, text, 0o644);
   console.log(
     `created the PKI in ${options.dir} (${keepConfig ? "kept the existing" : "and"} ` +
       `${configPath}) for ${hosts.join(", ")}`,
@@ -138,12 +143,14 @@ export async function init(options: InitCommand): Promise<number> {
 
 /**
  * The names a fresh server is reached by, the likeliest to work from elsewhere first (the first
- * one goes into profiles): a fully qualified host name, the IPv4 then IPv6 addresses that are
- * not loopback or link-local, a bare host name, and loopback last.
+ * one goes into profiles). Anyone who connects can read them in the certificate, so they are no
+ * more than clients need: a fully qualified host name and the public addresses (IPv4 first), or
+ * where there is neither, the first private address (else a bare host name); loopback last.
  */
 function localHosts(): string[] {
   const hosts = new Set<string>();
   let bare: string | undefined;
+  const addresses: string[] = [];
   try {
     const name = Deno.hostname().toLowerCase();
     if (/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(name) && !isLoopback(name)) {
@@ -151,16 +158,23 @@ function localHosts(): string[] {
       else bare = name;
     }
     using nl = Netlink.open();
-    const addresses = nl.listAddresses().map((a) => a.address)
+    const all = nl.listAddresses().map((a) => a.address)
       .filter((a) => !isLoopback(a) && !/^(fe80:|169\.254\.)/i.test(a));
-    for (const a of addresses) if (!a.includes(":")) hosts.add(a);
-    for (const a of addresses) if (a.includes(":")) hosts.add(a);
+    addresses.push(...all.filter((a) => !a.includes(":")), ...all.filter((a) => a.includes(":")));
   } catch (error) {
     logger.debug("cannot list local addresses: {error}", { error: String(error) });
   }
-  if (bare !== undefined) hosts.add(bare);
+  for (const a of addresses) if (!isPrivate(a)) hosts.add(a);
+  const fallback = addresses[0] ?? bare;
+  if (hosts.size === 0 && fallback !== undefined) hosts.add(fallback);
   for (const host of DEFAULT_HOSTS) hosts.add(host);
   return [...hosts];
+}
+
+/** Private (RFC 1918), shared (RFC 6598) and unique local (RFC 4193) addresses. */
+function isPrivate(address: string): boolean {
+  return /^(10\.|192\.168\.|172\.(1[6-9]|2\d|3[01])\.|100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.|f[cd])/i
+    .test(address);
 }
 
 /** Whether a host name or address can only be reached from this machine. */
@@ -184,6 +198,11 @@ export async function serve(options: ServeCommand): Promise<number> {
   if (!hasPki(dir)) await firstRun(dir, options.config ?? `${dir}/server.yaml`);
   const config = await readServerConfig(options.config ?? `${dir}/server.yaml`);
   setupLogging(options.level ?? config.log.level);
+  if (await upgradeServerCertificate(dir)) {
+    logger.warn("re-issued {path} with the name clients verify added, same key and names", {
+      path: `${dir}/server.crt`,
+    });
+  }
   const server = await Server.start({ dir, config });
   const stop = () => server.stop();
   Deno.addSignalListener("SIGINT", stop);
@@ -295,12 +314,14 @@ export async function clientAdd(options: ClientAddCommand): Promise<number> {
 
 /**
  * The server certificate's first name that is not loopback (PKIs made before the first name
- * was the public one list `localhost` first), and the configured port.
+ * was the public one list `localhost` first) nor the identity name, which no resolver knows, and
+ * the configured port.
  */
 async function defaultRemote(dir: string): Promise<string> {
   const { certPem } = await loadServerIdentity(dir);
   const names = certificateNames(certPem);
-  const name = names.find((n) => !isLoopback(n)) ?? names[0] ?? "localhost";
+  const name = names.find((n) => !isLoopback(n) && !n.endsWith(".invalid")) ?? names[0] ??
+    "localhost";
   let port = 1194;
   if (await exists(`${dir}/server.yaml`)) {
     port = (await loadServerConfig(`${dir}/server.yaml`)).listen.port;
@@ -309,8 +330,12 @@ async function defaultRemote(dir: string): Promise<string> {
 }
 
 /** `vpn client revoke`: a running server drops the client within seconds. */
-export async function clientRevoke(options: { name: string; dir: string }): Promise<number> {
-  const entry = await revokeClient(options.dir, options.name);
+export async function clientRevoke(
+  options: { dir: string } & ({ name: string } | { serial: string }),
+): Promise<number> {
+  const entry = "serial" in options
+    ? await revokeSerial(options.dir, options.serial)
+    : await revokeClient(options.dir, options.name);
   console.log(`revoked "${entry.name}" (serial ${entry.serial})`);
   return 0;
 }
@@ -340,10 +365,33 @@ export interface ConnectCommand {
   level?: LogLevel;
 }
 
+/**
+ * Deno's TLS adds the roots these variables name to the profile's CA (read at the first TLS
+ * use). Such a root, a TLS-inspection CA for instance, could certify the identity name the
+ * client verifies (mod/pki.ts `serverIdentityName()`), which no public CA may.
+ */
+function refuseExtraRoots(): void {
+  const stores = Deno.env.get("DENO_TLS_CA_STORE")?.split(",").map((s) => s.trim()) ?? [];
+  const variable = Deno.env.has("DENO_CERT")
+    ? "DENO_CERT"
+    : stores.includes("system")
+    ? "DENO_TLS_CA_STORE"
+    : undefined;
+  if (variable !== undefined) {
+    throw new UsageError(
+      `${variable} is set: it makes TLS trust more roots than the profile's CA, which is all ` +
+        `this client trusts; unset it (env -u ${variable} vpn connect ...)`,
+    );
+  }
+}
+
 /** `vpn connect`: runs the client until SIGINT or SIGTERM, or until the server refuses it. */
 export async function connect(options: ConnectCommand): Promise<number> {
+  refuseExtraRoots();
   const profile = await readProfile(options.profile);
   const { host, port } = parseRemote(options.remote ?? profile.remote);
+  // Before any connection: a key that cannot sign for its certificate fails every AUTH.
+  await checkKeyPair(profile.cert, profile.key, options.profile);
   setupLogging(options.level ?? "info");
   const client = new Client({
     profile,

@@ -14,6 +14,7 @@
 import { Document, isMap, isScalar, parseDocument, type Scalar } from "yaml";
 import { AddressPool } from "./address_pool.ts";
 import { parseCidr, parseIPv4, parseIPv6 } from "./ip.ts";
+import { MAX_ROUTES } from "./messages.ts";
 
 /** How much the server and client log, from most to least. */
 export type LogLevel = "debug" | "info" | "warning" | "error";
@@ -610,6 +611,9 @@ class Reader {
     const rule = "must be a list of CIDR blocks such as 192.168.50.0/24";
     if (value === null || value === undefined) return [];
     if (!Array.isArray(value)) return this.fail(key, value, rule);
+    if (value.length > MAX_ROUTES) {
+      this.fail(key, value, `must list at most ${MAX_ROUTES} networks (one PUSH carries them all)`);
+    }
     return value.map((item: unknown, i) => {
       const itemKey = `${key}[${i}]`;
       const text = isString(item) ? item : this.fail(itemKey, item, "must be a CIDR block");
@@ -618,6 +622,9 @@ class Reader {
         cidr = parseCidr(text);
       } catch (error) {
         return this.fail(itemKey, text, reasonOf(error));
+      }
+      if (cidr.family !== 4) {
+        this.fail(itemKey, text, "must be an IPv4 network: the tunnel carries IPv4 only");
       }
       if (cidr.address !== cidr.network) {
         this.fail(

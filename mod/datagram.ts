@@ -9,17 +9,19 @@
  *
  * The header is the AEAD's associated data, and the nonce is a 4-byte salt of the key followed
  * by the counter, so nothing but these three fields travels in clear. Keys come from HKDF-SHA256
- * over random material that both sides sent inside the authenticated TLS session; one key and
- * salt per direction and per epoch. The key phase bit tells which of the two live epochs sealed
+ * over random material that both sides sent inside the authenticated TLS session and an X25519
+ * secret of ephemeral keys made for that epoch alone (so one leaked TLS session secret or epoch
+ * key opens no other epoch); one key and salt per direction and per epoch. The key phase bit tells which of the two live epochs sealed
  * a datagram, so that a rekey loses nothing in flight.
  *
  * @module
  */
 
-import { hkdfSync } from "node:crypto";
+import { createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync } from "node:crypto";
 import { Aead, type CipherName, KEY_LEN, NONCE_LEN, TAG_LEN } from "../ffi/crypto.ts";
-import { newSockAddr, type SockAddr, type UdpSocket } from "../ffi/udp.ts";
+import { MAX_UDP_PAYLOAD, newSockAddr, type SockAddr, type UdpSocket } from "../ffi/udp.ts";
 import { ReplayWindow } from "./replay.ts";
+import { FrameError } from "./wire.ts";
 
 /** Datagram types. */
 export const DatagramType = {
@@ -53,16 +55,55 @@ export interface EpochKeys {
   serverToClient: { key: Uint8Array; salt: Uint8Array };
 }
 
-/** Derives the keys of `epoch` from both sides' random material (32 bytes each). */
+/**
+ * One side's half of an epoch's keys: 32 random bytes and an ephemeral X25519 key, both sent
+ * (as `random` and `share`) inside TLS; the private key never leaves this object.
+ */
+export class KeyHalf {
+  readonly random: Uint8Array = crypto.getRandomValues(new Uint8Array(32));
+  /** The X25519 public key, 32 bytes. */
+  readonly share: Uint8Array;
+  readonly #key = generateKeyPairSync("x25519");
+
+  constructor() {
+    this.share = Uint8Array.fromBase64(this.#key.publicKey.export({ format: "jwk" }).x!, {
+      alphabet: "base64url",
+    });
+  }
+
+  /**
+   * The 32-byte secret shared with the peer's `share`.
+   *
+   * @throws {FrameError} for a share that is not an X25519 public key, or a low-order point
+   *   (which would give every pair the same, all-zero secret).
+   */
+  agree(share: Uint8Array): Uint8Array {
+    if (share.length !== 32) throw new FrameError("key share must be 32 bytes");
+    try {
+      const x = share.toBase64({ alphabet: "base64url", omitPadding: true });
+      const publicKey = createPublicKey({ key: { kty: "OKP", crv: "X25519", x }, format: "jwk" });
+      return new Uint8Array(diffieHellman({ privateKey: this.#key.privateKey, publicKey }));
+    } catch {
+      throw new FrameError("key share is not a usable X25519 public key");
+    }
+  }
+}
+
+/**
+ * Derives the keys of `epoch` from both sides' random material (32 bytes each) and the X25519
+ * `secret` of their key shares for this epoch.
+ */
 export function deriveKeys(
   clientRandom: Uint8Array,
   serverRandom: Uint8Array,
   sessionId: number,
   epoch: number,
+  secret: Uint8Array,
 ): EpochKeys {
-  const ikm = new Uint8Array(clientRandom.length + serverRandom.length);
+  const ikm = new Uint8Array(clientRandom.length + serverRandom.length + secret.length);
   ikm.set(clientRandom);
   ikm.set(serverRandom, clientRandom.length);
+  ikm.set(secret, clientRandom.length + serverRandom.length);
   const info = new TextEncoder().encode(`keys ${sessionId >>> 0} ${epoch}`);
   const okm = new Uint8Array(hkdfSync("sha256", ikm, HKDF_SALT, info, 2 * (KEY_LEN + SALT_LEN)));
   const part = (at: number) => ({
@@ -360,7 +401,8 @@ export class DatagramBatch {
 
   /**
    * Seals `payload[0, length)` with `crypto` into the batch, for `to`. Sends the batch first
-   * when it is full. False when the key may seal no more.
+   * when it is full. False (nothing sealed: the caller sends it over TLS) when the key may seal
+   * no more, or when the datagram would be longer than a UDP payload can be.
    */
   add(
     crypto: DatagramCrypto,
@@ -369,6 +411,7 @@ export class DatagramBatch {
     length: number,
     to: SockAddr,
   ): boolean {
+    if (length + OVERHEAD > MAX_UDP_PAYLOAD) return false;
     const out = this.#out;
     if (out.count === out.bufs.length) this.flush();
     const i = out.count;

@@ -10,7 +10,8 @@
  * this project began, on a 2-vCPU VM with Deno 2.9: loopback TLS echo, 16 KiB writes), and
  * the data channel is the product. So the server is authenticated by TLS, and the client proves
  * it holds its certificate's key by signing the server's fresh nonce, its own nonce and the name
- * it dialled; the server checks the certificate with @peculiar/x509 (mod/pki.ts).
+ * it verified the server's certificate against (its CA's identity name, `serverIdentityName()`
+ * in mod/pki.ts); the server checks the certificate with @peculiar/x509 (mod/pki.ts).
  *
  * @module
  */
@@ -74,10 +75,15 @@ export interface AuthenticatedClient {
 /** What the server checks a client against. */
 export interface ServerTrust {
   caPem: string;
-  /** Names and IPs in the server certificate, lower case: the client must have dialled one. */
+  /**
+   * Names and IPs in the server certificate, lower case: the client must have verified one (the
+   * identity name; older clients verified the name they dialled).
+   */
   serverNames: Set<string>;
   /** Serials of revoked client certificates. */
   revoked: Set<string>;
+  /** Serials in the registry and not revoked: no other client certificate is admitted. */
+  valid: Set<string>;
 }
 
 /**
@@ -101,7 +107,7 @@ export async function acceptClient(
   }
   const serverName = auth.server_name.toLowerCase();
   if (!trust.serverNames.has(serverName)) {
-    // Binding the dialled name only helps if the server refuses names that are not its own.
+    // Binding the verified name only helps if the server refuses names that are not its own.
     throw new AuthError(
       "bad-signature",
       `client dialled "${serverName}", which is not a name of this server`,
@@ -117,6 +123,7 @@ export async function acceptClient(
     challenge: authChallenge(serverNonce, clientNonce, serverName),
     signature: fromBase64(auth.signature, "AUTH signature"),
     revoked: trust.revoked,
+    valid: trust.valid,
   });
   const client: AuthenticatedClient = {
     name: verified.name,
@@ -141,7 +148,7 @@ export function refuse(channel: Channel, reason: ErrorReason, message: string): 
 export interface ClientCredentials {
   certPem: string;
   keyPem: string;
-  /** The host name or IP the client dialled. */
+  /** The name the client verified the server's certificate against: its CA's identity name. */
   serverName: string;
   /** The address to ask back after a reconnect. */
   address?: string;

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { parseCidr, parseIPv4 } from "./ip.ts";
 import type { AuthFailure } from "./pki.ts";
 import { FrameError } from "./wire.ts";
 
@@ -83,6 +84,8 @@ export interface UdpOffer {
   ciphers: string[];
   /** 32 random bytes, base64: the client's half of the key material. */
   random: string;
+  /** The client's ephemeral X25519 public key for epoch 0, 32 bytes, base64. */
+  share: string;
 }
 
 /** UDP_ACCEPT: the server's answer to a UDP_OFFER. */
@@ -93,6 +96,8 @@ export interface UdpAccept {
   session: number;
   /** 32 random bytes, base64: the server's half of the key material. */
   random: string;
+  /** The server's ephemeral X25519 public key for epoch 0, 32 bytes, base64. */
+  share: string;
 }
 
 /** UDP_REFUSE: no UDP data channel. */
@@ -104,6 +109,8 @@ export interface UdpRefuse {
 export interface Rekey {
   epoch: number;
   random?: string;
+  /** The sender's ephemeral X25519 public key for this epoch (not in REKEY_DONE). */
+  share?: string;
 }
 
 const encoder = new TextEncoder();
@@ -181,17 +188,22 @@ export function decodeAuth(payload: Uint8Array): Auth {
 export function decodePush(payload: Uint8Array): Push {
   const f = parse(payload, "PUSH");
   const routes = f.routes;
-  if (!Array.isArray(routes) || routes.length > 1024 || routes.some((r) => typeof r !== "string")) {
-    throw new FrameError(`PUSH: "routes" must be a list of at most 1024 CIDR strings`);
+  if (
+    !Array.isArray(routes) || routes.length > MAX_ROUTES ||
+    routes.some((r) => typeof r !== "string" || !isIpv4Network(r))
+  ) {
+    throw new FrameError(
+      `PUSH: "routes" must be a list of at most ${MAX_ROUTES} IPv4 networks (a.b.c.d/n)`,
+    );
   }
   const keepalive = f.keepalive;
   if (typeof keepalive !== "object" || keepalive === null) {
     throw new FrameError(`PUSH: "keepalive" must be an object`);
   }
   const push: Push = {
-    address: string(f, "address", "PUSH", 64),
-    prefix: integer(f, "prefix", "PUSH", 0, 32),
-    gateway: string(f, "gateway", "PUSH", 64),
+    address: ipv4(f, "address", "PUSH"),
+    prefix: integer(f, "prefix", "PUSH", 8, 30),
+    gateway: ipv4(f, "gateway", "PUSH"),
     routes: routes as string[],
     mtu: integer(f, "mtu", "PUSH", 576, 65535),
     keepalive: {
@@ -201,6 +213,30 @@ export function decodePush(payload: Uint8Array): Push {
   };
   if (f.offload !== undefined) push.offload = boolean(f, "offload", "PUSH");
   return push;
+}
+
+/** Routes one PUSH may carry (and `push.routes` may list): the client adds each one. */
+export const MAX_ROUTES = 256;
+
+/** The string `key`, an IPv4 address in dotted-quad form. */
+function ipv4(fields: Fields, key: string, what: string): string {
+  const text = string(fields, key, what, 15);
+  try {
+    parseIPv4(text);
+  } catch {
+    throw new FrameError(`${what}: "${key}" must be an IPv4 address`);
+  }
+  return text;
+}
+
+/** Whether `text` is an IPv4 network in canonical form (no host bits set). */
+function isIpv4Network(text: string): boolean {
+  try {
+    const cidr = parseCidr(text);
+    return cidr.family === 4 && cidr.address === cidr.network;
+  } catch {
+    return false;
+  }
 }
 
 /** Decodes an ERROR payload. */
@@ -217,7 +253,7 @@ export function decodeBye(payload: Uint8Array): Bye {
   return { reason: string(parse(payload, "BYE"), "reason", "BYE", 1024) };
 }
 
-/** The base64 string `key` of 32 random bytes: key material. */
+/** The base64 string `key` of 32 bytes: a random or an X25519 key share. */
 function random32(fields: Fields, key: string, what: string): string {
   const text = string(fields, key, what, 64);
   let bytes: Uint8Array;
@@ -243,7 +279,11 @@ export function decodeUdpOffer(payload: Uint8Array): UdpOffer {
   if (!Array.isArray(ciphers) || ciphers.length > 8 || ciphers.some((c) => typeof c !== "string")) {
     throw new FrameError(`UDP_OFFER: "ciphers" must be a list of at most 8 names`);
   }
-  return { ciphers: ciphers as string[], random: random32(f, "random", "UDP_OFFER") };
+  return {
+    ciphers: ciphers as string[],
+    random: random32(f, "random", "UDP_OFFER"),
+    share: random32(f, "share", "UDP_OFFER"),
+  };
 }
 
 /** Decodes a UDP_ACCEPT payload. */
@@ -257,6 +297,7 @@ export function decodeUdpAccept(payload: Uint8Array): UdpAccept {
     cipher,
     session: integer(f, "session", "UDP_ACCEPT", 0, 0xffffffff),
     random: random32(f, "random", "UDP_ACCEPT"),
+    share: random32(f, "share", "UDP_ACCEPT"),
   };
 }
 
@@ -265,10 +306,14 @@ export function decodeUdpRefuse(payload: Uint8Array): UdpRefuse {
   return { reason: string(parse(payload, "UDP_REFUSE"), "reason", "UDP_REFUSE", 1024) };
 }
 
-/** The key material a REKEY or REKEY_ACK must carry. */
-export function keyMaterial(rekey: Rekey, what: string): Uint8Array {
+/** The key material a REKEY or REKEY_ACK must carry: the peer's random and key share. */
+export function keyMaterial(
+  rekey: Rekey,
+  what: string,
+): { random: Uint8Array; share: Uint8Array } {
   if (rekey.random === undefined) throw new FrameError(`${what}: "random" is missing`);
-  return Uint8Array.fromBase64(rekey.random);
+  if (rekey.share === undefined) throw new FrameError(`${what}: "share" is missing`);
+  return { random: Uint8Array.fromBase64(rekey.random), share: Uint8Array.fromBase64(rekey.share) };
 }
 
 /** Decodes a REKEY, REKEY_ACK or REKEY_DONE payload. */
@@ -276,5 +321,6 @@ export function decodeRekey(payload: Uint8Array, what: string): Rekey {
   const f = parse(payload, what);
   const rekey: Rekey = { epoch: integer(f, "epoch", what, 1, Number.MAX_SAFE_INTEGER) };
   if (f.random !== undefined) rekey.random = random32(f, "random", what);
+  if (f.share !== undefined) rekey.share = random32(f, "share", what);
   return rekey;
 }

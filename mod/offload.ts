@@ -21,6 +21,7 @@
 export const VNET_HDR_LEN = 10;
 
 const F_NEEDS_CSUM = 1;
+const F_DATA_VALID = 2;
 const GSO_NONE = 0;
 const GSO_TCPV4 = 1;
 const GSO_TCPV6 = 4;
@@ -31,6 +32,59 @@ const PROTO_UDP = 17;
 const TCP_FIN = 0x01;
 const TCP_PSH = 0x08;
 const TCP_CWR = 0x80;
+
+/**
+ * Fewest payload bytes per segment that a peer's super-packet may ask for (`gso_size`). A
+ * kernel cuts at its TCP MSS, which a 576-byte path (the smallest tunnel MTU) keeps at 536 or
+ * more; 64 leaves room for odd stacks and still refuses the 1-byte segments of an attack.
+ */
+export const MIN_GSO_SIZE = 64;
+/**
+ * Most segments one super-packet from a peer may be cut into: a 64 KiB super-packet at the
+ * classic minimum MSS of 536 bytes has 122. The segmenter, the far kernel and the UDP batch
+ * then spend at most this much work on one packet a peer chose.
+ */
+export const MAX_SEGMENTS = 128;
+
+/**
+ * Whether the virtio-net header at `buf[start]`, in front of the IP packet that ends at `end`,
+ * is one a kernel could have written for that packet: only the NEEDS_CSUM and DATA_VALID flags;
+ * a checksum position inside the packet, past its IP header; for a super-packet, a GSO type that
+ * matches the IP version and protocol, the checksum of that TCP or UDP header, a payload, and a
+ * `gso_size` of at least {@linkcode MIN_GSO_SIZE} that cuts it into at most
+ * {@linkcode MAX_SEGMENTS}. A peer writes these bytes and our segmenter and our kernel act on
+ * them, so every header from a peer passes here first; on a packet's own path, no allocation.
+ */
+export function validVnetHeader(buf: Uint8Array, start: number, end: number): boolean {
+  const ip = start + VNET_HDR_LEN;
+  const length = end - ip;
+  if (length < 20) return false;
+  const flags = buf[start]!;
+  const gsoType = buf[start + 1]!;
+  const hdrLen = buf[start + 2]! | (buf[start + 3]! << 8);
+  const gsoSize = buf[start + 4]! | (buf[start + 5]! << 8);
+  const csumStart = buf[start + 6]! | (buf[start + 7]! << 8);
+  const csumOffset = buf[start + 8]! | (buf[start + 9]! << 8);
+  const version = buf[ip]! >> 4;
+  const ipHeader = version === 4 ? (buf[ip]! & 0x0f) * 4 : version === 6 ? 40 : 0;
+  if ((flags & ~(F_NEEDS_CSUM | F_DATA_VALID)) !== 0 || hdrLen > length) return false;
+  const needsCsum = (flags & F_NEEDS_CSUM) !== 0;
+  if (needsCsum && (ipHeader < 20 || csumStart < ipHeader || csumStart + csumOffset + 2 > length)) {
+    return false;
+  }
+  if (gsoType === GSO_NONE) return true;
+  const udp = gsoType === GSO_UDP_L4;
+  const tcpType = version === 4 ? GSO_TCPV4 : GSO_TCPV6;
+  if (!udp && (gsoType & ~GSO_ECN) !== tcpType) return false;
+  const protocol = version === 4 ? buf[ip + 9] : buf[ip + 6];
+  if (ipHeader < 20 || protocol !== (udp ? PROTO_UDP : PROTO_TCP)) return false;
+  if (length < ipHeader + (udp ? 8 : 20)) return false;
+  const l4Header = udp ? 8 : (buf[ip + ipHeader + 12]! >> 4) * 4;
+  const payload = length - ipHeader - l4Header;
+  return needsCsum && csumStart === ipHeader && csumOffset === (udp ? 6 : 16) &&
+    (udp || l4Header >= 20) && payload > 0 && gsoSize >= MIN_GSO_SIZE &&
+    payload <= gsoSize * MAX_SEGMENTS;
+}
 
 /** Receives one packet; `packet` is valid only during the call. */
 export type Emit = (packet: Uint8Array) => void;

@@ -2,14 +2,17 @@
  * The PKI of the VPN: one CA made by the tool, a server certificate, client certificates, a
  * registry of issued clients, and the proof of key possession that authenticates a client.
  *
- * Layout of a PKI directory (created 0700):
+ * Layout of a PKI directory (created 0700; `vpn init` refuses an existing one that is not this
+ * user's alone, `vpn serve` one that others may write or whose keys they may read):
  *
  *   ca.crt        CA certificate (ECDSA P-256, self-signed, 10 years)       0644
  *   ca.key        CA private key, PKCS#8 PEM; read only to issue clients    0600
- *   server.crt    server certificate (serverAuth, SANs from --host)         0644
+ *   server.crt    server certificate (serverAuth; --host names, identity)   0644
  *   server.key    server private key, PKCS#8 PEM                            0600
  *   clients.json  registry: every issued client, its serial, expiry and     0600
- *                 revocation time; the server reads revoked serials from it
+ *                 revocation time; the server admits only serials listed
+ *                 there and not revoked
+ *   clients.lock  held (flock) by every read-modify-write of clients.json  0600
  *
  * Client authentication (why not mutual TLS): `Deno.listenTls` can neither request nor see a
  * client certificate. `node:tls` can, but measured at 130-454 MB/s against 168-1331 MB/s for
@@ -17,8 +20,9 @@
  * client proves possession of its key inside the server-authenticated TLS session:
  *
  *   1. the client dials the server and verifies its certificate (rustls, `caCerts: [ca]`)
- *   2. server sends serverNonce; client sends clientNonce, the name it dialled, its cert
- *   3. both compute `authChallenge(serverNonce, clientNonce, dialledName)`
+ *      against the CA's identity name (`serverIdentityName()`), not the name it dialled
+ *   2. server sends serverNonce; client sends clientNonce, that identity name, its cert
+ *   3. both compute `authChallenge(serverNonce, clientNonce, identityName)`
  *   4. client sends `signChallenge(clientKey, challenge)`
  *   5. server runs `verifyClient()`: CA signature, validity, client usage, revocation,
  *      then the signature over the challenge
@@ -29,6 +33,19 @@
 // reflect-metadata must be loaded before @peculiar/x509, which throws at load without it.
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { cString, errno, ErrnoError, libc } from "../ffi/libc.ts";
+import {
+  EAGAIN,
+  EINTR,
+  LOCK_EX,
+  LOCK_NB,
+  O_CLOEXEC,
+  O_CREAT,
+  O_EXCL,
+  O_NOFOLLOW,
+  O_RDONLY,
+  O_WRONLY,
+} from "../ffi/constants.ts";
 
 x509.cryptoProvider.set(crypto);
 
@@ -41,6 +58,10 @@ const SERVER_KEY = "server.key";
 /** The client registry in the PKI directory; revocations show up here. */
 export const REGISTRY_FILE = "clients.json";
 const REGISTRY_VERSION = 1;
+const REGISTRY_LOCK = "clients.lock";
+/** How long a registry update waits for another process's to finish (ms); one takes ms. */
+const LOCK_WAIT_MS = 10_000;
+const LOCK_POLL_MS = 10;
 
 const PRIVATE_MODE = 0o600;
 const PUBLIC_MODE = 0o644;
@@ -135,40 +156,117 @@ function fileExists(path: string): boolean {
   }
 }
 
+function missingFile(dir: string, file: string): PkiError {
+  return new PkiError(`${join(dir, file)} is missing; run \`vpn init --dir ${dir}\` first`);
+}
+
 async function readPkiFile(dir: string, file: string): Promise<string> {
-  const path = join(dir, file);
   try {
-    return await Deno.readTextFile(path);
+    return await Deno.readTextFile(join(dir, file));
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new PkiError(`${path} is missing; run \`vpn init --dir ${dir}\` first`);
-    }
+    if (e instanceof Deno.errors.NotFound) throw missingFile(dir, file);
     throw e;
+  }
+}
+
+function octal(mode: number): string {
+  return (mode & 0o7777).toString(8).padStart(4, "0");
+}
+
+/** `path` without its last component. */
+function parentOf(path: string): string {
+  const cut = path.lastIndexOf("/");
+  return cut < 0 ? "." : cut === 0 ? "/" : path.slice(0, cut);
+}
+
+/**
+ * `result` of a libc call on `path`, or its failure; EACCES and EPERM worded as Deno words
+ * them, so that the CLI names the file's owner and mode (mod/commands.ts). Deno's file API
+ * has neither fchmod nor O_NOFOLLOW, hence libc for the writes that need them.
+ */
+function fileCall(call: string, path: string, result: number): number {
+  if (result >= 0) return result;
+  const error = new ErrnoError(`${call} ${path}`, errno());
+  if (error.code === "EACCES" || error.code === "EPERM") {
+    throw new Deno.errors.PermissionDenied(
+      `Permission denied (os error ${error.errno}): ${call} '${path}'`,
+    );
+  }
+  throw error;
+}
+
+function openFd(path: string, flags: number, mode = 0): number {
+  return fileCall("open", path, libc().open_mode(cString(path), flags | O_CLOEXEC, mode));
+}
+
+/** Makes the renames in `dir` durable: without it a crash may bring the old file back. */
+function syncDirectory(dir: string): void {
+  const fd = openFd(dir, O_RDONLY);
+  try {
+    fileCall("fsync", dir, libc().fsync(fd));
+  } finally {
+    libc().close(fd);
   }
 }
 
 /**
  * Writes a file so that readers see either the old or the new content, never a half-written
- * one, and never a moment where a key is readable by others: the temporary file is created
- * with `mode`, chmod-ed (the umask may have removed bits), synced, then renamed over the
- * target. The rename replaces the inode, so an existing file's looser mode does not survive.
+ * one, never through a symlink, and never a moment where a key is readable by others: the
+ * temporary file is created with O_EXCL (which refuses any existing name, a symlink too) and
+ * `mode`, chmod-ed through its descriptor (the umask may have removed bits), synced, renamed
+ * over the target (replacing a symlink there, not its target), and the directory synced. The
+ * rename replaces the inode, so an existing file's looser mode does not survive.
  */
-async function writeFileAtomic(path: string, text: string, mode: number): Promise<void> {
+export async function writeFileAtomic(path: string, text: string, mode: number): Promise<void> {
   const tmp = `${path}.tmp-${randomHex(6)}`;
+  const c = libc();
+  const fd = openFd(tmp, O_WRONLY | O_CREAT | O_EXCL, mode);
   try {
-    const file = await Deno.open(tmp, { write: true, createNew: true, mode });
     try {
-      await Deno.chmod(tmp, mode);
+      fileCall("fchmod", tmp, c.fchmod(fd, mode));
       const data = new TextEncoder().encode(text);
-      for (let off = 0; off < data.length;) off += await file.write(data.subarray(off));
-      await file.syncData();
+      for (let off = 0; off < data.length;) {
+        off += fileCall("write", tmp, c.write(fd, data.subarray(off), data.length - off));
+      }
+      fileCall("fsync", tmp, c.fsync(fd));
     } finally {
-      file.close();
+      c.close(fd);
     }
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw e;
+  }
+  syncDirectory(parentOf(path));
+}
+
+/**
+ * Runs `fn` holding an exclusive flock(2) on DIR/clients.lock, which every read-modify-write
+ * of the registry takes, in any process. The lock is polled (LOCK_NB): a blocking flock would
+ * stop this thread's event loop. Closing the descriptor releases it, as does the process
+ * ending, so a crashed command never leaves it held.
+ */
+async function holdingRegistryLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  const path = join(dir, REGISTRY_LOCK);
+  // O_NOFOLLOW: a symlink planted here must not make us create or lock a file elsewhere.
+  // Read-only is enough for flock, and opens also when the umask took the write bit.
+  const fd = openFd(path, O_RDONLY | O_CREAT | O_NOFOLLOW, PRIVATE_MODE);
+  try {
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    while (libc().flock(fd, LOCK_EX | LOCK_NB) < 0) {
+      const code = errno();
+      if (code !== EAGAIN && code !== EINTR) throw new ErrnoError(`flock ${path}`, code);
+      if (Date.now() >= deadline) {
+        throw new PkiError(
+          `Cannot lock ${path}: another vpn command has held it for ${LOCK_WAIT_MS / 1000} s; ` +
+            `let it finish (fuser -v ${path} shows it) and try again`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+    }
+    return await fn();
+  } finally {
+    libc().close(fd);
   }
 }
 
@@ -349,7 +447,7 @@ export async function initPki(dir: string, options: InitOptions): Promise<void> 
   const days = checkDays(options.days ?? LEAF_DAYS);
   if (!options.force) refuseExistingPki(dir);
 
-  await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
+  await preparePkiDir(dir);
   const caKeys = await generateKeyPair();
   const caCert = await createCa(caKeys, CA_DAYS);
   const serverKeys = await generateKeyPair();
@@ -360,24 +458,91 @@ export async function initPki(dir: string, options: InitOptions): Promise<void> 
     {
       cn: first.value,
       usage: x509.ExtendedKeyUsage.serverAuth,
-      sans,
+      sans: [...sans, { type: "dns", value: await identityName(caCert) }],
       notBefore: new Date(now - BACKDATE_MS),
       notAfter: new Date(now + days * DAY_MS),
     },
   );
 
-  // Keys first and ca.crt last: hasPki() looks at ca.crt, so it turns true only once the
-  // rest is in place.
-  await writeFileAtomic(join(dir, CA_KEY), await privateKeyPem(caKeys.privateKey), PRIVATE_MODE);
-  await writeFileAtomic(
-    join(dir, SERVER_KEY),
-    await privateKeyPem(serverKeys.privateKey),
-    PRIVATE_MODE,
-  );
-  await writeFileAtomic(join(dir, SERVER_CERT), certPem(serverCert), PUBLIC_MODE);
-  // A new CA invalidates every client of the old one, so their registry goes too.
-  await writeRegistry(dir, []);
-  await writeFileAtomic(join(dir, CA_CERT), certPem(caCert), PUBLIC_MODE);
+  const caKeyPem = await privateKeyPem(caKeys.privateKey);
+  const serverKeyPem = await privateKeyPem(serverKeys.privateKey);
+  // Under the registry lock, so that a `client add` running meanwhile signs with the old CA
+  // and lands in the old registry, which goes, or waits for the new ones.
+  await holdingRegistryLock(dir, async () => {
+    // Keys first and ca.crt last: hasPki() looks at ca.crt, so it turns true only once the
+    // rest is in place.
+    await writeFileAtomic(join(dir, CA_KEY), caKeyPem, PRIVATE_MODE);
+    await writeFileAtomic(join(dir, SERVER_KEY), serverKeyPem, PRIVATE_MODE);
+    await writeFileAtomic(join(dir, SERVER_CERT), certPem(serverCert), PUBLIC_MODE);
+    // A new CA invalidates every client of the old one, so their registry goes too.
+    await writeRegistry(dir, []);
+    await writeFileAtomic(join(dir, CA_CERT), certPem(caCert), PUBLIC_MODE);
+  });
+}
+
+/**
+ * Makes `dir` (0700) if it is missing; an existing one must be this user's and closed to group
+ * and others, since the private keys go there and whoever may write it may replace them.
+ */
+async function preparePkiDir(dir: string): Promise<void> {
+  const created = !fileExists(dir);
+  await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
+  if (created) {
+    // The umask may have taken bits from DIR_MODE, and a mode set by path could follow a
+    // symlink swapped in: set it on the descriptor.
+    const fd = openFd(dir, O_RDONLY);
+    try {
+      fileCall("fchmod", dir, libc().fchmod(fd, DIR_MODE));
+    } finally {
+      libc().close(fd);
+    }
+    return;
+  }
+  const info = await Deno.stat(dir);
+  const uid = Deno.uid();
+  if (info.uid !== uid) {
+    throw new PkiError(
+      `${dir} belongs to uid ${info.uid}, not to this user (uid ${uid}), who would keep the ` +
+        `PKI's private keys there; run: chown ${uid} ${dir} (or pass another --dir)`,
+    );
+  }
+  const mode = info.mode ?? 0;
+  if (mode & 0o077) {
+    throw new PkiError(
+      `${dir} is mode ${octal(mode)}: group or others could read or replace the PKI's ` +
+        `private keys there; run: chmod 700 ${dir}`,
+    );
+  }
+}
+
+/**
+ * Refuses a PKI that others could change (a directory group or others may write) or whose
+ * private keys they may read: either lets them act as this server or its CA.
+ */
+async function refuseUnsafePki(dir: string): Promise<void> {
+  const mode = (await Deno.stat(dir)).mode ?? 0;
+  if (mode & 0o022) {
+    throw new PkiError(
+      `${dir} is mode ${octal(mode)}: group or others could replace the CA and the keys ` +
+        `there; run: chmod 700 ${dir}`,
+    );
+  }
+  for (const file of [CA_KEY, SERVER_KEY]) {
+    const path = join(dir, file);
+    let keyMode: number;
+    try {
+      keyMode = (await Deno.stat(path)).mode ?? 0;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) continue; // ca.key may live offline
+      throw e;
+    }
+    if (keyMode & 0o077) {
+      throw new PkiError(
+        `${path} is mode ${octal(keyMode)}: group or others may read this private key; ` +
+          `run: chmod 600 ${path}`,
+      );
+    }
+  }
 }
 
 function refuseExistingPki(dir: string): void {
@@ -413,14 +578,18 @@ export interface ServerIdentity {
 /**
  * Reads the server's certificate, key and the CA certificate from `dir`.
  *
- * @throws {PkiError} if a file is missing.
+ * @throws {PkiError} if a file is missing, group or others may write `dir`, or read a
+ *   private key in it.
  */
 export async function loadServerIdentity(dir: string): Promise<ServerIdentity> {
-  return {
+  const identity = {
     caPem: await readPkiFile(dir, CA_CERT),
     certPem: await readPkiFile(dir, SERVER_CERT),
     keyPem: await readPkiFile(dir, SERVER_KEY),
   };
+  // After the reads, so that a file this user may not read is reported as such first.
+  await refuseUnsafePki(dir);
+  return identity;
 }
 
 /**
@@ -431,6 +600,56 @@ export function certificateNames(certPem: string): string[] {
   const cert = parseCert(certPem, "server certificate");
   const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
   return (san?.names.toJSON() ?? []).map((name) => name.value.toLowerCase());
+}
+
+/**
+ * The name clients verify the server certificate against instead of the name they dialled:
+ * `<first 16 bytes of SHA-256 of the CA certificate's DER, hex>.vpn.invalid`. Deno's TLS trusts
+ * its built-in public roots besides the profile's CA, and any of those may certify a dialled
+ * name. `.invalid` is reserved (RFC 6761) and the CA/Browser Forum Baseline Requirements forbid
+ * public CAs to certify it, so only this VPN's CA puts this name into a certificate.
+ *
+ * @throws {PkiError} if `caPem` is not a PEM certificate.
+ */
+export function serverIdentityName(caPem: string): Promise<string> {
+  return identityName(parseCert(caPem, "the CA certificate"));
+}
+
+async function identityName(ca: x509.X509Certificate): Promise<string> {
+  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", ca.rawData));
+  return `${hash.subarray(0, 16).toHex()}.vpn.invalid`;
+}
+
+/**
+ * Adds the identity name (`serverIdentityName()`) to a server.crt made before clients verified
+ * it: the same key, names and validity, signed again by the CA in `dir`.
+ *
+ * @returns true if server.crt was re-issued, false if it names the identity already.
+ * @throws {PkiError} if it lacks the name and ca.key, needed to add it, is missing.
+ */
+export async function upgradeServerCertificate(dir: string): Promise<boolean> {
+  const path = join(dir, SERVER_CERT);
+  const old = parseCert(await readPkiFile(dir, SERVER_CERT), path);
+  const caPem = await readPkiFile(dir, CA_CERT);
+  const identity = await serverIdentityName(caPem);
+  const sans = old.getExtension(x509.SubjectAlternativeNameExtension)?.names.toJSON() ?? [];
+  if (sans.some((san) => san.value.toLowerCase() === identity)) return false;
+  if (!fileExists(join(dir, CA_KEY))) {
+    throw new PkiError(
+      `${path} lacks the name ${identity}, which clients verify, and ${join(dir, CA_KEY)} is ` +
+        `missing to add it: put ca.key back into ${dir} for one run of vpn serve`,
+    );
+  }
+  const ca = await loadSigningCa(dir);
+  const cert = await createLeaf(ca, await old.publicKey.export(EC_KEY, ["verify"]), {
+    cn: old.subjectName.getField("CN")[0] ?? identity,
+    usage: x509.ExtendedKeyUsage.serverAuth,
+    sans: [...sans, { type: "dns", value: identity }],
+    notBefore: old.notBefore,
+    notAfter: old.notAfter,
+  });
+  await writeFileAtomic(path, certPem(cert), PUBLIC_MODE);
+  return true;
 }
 
 // --- client registry ---------------------------------------------------------------------
@@ -502,6 +721,31 @@ async function writeRegistry(dir: string, clients: ClientEntry[]): Promise<void>
   );
 }
 
+/**
+ * Checks that `keyPem` is the private key of `certPem` (a profile's `key` and `cert`), by a
+ * signature over a throwaway message: a profile that fails this would fail every AUTH.
+ *
+ * @throws {PkiError} naming `source` and what is wrong.
+ */
+export async function checkKeyPair(certPem: string, keyPem: string, source: string): Promise<void> {
+  const key = await importPrivateKey(keyPem, `${source}: key`);
+  const cert = parseCert(certPem, `${source}: cert`);
+  let publicKey: CryptoKey;
+  try {
+    publicKey = await cert.publicKey.export(EC_KEY, ["verify"]);
+  } catch {
+    throw new PkiError(`Cannot use ${source}: cert: its key is not ECDSA P-256`);
+  }
+  const probe = crypto.getRandomValues(new Uint8Array(32));
+  const signature = await crypto.subtle.sign(EC_SIGN, key, probe);
+  if (!await crypto.subtle.verify(EC_SIGN, publicKey, signature, probe)) {
+    throw new PkiError(
+      `Cannot use ${source}: its key is not the private key of its cert; use the profile as ` +
+        `"vpn client add" wrote it`,
+    );
+  }
+}
+
 /** A certificate's CN (a client certificate's CN is the client's name); undefined if none. */
 export function certificateCommonName(certPem: string): string | undefined {
   try {
@@ -512,15 +756,20 @@ export function certificateCommonName(certPem: string): string | undefined {
 }
 
 /**
- * Registry updates are read-modify-write; this chains them per directory so that two
- * concurrent calls in one process cannot lose an entry. (Two processes are not serialised:
- * the CLI runs one command at a time.)
+ * Registry updates are read-modify-write; each runs holding DIR/clients.lock, so that two
+ * concurrent updates, in any processes, cannot lose an entry or a revocation. Within one
+ * process they are also chained per directory, so that they queue instead of polling the lock.
  */
 const registryQueues = new Map<string, Promise<unknown>>();
 
 function withRegistry<T>(dir: string, update: () => Promise<T>): Promise<T> {
+  const locked = () => {
+    // Checked first: the lock file would otherwise be created in a directory without a PKI.
+    if (!fileExists(join(dir, REGISTRY_FILE))) throw missingFile(dir, REGISTRY_FILE);
+    return holdingRegistryLock(dir, update);
+  };
   const prev = registryQueues.get(dir) ?? Promise.resolve();
-  const next = prev.then(update, update);
+  const next = prev.then(locked, locked);
   const settled = next.catch(() => {});
   registryQueues.set(dir, settled);
   settled.then(() => {
@@ -610,7 +859,7 @@ export async function issueClient(
 
 /**
  * Revokes the non-revoked client called `name`. Servers pick it up through
- * `readRevokedSerials()`.
+ * `readRegistrySerials()`.
  *
  * @returns the updated registry entry.
  * @throws {PkiError} if there is no such client or it is already revoked.
@@ -628,10 +877,43 @@ export async function revokeClient(dir: string, name: string): Promise<ClientEnt
           : `No client named "${name}" in ${dir}; "vpn client list --dir ${dir}" shows the names`,
       );
     }
-    entry.revokedAt = new Date().toISOString();
-    await writeRegistry(dir, clients);
-    return entry;
+    return await markRevoked(dir, clients, entry);
   });
+}
+
+/**
+ * Revokes the certificate with serial number `serial` (hex, any case, as `vpn client list`
+ * shows it), whichever name it has.
+ *
+ * @returns the updated registry entry.
+ * @throws {PkiError} if no certificate has that serial or it is already revoked.
+ */
+export async function revokeSerial(dir: string, serial: string): Promise<ClientEntry> {
+  const wanted = serial.toLowerCase();
+  return await withRegistry(dir, async () => {
+    const clients = await readRegistry(dir);
+    const entry = clients.find((c) => c.serial === wanted);
+    if (!entry) {
+      throw new PkiError(
+        `No certificate with serial ${wanted} in ${dir} (a server admits only those listed ` +
+          `there); "vpn client list --dir ${dir}" shows the serials`,
+      );
+    }
+    if (entry.revokedAt !== undefined) {
+      throw new PkiError(`Certificate ${wanted} ("${entry.name}") is already revoked`);
+    }
+    return await markRevoked(dir, clients, entry);
+  });
+}
+
+async function markRevoked(
+  dir: string,
+  clients: ClientEntry[],
+  entry: ClientEntry,
+): Promise<ClientEntry> {
+  entry.revokedAt = new Date().toISOString();
+  await writeRegistry(dir, clients);
+  return entry;
 }
 
 /** Every client ever issued from the PKI in `dir`, in issue order, with its status at `now`. */
@@ -640,14 +922,30 @@ export async function listClients(dir: string, now: Date = new Date()): Promise<
   return clients.map((c) => ({ ...c, status: clientStatus(c, now) }));
 }
 
+/** The serial numbers (lowercase hex) in the registry, for `verifyClient()`. */
+export interface RegistrySerials {
+  /** Issued and not revoked: the only ones a server admits (expiry is the certificate's). */
+  valid: Set<string>;
+  /** Revoked. */
+  revoked: Set<string>;
+}
+
 /**
- * Serial numbers (lowercase hex) of revoked clients, for `verifyClient({ revoked })`.
- * A missing or corrupt registry throws rather than returning an empty set: revocation fails
- * closed.
+ * The registry's serials, valid and revoked. A missing or corrupt registry throws rather than
+ * returning empty sets, and a certificate the registry does not list is refused: revocation
+ * fails closed.
  */
+export async function readRegistrySerials(dir: string): Promise<RegistrySerials> {
+  const serials: RegistrySerials = { valid: new Set(), revoked: new Set() };
+  for (const c of await readRegistry(dir)) {
+    (c.revokedAt === undefined ? serials.valid : serials.revoked).add(c.serial.toLowerCase());
+  }
+  return serials;
+}
+
+/** The revoked serials of `readRegistrySerials()`. */
 export async function readRevokedSerials(dir: string): Promise<Set<string>> {
-  const clients = await readRegistry(dir);
-  return new Set(clients.filter((c) => c.revokedAt !== undefined).map((c) => c.serial));
+  return (await readRegistrySerials(dir)).revoked;
 }
 
 // --- client authentication ---------------------------------------------------------------
@@ -664,10 +962,11 @@ const MAX_NONCE = 255;
  * - The label keeps the signature from being valid for anything else signed with the key.
  * - serverNonce makes every challenge fresh, so a recorded signature cannot be replayed;
  *   clientNonce means a server never gets a signature over bytes it chose alone.
- * - serverName is the name the client dialled and rustls verified. Deno exposes no TLS
- *   exporter to bind the signature to the TLS session itself, so binding the name is what
- *   stops relaying: a rogue server holding a CA-issued certificate for another name could
- *   otherwise pass the real server's challenge to the client and the signature back. The
+ * - serverName is the name rustls verified: the client's CA's `serverIdentityName()` (older
+ *   clients sent the name they dialled). Deno exposes no TLS exporter to bind the signature to
+ *   the TLS session itself, so binding the name is what stops relaying: a server the client
+ *   trusts under another name could otherwise pass the real server's challenge to the client
+ *   and the signature back. The
  *   server must check that the name the client reports is one of its own certificate's
  *   names, and compute the challenge with it. DNS names are lowercased here, so either side
  *   may pass them in any case.
@@ -723,8 +1022,10 @@ export interface VerifyClientParams {
   challenge: Uint8Array;
   /** The client's `signChallenge()` result. */
   signature: Uint8Array;
-  /** Revoked serials, from `readRevokedSerials()`. */
+  /** Revoked serials, from `readRegistrySerials()`. */
   revoked: Set<string>;
+  /** Issued, not revoked serials, from `readRegistrySerials()`; no other serial is admitted. */
+  valid: Set<string>;
   /** Time to check validity at; defaults to now. */
   now?: Date;
 }
@@ -831,17 +1132,18 @@ async function checkProof(
 
 /**
  * Authenticates a client: its certificate must chain to `caPem` and be valid, issued for
- * client auth and not revoked, and `signature` must be its key's signature of `challenge`.
+ * client auth, listed in the registry and not revoked, and `signature` must be its key's
+ * signature of `challenge`.
  * Checks run in that order, so the reason names the first failure.
  *
  * @throws {AuthError} with the failed check as `reason`.
  * @throws {PkiError} if `caPem` itself is unusable (a server misconfiguration).
  * @example
  * ```ts
- * import { authChallenge, readRevokedSerials, verifyClient } from "./pki.ts";
+ * import { authChallenge, readRegistrySerials, verifyClient } from "./pki.ts";
  * const challenge = authChallenge(serverNonce, clientNonce, dialledName);
  * const { name } = await verifyClient({
- *   certPem, caPem, challenge, signature, revoked: await readRevokedSerials(dir),
+ *   certPem, caPem, challenge, signature, ...(await readRegistrySerials(dir)),
  * });
  * ```
  */
@@ -854,6 +1156,10 @@ export async function verifyClient(params: VerifyClientParams): Promise<Verified
   const serial = cert.serialNumber.toLowerCase();
   if (params.revoked.has(serial)) {
     throw new AuthError("revoked", `certificate ${serial} has been revoked`);
+  }
+  // Signed by our CA is not enough: a certificate the registry lost could not be revoked.
+  if (!params.valid.has(serial)) {
+    throw new AuthError("revoked", `certificate ${serial} is not in the client registry`);
   }
   await checkProof(cert, params.challenge, params.signature);
   const name = cert.subjectName.getField("CN")[0];

@@ -7,7 +7,9 @@
  *   2. route each IPv4 packet by destination to the session that owns that address;
  *   3. seal it into the UDP batch when that client's UDP path is alive (mod/server_udp.ts),
  *      cut to the MTU where needed (mod/offload.ts), else copy it into the session's TLS send
- *      buffer; a full buffer waits up to 2 ms for that session's write, then drops (counted);
+ *      buffer; a full buffer waits up to 2 ms for that session's write, then drops (counted),
+ *      and after one such wait times out, the rest of the batch for that session drops at once,
+ *      as does every later packet until its write moves again;
  *   4. after the batch (`flush`): one `sendmmsg` for the UDP datagrams, one TLS write per
  *      session that got packets.
  *
@@ -24,7 +26,7 @@
 
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
-import { setTcpNoDelay, shutdownTcp } from "../ffi/socket.ts";
+import { setListenerNoDelay, shutdownTcp } from "../ffi/socket.ts";
 import { AddressPool } from "./address_pool.ts";
 import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
@@ -32,14 +34,14 @@ import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts
 import { formatPeer, ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
 import { BatchFailures, CounterLine, escapeText, log, RateLimit } from "./log.ts";
 import { ALPN } from "./messages.ts";
-import { Coalescer, Segmenter, VNET_HDR_LEN } from "./offload.ts";
+import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
 import { REJECT_REASONS, REJECT_WORDS, type RejectReason, ServerUdp } from "./server_udp.ts";
 import { Session } from "./session.ts";
 import {
   AuthError,
   certificateNames,
   loadServerIdentity,
-  readRevokedSerials,
+  readRegistrySerials,
   REGISTRY_FILE,
 } from "./pki.ts";
 import { FrameError, MAX_PAYLOAD } from "./wire.ts";
@@ -52,6 +54,12 @@ const PRE_AUTH_TIMEOUT_MS = 10_000;
 const MAX_PRE_AUTH = 64;
 /** How often the client registry is checked for revocations (ms). */
 const REVOCATION_POLL_MS = 1000;
+/**
+ * The coarsest clock of a file system's time stamps (ms): FAT keeps 2 s, ext4, xfs and tmpfs a
+ * kernel tick. A registry written within this time of the last read is read again at each poll,
+ * since a second write in the same tick would leave its size and mtime as they were.
+ */
+const REGISTRY_TICK_MS = 2000;
 /** Packets one TUN read returns at most. */
 const BATCH = 64;
 /** Longest the TUN loop waits for one session's TLS write before that session drops (ms). */
@@ -78,6 +86,8 @@ export interface ServerStats {
   refused: number;
   /** Packets for clients dropped because the session's TLS send buffer was full. */
   dropped: number;
+  /** Packets from clients dropped for a virtio-net header no kernel writes (mod/offload.ts). */
+  badVnet: number;
 }
 
 /** The counters of the periodic line, in its order, with their words. */
@@ -86,6 +96,7 @@ const COUNTERS = {
   unroutable: "unroutable",
   notIpv4: "not IPv4",
   dropped: "dropped",
+  badVnet: "bad virtio-net header",
   refused: "refused",
 } as const satisfies Record<keyof ServerStats, string>;
 
@@ -101,7 +112,14 @@ export interface ServerOptions {
 
 /** The server of one VPN subnet. */
 export class Server {
-  readonly stats: ServerStats = { spoofed: 0, unroutable: 0, notIpv4: 0, refused: 0, dropped: 0 };
+  readonly stats: ServerStats = {
+    spoofed: 0,
+    unroutable: 0,
+    notIpv4: 0,
+    refused: 0,
+    dropped: 0,
+    badVnet: 0,
+  };
   readonly pool: AddressPool;
   /** Where the listener is bound. */
   readonly port: number;
@@ -120,7 +138,10 @@ export class Server {
   readonly #bySerial = new Map<string, Session>();
   /** Connections still in their handshake, each with its way to be dropped. */
   readonly #preAuth = new Set<() => void>();
-  #registryMtime = 0;
+  /** The registry's inode, size and mtime as last read whole and settled; unset: read it. */
+  #registryStamp: string | undefined;
+  /** The stamp of the registry that last failed to read, so that it is logged once. */
+  #failedStamp: string | undefined;
   #revocationTimer: ReturnType<typeof setInterval> | undefined;
   readonly #countersTimer: ReturnType<typeof setInterval>;
   readonly #counters = new CounterLine(COUNTERS);
@@ -143,6 +164,8 @@ export class Server {
   #target: Session | undefined;
   /** With offload, joins inbound TCP segments into super-packets for the TUN (GRO). */
   readonly #coalescer: Coalescer | undefined;
+  /** Numbers the TUN batches, from 1; see `Session.stalledBatch`. */
+  #batch = 0;
 
   private constructor(
     options: ServerOptions,
@@ -187,7 +210,7 @@ export class Server {
     const trust: ServerTrust = {
       caPem: identity.caPem,
       serverNames: new Set(certificateNames(identity.certPem)),
-      revoked: await readRevokedSerials(dir),
+      ...(await readRegistrySerials(dir)),
     };
     const pool = new AddressPool(config.subnet);
     const tun = options.tun ?? createServerTun(config, pool);
@@ -260,6 +283,9 @@ export class Server {
   }
 
   async #acceptLoop(): Promise<void> {
+    // Every accepted socket inherits TCP_NODELAY from the listener: no connection needs a
+    // lookup of its socket for it (ffi/socket.ts).
+    setListenerNoDelay(this.#listener.addr);
     try {
       for await (const conn of this.#listener) {
         if (this.#preAuth.size >= MAX_PRE_AUTH) {
@@ -303,7 +329,6 @@ export class Server {
     try {
       const { alpnProtocol } = await conn.handshake();
       tlsDone = true;
-      setTcpNoDelay(conn.localAddr, conn.remoteAddr);
       if (alpnProtocol !== ALPN) throw new FrameError(`client offered no "${ALPN}" ALPN id`);
       logger.debug("TLS from {peer}", { peer });
       // A revocation made a moment ago must already count for this client.
@@ -343,6 +368,13 @@ export class Server {
     if (this.#stopped) {
       channel.close();
       return;
+    }
+    // The registry may have been read again while this AUTH was verified against the older list.
+    if (!this.#trust.valid.has(serial)) {
+      throw new AuthError(
+        "revoked",
+        `certificate ${serial} is revoked or not in the client registry`,
+      );
     }
     const previous = this.#bySerial.get(serial);
     // The same certificate again replaces its old session and keeps the address.
@@ -408,6 +440,11 @@ export class Server {
     }
     if (ipv4Source(buffer, ip) !== session.addressNumber) {
       this.stats.spoofed++;
+      return;
+    }
+    // The client wrote this header, and our segmenter and kernel would cut the packet as it says.
+    if (session.vnet && !validVnetHeader(buffer, start, end)) {
+      this.stats.badVnet++;
       return;
     }
     const packet = buffer.subarray(start, end);
@@ -485,16 +522,17 @@ export class Server {
    * Backpressure with a bound: waits for the write in flight of a session whose send buffer
    * is full, at most {@linkcode CONGESTION_WAIT_MS}, since every other session waits too. A fast
    * client then loses nothing (dropped super-packets cost TCP far more than the wait); a slow
-   * one loses what does not fit, as behind any router.
+   * one loses what does not fit, as behind any router. False when the wait timed out.
    */
-  async #makeRoom(session: Session): Promise<void> {
+  async #makeRoom(session: Session): Promise<boolean> {
     this.flush();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      session.channel.drained(),
-      new Promise<void>((resolve) => timer = setTimeout(resolve, CONGESTION_WAIT_MS)),
+    const drained = await Promise.race([
+      session.channel.drained().then(() => true),
+      new Promise<boolean>((resolve) => timer = setTimeout(resolve, CONGESTION_WAIT_MS, false)),
     ]);
     clearTimeout(timer);
+    return drained;
   }
 
   async #tunToClients(): Promise<void> {
@@ -517,6 +555,7 @@ export class Server {
   /** Sends one batch read from the TUN to the clients the packets are for. */
   async #route(bufs: Uint8Array[], sizes: number[], n: number): Promise<void> {
     const ip = this.#vnet ? VNET_HDR_LEN : 0;
+    const batch = ++this.#batch;
     for (let i = 0; i < n; i++) {
       const packet = bufs[i]!;
       const size = sizes[i]!;
@@ -528,10 +567,19 @@ export class Server {
       if (session === undefined) {
         this.stats.unroutable++;
       } else if (!session.udp?.alive && this.#vnet === session.vnet) {
-        // TLS as is: a full send buffer waits a little for its write before it drops.
-        if (!session.channel.offerData(packet, size)) {
-          await this.#makeRoom(session);
-          if (!session.channel.queueData(packet, size)) {
+        // TLS as is: a full send buffer waits a little for its write before it drops. A client
+        // that reads slowly gets one wait per batch, one that stopped reading no more waits at
+        // all (the others wait too).
+        const { channel } = session;
+        if (!channel.offerData(packet, size)) {
+          if (
+            session.stalledBatch !== batch && session.stalledAt !== channel.movedAt &&
+            !await this.#makeRoom(session)
+          ) {
+            session.stalledBatch = batch;
+            session.stalledAt = channel.movedAt;
+          }
+          if (!channel.queueData(packet, size)) {
             this.stats.dropped++;
             continue;
           }
@@ -586,18 +634,28 @@ export class Server {
   }
 
   async #reloadRevocations(): Promise<void> {
+    let stamp = "missing";
     try {
-      const { mtime } = await Deno.stat(`${this.#dir}/${REGISTRY_FILE}`);
-      const changed = mtime?.getTime() ?? 0;
-      if (changed === this.#registryMtime) return;
-      this.#registryMtime = changed;
-      this.#trust.revoked = await readRevokedSerials(this.#dir);
+      const { ino, size, mtime } = await Deno.stat(`${this.#dir}/${REGISTRY_FILE}`);
+      const modified = mtime?.getTime() ?? 0;
+      stamp = `${ino} ${size} ${modified}`;
+      if (stamp === this.#registryStamp) return;
+      Object.assign(this.#trust, await readRegistrySerials(this.#dir));
+      this.#registryStamp = Date.now() - modified > REGISTRY_TICK_MS ? stamp : undefined;
     } catch (error) {
-      logger.warn("cannot read the client registry: {error}", { error: String(error) });
+      // Nothing is taken as read, so the next poll reads it again; said again once it changed.
+      if (stamp !== this.#failedStamp) {
+        logger.warn("cannot read the client registry: {error}", { error: String(error) });
+      }
+      this.#failedStamp = stamp;
       return;
     }
+    if (this.#failedStamp !== undefined) {
+      logger.info("read the client registry again");
+      this.#failedStamp = undefined;
+    }
     for (const session of [...this.#bySerial.values()]) {
-      if (this.#trust.revoked.has(session.serial)) {
+      if (!this.#trust.valid.has(session.serial)) {
         logger.warn("{name}: certificate revoked, dropping its session", { name: session.name });
         session.end("revoked", "certificate revoked");
       }

@@ -33,6 +33,7 @@ import {
   DatagramSlots,
   DatagramType,
   deriveKeys,
+  KeyHalf,
   OVERHEAD,
   type RejectStats,
   REKEY_AFTER_PACKETS,
@@ -68,7 +69,7 @@ export class UdpState {
   bytesIn = 0;
   bytesOut = 0;
   /** The server's half of a rekey in progress. */
-  pending: { epoch: number; random: Uint8Array } | undefined;
+  pending: { epoch: number; half: KeyHalf } | undefined;
 
   constructor(crypto: DatagramCrypto) {
     this.crypto = crypto;
@@ -158,16 +159,22 @@ export class ServerUdp {
     this.forget(client);
     let id: number;
     do id = crypto.getRandomValues(new Uint32Array(1))[0]!; while (this.#sessions.has(id));
-    const random = crypto.getRandomValues(new Uint8Array(32));
+    const half = new KeyHalf();
+    const secret = half.agree(Uint8Array.fromBase64(offer.share));
     const state = new UdpState(new DatagramCrypto(id, cipher, false, this.stats));
-    const keys = deriveKeys(Uint8Array.fromBase64(offer.random), random, id, 0);
+    const keys = deriveKeys(Uint8Array.fromBase64(offer.random), half.random, id, 0, secret);
     state.crypto.installReceive(keys);
     state.crypto.installSend(keys);
     client.udp = state;
     this.#sessions.set(id, client);
     client.channel.sendControl(
       FrameType.UDP_ACCEPT,
-      encodeMessage({ cipher, session: id, random: random.toBase64() }),
+      encodeMessage({
+        cipher,
+        session: id,
+        random: half.random.toBase64(),
+        share: half.share.toBase64(),
+      }),
     );
   }
 
@@ -186,13 +193,15 @@ export class ServerUdp {
     const due = keys.sent >= REKEY_AFTER_PACKETS ||
       performance.now() - keys.sendSince >= this.#rekeyMs;
     if (due && state.pending === undefined) {
-      state.pending = {
-        epoch: keys.sendEpoch + 1,
-        random: crypto.getRandomValues(new Uint8Array(32)),
-      };
+      const half = new KeyHalf();
+      state.pending = { epoch: keys.sendEpoch + 1, half };
       client.channel.sendControl(
         FrameType.REKEY,
-        encodeMessage({ epoch: state.pending.epoch, random: state.pending.random.toBase64() }),
+        encodeMessage({
+          epoch: state.pending.epoch,
+          random: half.random.toBase64(),
+          share: half.share.toBase64(),
+        }),
       );
     }
   }
@@ -202,11 +211,13 @@ export class ServerUdp {
     const state = client.udp;
     const pending = state?.pending;
     if (state === undefined || pending === undefined || ack.epoch !== pending.epoch) return;
+    const theirs = keyMaterial(ack, "REKEY_ACK");
     const keys = deriveKeys(
-      keyMaterial(ack, "REKEY_ACK"),
-      pending.random,
+      theirs.random,
+      pending.half.random,
       state.crypto.sessionId,
       ack.epoch,
+      pending.half.agree(theirs.share),
     );
     state.crypto.installReceive(keys);
     state.crypto.installSend(keys);

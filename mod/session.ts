@@ -32,6 +32,10 @@ export class Session {
   readonly addressNumber: number;
   /** Set while the session is in the current batch's list of channels to flush. */
   touched = false;
+  /** The server's TUN batch in which a wait for this session's full send buffer timed out. */
+  stalledBatch = 0;
+  /** The channel's `movedAt` when that wait timed out: no wait again until its write moves. */
+  stalledAt = -1;
   /** The UDP data channel, once agreed (owned by `ServerUdp`). */
   udp: UdpState | undefined;
   /** Packets to and from this client start with a virtio-net header (both TUNs have offload). */
@@ -68,6 +72,11 @@ export class Session {
     this.#keepalive = setInterval(() => {
       if (performance.now() - this.channel.lastReceived > timeout * 1000) {
         this.end("timeout", `no data for ${timeout} s`);
+        return;
+      }
+      // A client that sends but never reads would hold its buffers and slow the TUN loop for good.
+      if (this.channel.stuckFor > timeout * 1000) {
+        this.end("timeout", `the client read nothing for ${timeout} s (TLS writes stuck)`);
         return;
       }
       this.channel.sendControl(FrameType.PING);

@@ -19,6 +19,7 @@ import {
   DatagramType,
   deriveKeys,
   HEADER_LEN as DATAGRAM_HEADER_LEN,
+  KeyHalf,
 } from "../mod/datagram.ts";
 import { authenticate } from "../mod/handshake.ts";
 import {
@@ -231,13 +232,17 @@ export class RawClient {
 
   /** Asks for the UDP data channel (AES-256-GCM) and opens it on a socket of 127.0.0.1. */
   async offerUdp(): Promise<RawUdp> {
-    const random = crypto.getRandomValues(new Uint8Array(32));
+    const half = new KeyHalf();
     await this.send(
       FrameType.UDP_OFFER,
-      encodeMessage({ ciphers: ["aes-256-gcm"], random: random.toBase64() }),
+      encodeMessage({
+        ciphers: ["aes-256-gcm"],
+        random: half.random.toBase64(),
+        share: half.share.toBase64(),
+      }),
     );
     const frame = await this.until(FrameType.UDP_ACCEPT, SHORT_MS, "UDP_ACCEPT");
-    return RawUdp.open(decodeUdpAccept(frame.payload), random, this.conn.remoteAddr.port);
+    return RawUdp.open(decodeUdpAccept(frame.payload), half, this.conn.remoteAddr.port);
   }
 
   /** Closes the connection and waits (bounded) for the read loop to end. */
@@ -301,10 +306,17 @@ export class RawUdp {
     this.#inbox = new Inbox(socket, (bytes) => this.received.push(this.unseal(bytes)));
   }
 
-  /** Keys of epoch 0 from the UDP_ACCEPT and the random bytes of the offer. */
-  static open(accept: UdpAccept, clientRandom: Uint8Array, port: number): RawUdp {
+  /** Keys of epoch 0 from the UDP_ACCEPT and this client's half of the offer. */
+  static open(accept: UdpAccept, half: KeyHalf, port: number): RawUdp {
     const crypto = new DatagramCrypto(accept.session, "aes-256-gcm", true);
-    const keys = deriveKeys(clientRandom, Uint8Array.fromBase64(accept.random), accept.session, 0);
+    const secret = half.agree(Uint8Array.fromBase64(accept.share));
+    const keys = deriveKeys(
+      half.random,
+      Uint8Array.fromBase64(accept.random),
+      accept.session,
+      0,
+      secret,
+    );
     crypto.installReceive(keys);
     crypto.installSend(keys);
     return new RawUdp(UdpSocket.bind(HOST, 0), crypto, port);

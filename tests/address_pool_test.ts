@@ -119,3 +119,45 @@ Deno.test("AddressPool refuses subnets it cannot serve", () => {
   assertThrows(() => new AddressPool("fd00::/64"), TypeError, /must be IPv4/);
   assertThrows(() => new AddressPool("10.8.0.0"), TypeError, /Cannot parse CIDR/);
 });
+
+Deno.test("AddressPool.allocate() gives a returning owner its last address when asked", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  pool.allocate("alice");
+  assertEquals(pool.allocate("bob"), "10.8.0.3");
+  pool.allocate("carol");
+  pool.release("10.8.0.2");
+  pool.release("10.8.0.3");
+  // Bob comes back first and asks for his .3, although .2 is the lowest free address.
+  assertEquals(pool.allocate("bob", "10.8.0.3"), "10.8.0.3");
+});
+
+Deno.test("AddressPool.allocate() never gives an owner another owner's former address it asks for", () => {
+  const pool = new AddressPool("10.8.0.0/29");
+  assertEquals(pool.allocate("alice"), "10.8.0.2");
+  // Carol asks back the .6 she had before a restart, then is away (reconnecting): .6 is hers.
+  assertEquals(pool.allocate("carol", "10.8.0.6"), "10.8.0.6");
+  pool.release("10.8.0.6");
+  assertEquals(pool.allocate("mallory", "10.8.0.6"), "10.8.0.3");
+  assertEquals(pool.allocate("carol", "10.8.0.6"), "10.8.0.6");
+  // Once another owner has held an address, the earlier one can no longer ask for it.
+  pool.release("10.8.0.6");
+  assertEquals(pool.allocate("bob"), "10.8.0.4");
+  assertEquals(pool.allocate("dave"), "10.8.0.5");
+  assertEquals(pool.allocate("erin"), "10.8.0.6");
+  pool.release("10.8.0.5");
+  pool.release("10.8.0.6");
+  assertEquals(pool.allocate("carol", "10.8.0.6"), "10.8.0.5");
+  assertEquals(pool.allocate("erin", "10.8.0.6"), "10.8.0.6");
+});
+
+Deno.test("AddressPool.allocate(): an address is bound to one last owner, an owner to one address", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  assertEquals(pool.allocate("alice", "10.8.0.9"), "10.8.0.9");
+  pool.release("10.8.0.9");
+  assertEquals(pool.allocate("alice", "10.8.0.20"), "10.8.0.20");
+  pool.release("10.8.0.20");
+  // Alice moved on to .20: .9 is nobody's now, and .20 hers.
+  assertEquals(pool.allocate("bob", "10.8.0.9"), "10.8.0.9");
+  assertEquals(pool.allocate("carol", "10.8.0.20"), "10.8.0.2");
+  assertEquals(pool.allocate("alice", "10.8.0.20"), "10.8.0.20");
+});

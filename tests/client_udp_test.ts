@@ -12,6 +12,7 @@ import {
   DatagramSlots,
   DatagramType,
   deriveKeys,
+  KeyHalf,
 } from "../mod/datagram.ts";
 import { BatchFailures } from "../mod/log.ts";
 import { UdpSocket } from "../ffi/udp.ts";
@@ -30,9 +31,15 @@ Deno.test("BatchFailures logs the first failure and counts the ones within the n
 Deno.test("ClientUdp drops a batch whose handling throws and delivers the next", async () => {
   using server = UdpSocket.bind("127.0.0.1", 0);
   const session = 7;
-  const clientRandom = crypto.getRandomValues(new Uint8Array(32));
-  const serverRandom = crypto.getRandomValues(new Uint8Array(32));
-  const keys = deriveKeys(clientRandom, serverRandom, session, 0);
+  const clientHalf = new KeyHalf();
+  const serverHalf = new KeyHalf();
+  const keys = deriveKeys(
+    clientHalf.random,
+    serverHalf.random,
+    session,
+    0,
+    serverHalf.agree(clientHalf.share),
+  );
   using serverCrypto = new DatagramCrypto(session, "aes-256-gcm", false);
   serverCrypto.installReceive(keys);
   serverCrypto.installSend(keys);
@@ -46,8 +53,13 @@ Deno.test("ClientUdp drops a batch whose handling throws and delivers the next",
     },
     flush() {},
   };
-  const accept = { cipher: "aes-256-gcm", session, random: serverRandom.toBase64() };
-  using client = ClientUdp.open(accept, clientRandom, "127.0.0.1", server.port, sink, 5000);
+  const accept = {
+    cipher: "aes-256-gcm",
+    session,
+    random: serverHalf.random.toBase64(),
+    share: serverHalf.share.toBase64(),
+  };
+  using client = ClientUdp.open(accept, clientHalf, "127.0.0.1", server.port, sink, 5000);
   const probing = client.probe(3000);
 
   // The client's first PING tells the stand-in server where the client is.

@@ -53,7 +53,7 @@ rekey_interval: 60
 offload: false
 client_to_client: true
 push:
-  routes: [192.168.50.0/24, "FD00:50::/64"]
+  routes: [192.168.50.0/24, "172.16.0.0/12"]
 dev: tun7
 log: { level: debug }
 `;
@@ -65,7 +65,7 @@ log: { level: debug }
     rekey_interval: 60,
     offload: false,
     client_to_client: true,
-    push: { routes: ["192.168.50.0/24", "fd00:50::/64"] },
+    push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
     dev: "tun7",
     log: { level: "debug" },
   });
@@ -96,6 +96,11 @@ Deno.test("parseServerConfig() names file, key, value and rule for each bad valu
     ["subnet: 10.8.0.0/33", "subnet", `prefix length must be at most 32`],
     ["subnet: 10.8.0.9/24", "subnet", `host bits are set (did you mean "10.8.0.0/24"?)`],
     ["subnet: fd00::/64", "subnet", `must be IPv4`],
+    [
+      'push: { routes: ["fd00:50::/64"] }',
+      "push.routes[0]",
+      `push.routes[0]: "fd00:50::/64" is not allowed: must be an IPv4 network: the tunnel carries IPv4 only`,
+    ],
     [
       "subnet: [10.8.0.0/24]",
       "subnet",
@@ -227,7 +232,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     rekey_interval: 600,
     offload: false,
     client_to_client: true,
-    push: { routes: ["192.168.50.0/24", "fd00:50::/64"] },
+    push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
     dev: "tun%d",
     log: { level: "warning" },
   };

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import {
+  DatagramBatch,
   datagramCounter,
   DatagramCrypto,
   datagramSession,
@@ -7,13 +8,18 @@ import {
   DatagramType,
   deriveKeys,
   HEADER_LEN,
+  KeyHalf,
   OVERHEAD,
   writeHeader,
 } from "../mod/datagram.ts";
 import type { CipherName } from "../ffi/crypto.ts";
+import { FrameError } from "../mod/wire.ts";
+import { encodeSockAddr, UdpSocket } from "../ffi/udp.ts";
+import { within } from "./_wait.ts";
 
 const CLIENT_RANDOM = new Uint8Array(32).fill(1);
 const SERVER_RANDOM = new Uint8Array(32).fill(2);
+const SECRET = new Uint8Array(32).fill(9);
 
 Deno.test("writeHeader() puts type, phase, session id and a 64-bit counter in 13 bytes", () => {
   const datagram = new Uint8Array(HEADER_LEN);
@@ -24,21 +30,38 @@ Deno.test("writeHeader() puts type, phase, session id and a 64-bit counter in 13
 });
 
 Deno.test("deriveKeys() gives each direction its own key and salt, and each epoch new ones", () => {
-  const a = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 0);
-  const b = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 1);
-  const c = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 8, 0);
+  const a = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 0, SECRET);
+  const b = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 1, SECRET);
+  const c = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 8, 0, SECRET);
   assertEquals(a.clientToServer.key.length, 32);
   assertEquals(a.clientToServer.salt.length, 4);
   assert(a.clientToServer.key.toHex() !== a.serverToClient.key.toHex());
   assert(a.clientToServer.key.toHex() !== b.clientToServer.key.toHex());
   assert(a.clientToServer.key.toHex() !== c.clientToServer.key.toHex());
-  assertEquals(deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 0), a, "deterministic");
+  assertEquals(deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 0, SECRET), a, "deterministic");
+});
+
+Deno.test("deriveKeys() gives other keys for another X25519 secret: the randoms alone do not make them", () => {
+  const a = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 1, SECRET);
+  const b = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, 7, 1, new Uint8Array(32).fill(10));
+  assert(a.clientToServer.key.toHex() !== b.clientToServer.key.toHex());
+  assert(a.serverToClient.key.toHex() !== b.serverToClient.key.toHex());
+});
+
+Deno.test("KeyHalf: both sides agree on one secret, and a share of the wrong size or a low-order point is a protocol error", () => {
+  const client = new KeyHalf();
+  const server = new KeyHalf();
+  assertEquals(client.agree(server.share), server.agree(client.share));
+  assert(client.random.toHex() !== server.random.toHex());
+  assertThrows(() => client.agree(new Uint8Array(31)), FrameError, /32 bytes/);
+  // The all-zero point (and the other low-order ones) would give every pair the secret 0.
+  assertThrows(() => client.agree(new Uint8Array(32)), FrameError, /not a usable X25519/);
 });
 
 function pair(cipher: CipherName, id = 42) {
   const client = new DatagramCrypto(id, cipher, true);
   const server = new DatagramCrypto(id, cipher, false);
-  const keys = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, id, 0);
+  const keys = deriveKeys(CLIENT_RANDOM, SERVER_RANDOM, id, 0, SECRET);
   for (const side of [client, server]) {
     side.installReceive(keys);
     side.installSend(keys);
@@ -98,7 +121,7 @@ Deno.test("DatagramCrypto.open() rejects and counts a replay, a flipped byte and
 Deno.test("DatagramCrypto opens both epochs during a rekey, so nothing in flight is lost", () => {
   const { client, server } = pair("chacha20-poly1305");
   const inFlight = seal(client, new Uint8Array([1]));
-  const next = deriveKeys(new Uint8Array(32).fill(3), new Uint8Array(32).fill(4), 42, 1);
+  const next = deriveKeys(new Uint8Array(32).fill(3), new Uint8Array(32).fill(4), 42, 1, SECRET);
   // REKEY: the client can receive epoch 1; REKEY_ACK: the server receives and sends epoch 1.
   client.installReceive(next);
   server.installReceive(next);
@@ -153,4 +176,29 @@ Deno.test("DatagramSlots.forEach() gives a whole slot, or each datagram of a GRO
     400,
     HEADER_LEN,
   ]]);
+});
+
+Deno.test("DatagramBatch refuses a packet whose datagram would pass 65,507 bytes, and sends the rest of its batch", async () => {
+  const { client, server } = pair("aes-256-gcm");
+  using receiver = UdpSocket.bind("127.0.0.1", 0);
+  using sender = UdpSocket.bind("127.0.0.1", 0);
+  const batch = new DatagramBatch(sender);
+  const to = encodeSockAddr("127.0.0.1", receiver.port);
+  // 13 + 65,478 + 16 = 65,507 bytes: the largest UDP payload; one byte more cannot be sent.
+  assertEquals(batch.add(client, DatagramType.DATA, new Uint8Array(65_479), 65_479, to), false);
+  // Longer than a slot can seal: refused too, rather than thrown (which lost the whole batch).
+  assertEquals(batch.add(client, DatagramType.DATA, new Uint8Array(65_535), 65_535, to), false);
+  assert(batch.add(client, DatagramType.DATA, new Uint8Array([7]), 1, to));
+  assert(batch.add(client, DatagramType.DATA, new Uint8Array(65_478), 65_478, to));
+  batch.flush();
+  const slots = new DatagramSlots(4);
+  const lengths: number[] = [];
+  while (lengths.length < 2) {
+    const n = await within(receiver.recv(slots.bufs, slots.sizes, slots.addrs), 5000, "datagrams");
+    for (let i = 0; i < n; i++) {
+      const out = new Uint8Array(65_535);
+      lengths.push(server.open(slots.bufs[i]!, slots.sizes[i]!, slots.bodies[i]!, out));
+    }
+  }
+  assertEquals(lengths, [1, 65_478]);
 });

@@ -12,6 +12,7 @@ import { HOST, ipv4Packet, type Lab, SHORT_MS, waitFor, within, withLab } from "
 import { RawClient, signedAuth } from "./_raw_client.ts";
 import { encodeSockAddr, formatSockAddr, UdpSocket } from "../ffi/udp.ts";
 import { ClientUdp } from "../mod/client_udp.ts";
+import { KeyHalf } from "../mod/datagram.ts";
 import { authenticate } from "../mod/handshake.ts";
 import { formatPeer, peerHost } from "../mod/ip.ts";
 import { CounterLine, escapeText, RateLimit } from "../mod/log.ts";
@@ -136,12 +137,18 @@ Deno.test("formatPeer() prints IPv4 as a.b.c.d:port, IPv6 as [addr]:port and a v
 
 Deno.test("ClientUdp names a server dialled by its v4-mapped address as the IPv4 address", () => {
   using server = UdpSocket.bind("127.0.0.1", 0);
-  const accept = { cipher: "aes-256-gcm", session: 1, random: new Uint8Array(32).toBase64() };
+  const serverHalf = new KeyHalf();
+  const accept = {
+    cipher: "aes-256-gcm",
+    session: 1,
+    random: serverHalf.random.toBase64(),
+    share: serverHalf.share.toBase64(),
+  };
   const sink = { fromServer() {}, flush() {} };
   // A mapped host makes an IPv6 socket, whose address for the server is the mapped one.
   using client = ClientUdp.open(
     accept,
-    new Uint8Array(32),
+    new KeyHalf(),
     "::ffff:127.0.0.1",
     server.port,
     sink,

@@ -342,14 +342,18 @@ rootTest(
 );
 
 rootTest(
-  "vpn init without --host names this machine's address first and loopback last",
+  "vpn init without --host names this machine's public address first (no private ones) and loopback last",
   async () => {
     await using ns = await Netns.create("init");
     await using peer = await Netns.create("peer");
     await veth(ns, "192.0.2.77/24", peer, "192.0.2.78/24");
+    const [link] = JSON.parse((await ns.run(["ip", "-j", "link", "show", "type", "veth"])).stdout);
+    // A private address as well: anyone who connects reads the certificate, so it stays out.
+    await ns.run(["ip", "addr", "add", "10.77.0.1/24", "dev", link.ifname]);
     const dir = await Deno.makeTempDir();
     try {
       const init = await ns.run(denoScript(MAIN, "init", "--dir", `${dir}/pki`));
+      assertEquals(init.stdout.includes("10.77.0.1"), false, init.stdout);
       const host = Deno.hostname().toLowerCase();
       // A fully qualified host name is the one clients can look up; otherwise the address.
       const first = host.includes(".") ? host : "192.0.2.77";
@@ -365,6 +369,12 @@ rootTest(
         await Deno.readTextFile(out),
         new RegExp(`remote: ${first.replaceAll(".", "\\.")}:1194`),
       );
+      // With no public address and no host name with a domain: the first private address.
+      await ns.run(["ip", "addr", "del", "192.0.2.77/24", "dev", link.ifname]);
+      if (!host.includes(".")) {
+        const other = await ns.run(denoScript(MAIN, "init", "--dir", `${dir}/private`));
+        assertMatch(other.stdout, /for 10\.77\.0\.1, localhost, 127\.0\.0\.1\n/);
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -376,3 +386,24 @@ function withoutInitCwd(): Record<string, string> {
   delete env.INIT_CWD;
   return env;
 }
+
+Deno.test("vpn connect with a profile whose key is not its certificate's exits 2 at once", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await vpn("init", "--dir", dir, "--host", "vpn.example.org");
+    for (const name of ["alice", "bob"]) {
+      await vpn("client", "add", name, "--dir", dir, "--out", `${dir}/${name}.yaml`);
+    }
+    const keyOf = (text: string) => /key: \|\n((?: {2}.*\n)+)/.exec(text)![1]!;
+    const alice = await Deno.readTextFile(`${dir}/alice.yaml`);
+    const bob = await Deno.readTextFile(`${dir}/bob.yaml`);
+    const mixed = `${dir}/mixed.yaml`;
+    await Deno.writeTextFile(mixed, alice.replace(keyOf(alice), keyOf(bob)), { mode: 0o600 });
+    // No server at all: it must not get as far as dialling (and retrying for ever).
+    const { code, stderr } = await vpn("connect", "127.0.0.1:9", "--profile", mixed);
+    assertEquals(code, 2, stderr);
+    assertMatch(stderr, /mixed\.yaml: its key is not the private key of its cert/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -17,6 +17,7 @@ import {
   listClients,
   loadServerIdentity,
   PkiError,
+  readRegistrySerials,
   readRevokedSerials,
   revokeClient,
   signChallenge,
@@ -63,7 +64,7 @@ async function proof(
     caPem,
     challenge,
     signature,
-    revoked: await readRevokedSerials(dir),
+    ...(await readRegistrySerials(dir)),
     ...(now ? { now } : {}),
   };
 }
@@ -87,7 +88,8 @@ Deno.test("initPki() creates CA, server cert and registry with private files 060
       assertEquals(mode(`${dir}/${f}`), 0o600, f);
     }
     for (const f of ["ca.crt", "server.crt"]) assertEquals(mode(`${dir}/${f}`), 0o644, f);
-    assertEquals(Array.from(Deno.readDirSync(dir)).length, 5, "no temp files left behind");
+    // The five files and clients.lock.
+    assertEquals(Array.from(Deno.readDirSync(dir)).length, 6, "no temp files left behind");
     assertEquals(await listClients(dir), []);
     const { keyPem } = await loadServerIdentity(dir);
     assertMatch(keyPem, /^-----BEGIN PRIVATE KEY-----\n/);
@@ -113,6 +115,7 @@ Deno.test("initPki() makes a CA certificate and a server certificate for the hos
     assertEquals(san?.names.toJSON(), [
       { type: "ip", value: "127.0.0.1" },
       { type: "dns", value: "localhost" },
+      { type: "dns", value: await identityOf(caPem) },
     ]);
     assertEquals([...server.getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? []], [
       x509.ExtendedKeyUsage.serverAuth,
@@ -157,15 +160,24 @@ Deno.test("initPki() rejects hosts that are neither addresses nor DNS names", as
 
 Deno.test("initPki() puts IPv6 addresses in iPAddress SANs", async () => {
   await withPki(async (dir) => {
-    const server = new x509.X509Certificate((await loadServerIdentity(dir)).certPem);
+    const { caPem, certPem } = await loadServerIdentity(dir);
+    const server = new x509.X509Certificate(certPem);
     const san = server.getExtension(x509.SubjectAlternativeNameExtension);
     assertEquals(san?.names.toJSON(), [
       { type: "dns", value: "vpn.example.org" },
       { type: "ip", value: "::1" },
       { type: "ip", value: "2001:db8::7" },
+      { type: "dns", value: await identityOf(caPem) },
     ]);
   }, ["VPN.example.org.", "::1", "[2001:db8::7]"]);
 });
+
+/** The CA's identity name as PROTOCOL.md states it: 16 bytes of SHA-256 of its DER, in hex. */
+async function identityOf(caPem: string): Promise<string> {
+  const der = new x509.X509Certificate(caPem).rawData;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", der));
+  return `${digest.subarray(0, 16).toHex()}.vpn.invalid`;
+}
 
 // --- registry ----------------------------------------------------------------------------
 
@@ -193,7 +205,7 @@ Deno.test("issueClient() issues a CA-signed client certificate and records it", 
       status: "valid",
     }]);
     assertEquals(mode(`${dir}/clients.json`), 0o600);
-    assertEquals(Array.from(Deno.readDirSync(dir)).length, 5, "no client key or temp file stored");
+    assertEquals(Array.from(Deno.readDirSync(dir)).length, 6, "no client key or temp file stored");
   });
 });
 

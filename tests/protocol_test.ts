@@ -6,17 +6,31 @@
 
 import { createDecipheriv } from "node:crypto";
 import { assertEquals } from "./_assert.ts";
-import { DatagramCrypto, DatagramSlots, DatagramType, deriveKeys } from "../mod/datagram.ts";
+import {
+  DatagramCrypto,
+  DatagramSlots,
+  DatagramType,
+  deriveKeys,
+  KeyHalf,
+} from "../mod/datagram.ts";
 import { authChallenge } from "../mod/pki.ts";
 
 const RC = Uint8Array.from({ length: 32 }, (_, i) => i);
 const RS = Uint8Array.from({ length: 32 }, (_, i) => 0xff - i);
+/** An X25519 shared secret, as both sides would compute it. */
+const Z = Uint8Array.from({ length: 32 }, (_, i) => (i * 7) & 0xff);
 
 /** HKDF-SHA256 as PROTOCOL.md states it, through WebCrypto. */
 async function documentedKeys(session: number, epoch: number): Promise<Uint8Array> {
-  const ikm = await crypto.subtle.importKey("raw", new Uint8Array([...RC, ...RS]), "HKDF", false, [
-    "deriveBits",
-  ]);
+  const ikm = await crypto.subtle.importKey(
+    "raw",
+    new Uint8Array([...RC, ...RS, ...Z]),
+    "HKDF",
+    false,
+    [
+      "deriveBits",
+    ],
+  );
   const bits = await crypto.subtle.deriveBits(
     {
       name: "HKDF",
@@ -30,10 +44,10 @@ async function documentedKeys(session: number, epoch: number): Promise<Uint8Arra
   return new Uint8Array(bits);
 }
 
-Deno.test("deriveKeys() is HKDF-SHA256(Rc || Rs, 'vpn udp v1', 'keys <id> <e>'), split 32/4/32/4", async () => {
+Deno.test("deriveKeys() is HKDF-SHA256(Rc || Rs || Z, 'vpn udp v1', 'keys <id> <e>'), split 32/4/32/4", async () => {
   for (const [session, epoch] of [[0, 0], [0xdeadbeef, 1], [7, 12345]] as const) {
     const okm = await documentedKeys(session, epoch);
-    const keys = deriveKeys(RC, RS, session, epoch);
+    const keys = deriveKeys(RC, RS, session, epoch, Z);
     assertEquals(keys.clientToServer.key, okm.slice(0, 32));
     assertEquals(keys.clientToServer.salt, okm.slice(32, 36));
     assertEquals(keys.serverToClient.key, okm.slice(36, 68));
@@ -46,7 +60,7 @@ for (const cipher of ["aes-256-gcm", "chacha20-poly1305"] as const) {
     const session = 0x01020304;
     const okm = await documentedKeys(session, 0);
     const sender = new DatagramCrypto(session, cipher, true);
-    sender.installSend(deriveKeys(RC, RS, session, 0));
+    sender.installSend(deriveKeys(RC, RS, session, 0, Z));
     const slots = new DatagramSlots(1, 2048);
     const packet = new TextEncoder().encode("an IP packet, more or less");
     let size = 0;
@@ -92,4 +106,24 @@ Deno.test("authChallenge() is 'vpn-auth-v1\\0' | len Ns | Ns | len Nc | Nc | low
     ...new TextEncoder().encode("vpn.example.org"),
   ]);
   assertEquals(authChallenge(ns, nc, "VPN.Example.org"), expected);
+});
+
+Deno.test("KeyHalf: Z is X25519 of one side's key and the other's 32-byte share, as WebCrypto computes it", async () => {
+  const half = new KeyHalf();
+  assertEquals(half.share.length, 32);
+  const peer = await crypto.subtle.generateKey({ name: "X25519" }, true, [
+    "deriveBits",
+  ]) as CryptoKeyPair;
+  const peerShare = new Uint8Array(await crypto.subtle.exportKey("raw", peer.publicKey));
+  const ours = await crypto.subtle.importKey(
+    "raw",
+    new Uint8Array(half.share),
+    { name: "X25519" },
+    true,
+    [],
+  );
+  const expected = new Uint8Array(
+    await crypto.subtle.deriveBits({ name: "X25519", public: ours }, peer.privateKey, 256),
+  );
+  assertEquals(half.agree(peerShare), expected);
 });

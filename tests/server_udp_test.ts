@@ -6,7 +6,13 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { waitUntil, within } from "./_wait.ts";
 import { ServerUdp, type UdpClient } from "../mod/server_udp.ts";
-import { DatagramBatch, DatagramCrypto, DatagramType, deriveKeys } from "../mod/datagram.ts";
+import {
+  DatagramBatch,
+  DatagramCrypto,
+  DatagramType,
+  deriveKeys,
+  KeyHalf,
+} from "../mod/datagram.ts";
 import type { Channel } from "../mod/channel.ts";
 import type { UdpAccept } from "../mod/messages.ts";
 import { FrameType } from "../mod/wire.ts";
@@ -33,13 +39,23 @@ Deno.test("ServerUdp drops a batch whose handling throws and delivers the next",
       },
     } as unknown as Channel;
     const client: UdpClient = { name: "alice", channel, udp: undefined };
-    const clientRandom = crypto.getRandomValues(new Uint8Array(32));
-    endpoint.accept(client, { ciphers: ["aes-256-gcm"], random: clientRandom.toBase64() });
+    const half = new KeyHalf();
+    endpoint.accept(client, {
+      ciphers: ["aes-256-gcm"],
+      random: half.random.toBase64(),
+      share: half.share.toBase64(),
+    });
     assert(accept !== undefined, "UDP_ACCEPT was sent");
 
     using socket = UdpSocket.bind("127.0.0.1", 0);
     using sealer = new DatagramCrypto(accept.session, "aes-256-gcm", true);
-    const keys = deriveKeys(clientRandom, Uint8Array.fromBase64(accept.random), accept.session, 0);
+    const keys = deriveKeys(
+      half.random,
+      Uint8Array.fromBase64(accept.random),
+      accept.session,
+      0,
+      half.agree(Uint8Array.fromBase64(accept.share)),
+    );
     sealer.installSend(keys);
     const to = encodeSockAddr("127.0.0.1", endpoint.port);
     const out = new DatagramBatch(socket);

@@ -306,7 +306,11 @@ rootTest(
       assertEquals((await Deno.stat(`${etc}/vpn/server.key`)).mode! & 0o777, 0o600);
       // The CA it made is the one it serves with: a profile issued from it connects.
       const profile = `${net.dir}/first.yaml`;
-      await net.vpn(["client", "add", "first", "--dir", `${etc}/vpn`, "--out", profile]);
+      // Issued in the server's mount namespace: the overlay does not show files renamed into
+      // its upper directory from outside, and the server admits only clients its registry lists.
+      const add = ["client", "add", "first", "--dir", "/etc/vpn", "--out", profile];
+      const inServer = ["nsenter", "--target", String(server.child.pid), "--mount"];
+      await net.server.run([...inServer, ...denoScript(MAIN, ...add)]);
       const client = net.connect(0, profile);
       await client.waitForLog(/connected: address 10\.8\.0\.2/);
     } finally {

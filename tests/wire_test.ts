@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
 import {
   encodeFrame,
   FrameError,
@@ -114,6 +114,33 @@ Deno.test("decodePush() round-trips a PUSH message", () => {
   assertEquals(decodePush(encodeMessage(push)), push);
 });
 
+Deno.test("decodePush() refuses what the client must not apply: a bad address, prefix or route, over 256 routes", () => {
+  const good = {
+    address: "10.8.0.2",
+    prefix: 24,
+    gateway: "10.8.0.1",
+    routes: ["192.168.50.0/24"],
+    mtu: 1400,
+    keepalive: { interval: 10, timeout: 60 },
+  };
+  const bad = (change: Record<string, unknown>) =>
+    assertThrows(() => decodePush(encodeMessage({ ...good, ...change } as Push)), FrameError);
+  assertMatch(bad({ address: "10.8.0.256" }).message, /"address" must be an IPv4 address/);
+  assertMatch(bad({ gateway: "fd00::1" }).message, /"gateway" must be an IPv4 address/);
+  assertMatch(bad({ prefix: 0 }).message, /"prefix"/);
+  assertMatch(bad({ prefix: 31 }).message, /"prefix"/);
+  assertMatch(bad({ mtu: 575 }).message, /"mtu"/);
+  for (const route of ["fd00::/64", "192.168.50.1/24", "10.0.0.0/33", "x"]) {
+    assertMatch(bad({ routes: [route] }).message, /at most 256 IPv4 networks/, route);
+  }
+  const many = Array.from({ length: 257 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`);
+  assertMatch(bad({ routes: many }).message, /at most 256 IPv4 networks/);
+  assertEquals(
+    decodePush(encodeMessage({ ...good, routes: many.slice(0, 256) })).routes.length,
+    256,
+  );
+});
+
 Deno.test("decodeAuth() and decodeHello() refuse malformed payloads with FrameError", () => {
   const bytes = (text: string) => new TextEncoder().encode(text);
   assertThrows(() => decodeHello(bytes("not json")), FrameError, /not UTF-8 JSON/);
@@ -134,7 +161,22 @@ Deno.test("decodeAuth() and decodeHello() refuse malformed payloads with FrameEr
 Deno.test("decodeUdpOffer(), decodeUdpAccept() and decodeRekey() check the key material and cipher", () => {
   const bytes = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
   const random = new Uint8Array(32).fill(7).toBase64();
-  assertEquals(decodeUdpOffer(bytes({ ciphers: ["aes-256-gcm"], random })).random, random);
+  const share = new Uint8Array(32).fill(5).toBase64();
+  assertEquals(
+    decodeUdpOffer(bytes({ ciphers: ["aes-256-gcm"], random, share })).random,
+    random,
+  );
+  assertThrows(
+    () => decodeUdpOffer(bytes({ ciphers: ["aes-256-gcm"], random })),
+    FrameError,
+    /"share" must be a string/,
+  );
+  assertThrows(
+    () =>
+      decodeUdpAccept(bytes({ cipher: "aes-256-gcm", session: 1, random, share: random + "AA" })),
+    FrameError,
+    /"share"/,
+  );
   assertThrows(
     () => decodeUdpOffer(bytes({ ciphers: [], random: new Uint8Array(16).toBase64() })),
     FrameError,
@@ -152,5 +194,8 @@ Deno.test("decodeUdpOffer(), decodeUdpAccept() and decodeRekey() check the key m
   );
   const rekey = decodeRekey(bytes({ epoch: 2 }), "REKEY_ACK");
   assertThrows(() => keyMaterial(rekey, "REKEY_ACK"), FrameError, /"random" is missing/);
-  assertEquals(keyMaterial(decodeRekey(bytes({ epoch: 2, random }), "REKEY"), "REKEY").length, 32);
+  const noShare = decodeRekey(bytes({ epoch: 2, random }), "REKEY");
+  assertThrows(() => keyMaterial(noShare, "REKEY"), FrameError, /"share" is missing/);
+  const material = keyMaterial(decodeRekey(bytes({ epoch: 2, random, share }), "REKEY"), "REKEY");
+  assertEquals([material.random.length, material.share.length], [32, 32]);
 });
