@@ -270,7 +270,15 @@ export class Client implements PacketSink {
     try {
       // stop() during startTls found neither a connect to abort nor a channel to close.
       if (this.#stopped) throw new Error("client stopped");
-      await withTimeout(conn.handshake(), CONNECT_TIMEOUT_MS, "TLS handshake");
+      const { alpnProtocol } = await withTimeout(
+        conn.handshake(),
+        CONNECT_TIMEOUT_MS,
+        "TLS handshake",
+      );
+      // PROTOCOL.md: a server that did not choose "vpn/1" speaks something else.
+      if (alpnProtocol !== ALPN) {
+        throw new FrameError(`the server chose no "${ALPN}" ALPN id; it is not a vpn server`);
+      }
       const credentials = {
         certPem: profile.cert,
         keyPem: profile.key,

@@ -66,6 +66,8 @@ export interface AuthenticatedClient {
   name: string;
   /** The certificate's serial, hex. */
   serial: string;
+  /** When the certificate expires: the session may not outlive it. */
+  notAfter: Date;
   /** The address the client asks back, if any. */
   address?: string;
   /** The client's TUN takes virtio-net headers. */
@@ -128,6 +130,7 @@ export async function acceptClient(
   const client: AuthenticatedClient = {
     name: verified.name,
     serial: verified.serial,
+    notAfter: verified.notAfter,
     offload: auth.offload === true,
   };
   if (auth.address !== undefined) client.address = auth.address;

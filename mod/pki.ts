@@ -1036,6 +1036,8 @@ export interface VerifiedClient {
   name: string;
   /** Serial number, lowercase hex. */
   serial: string;
+  /** The end of the certificate's validity: the session ends then. */
+  notAfter: Date;
 }
 
 /**
@@ -1151,6 +1153,9 @@ export async function verifyClient(params: VerifyClientParams): Promise<Verified
   const cert = parseClientCert(params.certPem);
   const ca = await caForVerify(params.caPem);
   await checkIssuedBy(cert, ca);
+  // Possession of the key first: whoever holds only a copy of a certificate (they are not
+  // secret) learns nothing about its validity or revocation from the refusal.
+  await checkProof(cert, params.challenge, params.signature);
   checkValidity(cert, params.now ?? new Date());
   checkClientUsage(cert);
   const serial = cert.serialNumber.toLowerCase();
@@ -1161,8 +1166,7 @@ export async function verifyClient(params: VerifyClientParams): Promise<Verified
   if (!params.valid.has(serial)) {
     throw new AuthError("revoked", `certificate ${serial} is not in the client registry`);
   }
-  await checkProof(cert, params.challenge, params.signature);
   const name = cert.subjectName.getField("CN")[0];
   if (name === undefined) throw new AuthError("bad-certificate", "certificate has no CN");
-  return { name, serial };
+  return { name, serial, notAfter: cert.notAfter };
 }

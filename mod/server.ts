@@ -30,7 +30,13 @@ import { setListenerNoDelay, shutdownTcp } from "../ffi/socket.ts";
 import { AddressPool } from "./address_pool.ts";
 import { Channel } from "./channel.ts";
 import type { ServerConfig } from "./config.ts";
-import { acceptClient, refuse, sendPush, type ServerTrust } from "./handshake.ts";
+import {
+  acceptClient,
+  type AuthenticatedClient,
+  refuse,
+  sendPush,
+  type ServerTrust,
+} from "./handshake.ts";
 import { formatPeer, ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
 import { BatchFailures, CounterLine, escapeText, log, RateLimit } from "./log.ts";
 import { ALPN } from "./messages.ts";
@@ -194,6 +200,7 @@ export class Server {
     }
     this.#revocationTimer = setInterval(() => {
       this.#checkRevocations();
+      this.#endExpired();
       this.#reportRejects();
     }, REVOCATION_POLL_MS);
     this.#countersTimer = setInterval(() => {
@@ -334,15 +341,7 @@ export class Server {
       // A revocation made a moment ago must already count for this client.
       await this.#checkRevocations();
       const client = await acceptClient(channel, this.#trust);
-      this.#admit(
-        channel,
-        client.name,
-        client.serial,
-        client.address,
-        client.offload,
-        hostname,
-        peer,
-      );
+      this.#admit(channel, client, hostname, peer);
     } catch (error) {
       this.stats.refused++;
       // At stop, every pending handshake is dropped: that is no client's failure.
@@ -356,15 +355,8 @@ export class Server {
     }
   }
 
-  #admit(
-    channel: Channel,
-    name: string,
-    serial: string,
-    preferred: string | undefined,
-    offload: boolean,
-    host: string,
-    peer: string,
-  ): void {
+  #admit(channel: Channel, client: AuthenticatedClient, host: string, peer: string): void {
+    const { name, serial } = client;
     if (this.#stopped) {
       channel.close();
       return;
@@ -379,7 +371,7 @@ export class Server {
     const previous = this.#bySerial.get(serial);
     // The same certificate again replaces its old session and keeps the address.
     if (previous) previous.end("replaced", "the same certificate connected again");
-    const address = this.pool.allocate(serial, previous?.address ?? preferred);
+    const address = this.pool.allocate(serial, previous?.address ?? client.address);
     if (address === undefined) {
       this.stats.refused++;
       const more = this.#refusals.admit("pool-exhausted", host);
@@ -394,8 +386,8 @@ export class Server {
       return;
     }
     // Frames carry virtio-net headers when both TUNs have them (mod/offload.ts).
-    const vnet = offload && this.#vnet;
-    const session = new Session(this, channel, name, serial, address, vnet, peer);
+    const vnet = client.offload && this.#vnet;
+    const session = new Session(this, channel, client, address, vnet, peer);
     this.#byAddress.set(session.addressNumber, session);
     this.#bySerial.set(serial, session);
     const { config } = this;
@@ -623,6 +615,16 @@ export class Server {
       detail: escapeText(detail),
       more,
     });
+  }
+
+  /** Ends each session whose certificate has expired: a certificate's validity bounds it. */
+  #endExpired(): void {
+    const now = Date.now();
+    for (const session of [...this.#bySerial.values()]) {
+      if (session.notAfter.getTime() > now) continue;
+      logger.warn("{name}: certificate expired, ending its session", { name: session.name });
+      session.end("expired", `certificate expired at ${session.notAfter.toISOString()}`);
+    }
   }
 
   /** Re-reads the revocation list if the registry changed; one check at a time. */

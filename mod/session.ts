@@ -7,7 +7,7 @@
  */
 
 import type { Channel } from "./channel.ts";
-import { refuse } from "./handshake.ts";
+import { type AuthenticatedClient, refuse } from "./handshake.ts";
 import { parseIPv4 } from "./ip.ts";
 import { escapeText, log } from "./log.ts";
 import {
@@ -28,6 +28,8 @@ export class Session {
   readonly channel: Channel;
   readonly name: string;
   readonly serial: string;
+  /** The end of the certificate's validity: the session ends then (mod/server.ts). */
+  readonly notAfter: Date;
   readonly address: string;
   readonly addressNumber: number;
   /** Set while the session is in the current batch's list of channels to flush. */
@@ -49,8 +51,7 @@ export class Session {
   constructor(
     server: Server,
     channel: Channel,
-    name: string,
-    serial: string,
+    client: AuthenticatedClient,
     address: string,
     vnet: boolean,
     peer: string,
@@ -58,8 +59,9 @@ export class Session {
     this.vnet = vnet;
     this.#server = server;
     this.channel = channel;
-    this.name = name;
-    this.serial = serial;
+    this.name = client.name;
+    this.serial = client.serial;
+    this.notAfter = client.notAfter;
     this.address = address;
     this.addressNumber = parseIPv4(address);
     this.#peer = peer;

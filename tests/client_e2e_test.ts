@@ -284,3 +284,49 @@ Deno.test("client: a refusal quotes the server's message with control characters
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("client: a server that chooses no vpn/1 ALPN id never gets an AUTH", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vpn-client-test-" });
+  try {
+    await initPki(dir, { hosts: ["127.0.0.1"] });
+    const issued = await issueClient(dir, "alice");
+    // This server's certificate is right, but it speaks no vpn/1; it says HELLO all the same.
+    using listener = Deno.listenTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: await Deno.readTextFile(`${dir}/server.crt`),
+      key: await Deno.readTextFile(`${dir}/server.key`),
+    });
+    const serving = (async () => {
+      using conn = await listener.accept();
+      const nonce = crypto.getRandomValues(new Uint8Array(32)).toBase64();
+      await conn.write(
+        encodeFrame(FrameType.HELLO, encodeMessage({ version: PROTOCOL_VERSION, nonce })),
+      );
+      let received = 0;
+      const buf = new Uint8Array(4096);
+      for (let n; (n = await conn.read(buf).catch(() => null)) !== null;) received += n;
+      return received;
+    })();
+    const client = new Client({
+      profile: {
+        remote: `127.0.0.1:${listener.addr.port}`,
+        ca: issued.caPem,
+        cert: issued.certPem,
+        key: issued.keyPem,
+        proto: "auto",
+        dev: "vpn%d",
+      },
+      host: "127.0.0.1",
+      port: listener.addr.port,
+      tun: new MemoryTun({ name: "alice-tun" }),
+    });
+    const running = client.run();
+    const received = await within(serving, 5000, "the client hangs up");
+    assertEquals(received, 0, "the client sent an AUTH to a server without vpn/1");
+    await client.stop();
+    await within(running, 5000, "run() ends");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -290,6 +290,24 @@ Deno.test("Server refuses an AUTH replayed from another connection with bad-sign
   });
 });
 
+Deno.test("Server tells whoever holds only a copy of a revoked certificate bad-signature, never revoked", async () => {
+  await attack(async (lab, keep) => {
+    const ca = await caOf(lab);
+    const alice = await lab.issue("alice");
+    await revokeClient(lab.dir, "alice");
+    // Certificates are not secret: signed with another key, the refusal says nothing of alice's.
+    const stranger = await lab.issue("stranger");
+    const copy = keep(await RawClient.connect(lab.port, ca));
+    const forged = await signedAuth({ ...stranger, cert: alice.cert }, await copy.hello(), HOST);
+    await copy.sendAuth(forged);
+    await assertEndsWith(copy, "bad-signature");
+    // Alice herself, with her key, is told.
+    const owner = keep(await RawClient.connect(lab.port, ca));
+    await owner.sendAuth(await signedAuth(alice, await owner.hello(), HOST));
+    await assertEndsWith(owner, "revoked");
+  });
+});
+
 Deno.test("Server refuses an AUTH validly signed for another server name (evil.example) and takes one for its own", async () => {
   await attack(async (lab, keep) => {
     const ca = await caOf(lab);

@@ -41,6 +41,7 @@ const SCRIPT = `
 const [mode, host, caFile] = Deno.args;
 if (mode === "idle") {
   const conn = await Deno.connect({ hostname: host, port: 1194 });
+  console.log("connected");
   await conn.read(new Uint8Array(64)).catch(() => null);
   console.log("closed by the server");
 } else {
@@ -89,6 +90,8 @@ rootTest(
     ]);
     // A connection that never starts TLS, from the other client: refused after 10 s.
     const idle = await script(net, net.clients[1]!, ["idle", net.serverIp(1)]);
+    // Its 10 s start when it has connected (a script can take seconds to start on a busy VM).
+    await idle.waitForLog(/^connected$/m, 20_000);
 
     // The same reason from another source has a line of its own at once: a client dialling an
     // address that server.crt does not name.
@@ -113,6 +116,7 @@ rootTest(
 
     await server.waitForLog(
       /\[WRN\] vpn·server: refused 172\.30\.2\.2:\d+: timeout: no TLS handshake and AUTH within 10 s\n/,
+      20_000,
     );
     await idle.waitForLog(/closed by the server/);
     const counted =

@@ -175,6 +175,25 @@ Deno.test("Server refuses a revoked client and the Client run() rejects with Cli
   });
 });
 
+Deno.test("Server ends a session when its certificate expires (within 3 s), and the client stops", async () => {
+  await withLab(async (lab) => {
+    const notAfter = new Date(Date.now() + 3000);
+    const issued = await issueClient(lab.dir, "brief", { notAfter });
+    const brief = await lab.connected("brief", {
+      cert: issued.certPem,
+      key: issued.keyPem,
+      ca: issued.caPem,
+    });
+    const error = await within(brief.outcome, 10_000, "run() rejects once the certificate expires");
+    const ended = Date.now();
+    assert(error instanceof ClientError, `expected ClientError, got ${String(error)}`);
+    assertMatch(error.message, /certificate expired at .*has expired: ask the server's operator/);
+    assert(ended >= notAfter.getTime(), "not before the certificate expired");
+    assert(ended - notAfter.getTime() < 3000, `${ended - notAfter.getTime()} ms after it expired`);
+    assertEquals(lab.server.sessionCount, 0);
+  });
+});
+
 Deno.test("Server started after a revocation refuses that client with ClientError", async () => {
   await withLab(async (lab) => {
     const credentials = await lab.issue("mallory");
