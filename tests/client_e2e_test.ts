@@ -12,7 +12,7 @@ import { within } from "./_wait.ts";
 import { Client, ClientError } from "../mod/client.ts";
 import { MemoryTun } from "../mod/memory_tun.ts";
 import { ALPN, encodeMessage, PROTOCOL_VERSION } from "../mod/messages.ts";
-import { initPki, issueClient } from "../mod/pki.ts";
+import { initPki, issueClient, type IssuedClient } from "../mod/pki.ts";
 import { encodeFrame, FrameType } from "../mod/wire.ts";
 
 /** The TUN devices in `ns`. */
@@ -234,6 +234,23 @@ rootTest("client: revoked, replaced and foreign profiles exit 1 saying what to d
   );
 });
 
+/** A client of the stand-in server on 127.0.0.1:`port`, with `issued` and an in-memory TUN. */
+function clientOf(issued: IssuedClient, port: number): Client {
+  return new Client({
+    profile: {
+      remote: `127.0.0.1:${port}`,
+      ca: issued.caPem,
+      cert: issued.certPem,
+      key: issued.keyPem,
+      proto: "auto",
+      dev: "vpn%d",
+    },
+    host: "127.0.0.1",
+    port,
+    tun: new MemoryTun({ name: "alice-tun" }),
+  });
+}
+
 Deno.test("client: a refusal quotes the server's message with control characters escaped", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vpn-client-test-" });
   try {
@@ -258,19 +275,7 @@ Deno.test("client: a refusal quotes the server's message with control characters
       // Until the client hangs up: its AUTH, then the end.
       while (await conn.read(new Uint8Array(4096)) !== null);
     })();
-    const client = new Client({
-      profile: {
-        remote: `127.0.0.1:${listener.addr.port}`,
-        ca: issued.caPem,
-        cert: issued.certPem,
-        key: issued.keyPem,
-        proto: "auto",
-        dev: "vpn%d",
-      },
-      host: "127.0.0.1",
-      port: listener.addr.port,
-      tun: new MemoryTun({ name: "alice-tun" }),
-    });
+    const client = clientOf(issued, listener.addr.port);
     const error = await within(client.run().then(() => undefined, (e) => e), 5000, "run() ends");
     assert(error instanceof ClientError, String(error));
     assertEquals(
@@ -308,19 +313,7 @@ Deno.test("client: a server that chooses no vpn/1 ALPN id never gets an AUTH", a
       for (let n; (n = await conn.read(buf).catch(() => null)) !== null;) received += n;
       return received;
     })();
-    const client = new Client({
-      profile: {
-        remote: `127.0.0.1:${listener.addr.port}`,
-        ca: issued.caPem,
-        cert: issued.certPem,
-        key: issued.keyPem,
-        proto: "auto",
-        dev: "vpn%d",
-      },
-      host: "127.0.0.1",
-      port: listener.addr.port,
-      tun: new MemoryTun({ name: "alice-tun" }),
-    });
+    const client = clientOf(issued, listener.addr.port);
     const running = client.run();
     const received = await within(serving, 5000, "the client hangs up");
     assertEquals(received, 0, "the client sent an AUTH to a server without vpn/1");
