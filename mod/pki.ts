@@ -730,18 +730,18 @@ async function writeRegistry(dir: string, clients: ClientEntry[]): Promise<void>
 export async function checkKeyPair(certPem: string, keyPem: string, source: string): Promise<void> {
   const key = await importPrivateKey(keyPem, `${source}: key`);
   const cert = parseCert(certPem, `${source}: cert`);
-  let publicKey: CryptoKey;
-  try {
-    publicKey = await cert.publicKey.export(EC_KEY, ["verify"]);
-  } catch {
-    throw new PkiError(`Cannot use ${source}: cert: its key is not ECDSA P-256`);
-  }
   const probe = crypto.getRandomValues(new Uint8Array(32));
-  const signature = await crypto.subtle.sign(EC_SIGN, key, probe);
-  if (!await crypto.subtle.verify(EC_SIGN, publicKey, signature, probe)) {
+  const signature = new Uint8Array(await crypto.subtle.sign(EC_SIGN, key, probe));
+  try {
+    // The check the server makes of an AUTH, made here before any connection.
+    await checkProof(cert, probe, signature);
+  } catch (error) {
+    if (!(error instanceof AuthError)) throw error;
     throw new PkiError(
-      `Cannot use ${source}: its key is not the private key of its cert; use the profile as ` +
-        `"vpn client add" wrote it`,
+      error.reason === "bad-certificate"
+        ? `Cannot use ${source}: cert: its key is not ECDSA P-256`
+        : `Cannot use ${source}: its key is not the private key of its cert; use the profile ` +
+          `as "vpn client add" wrote it`,
     );
   }
 }
