@@ -71,7 +71,8 @@ rootTest(
     const vpn = net.connect(0, await net.addClient("alice"));
     // The client sets the MTU before the address, so the address says the MTU is in place.
     const dev = await net.waitForAddress(net.clients[0]!, "10.8.0.2");
-    assertMatch(vpn.log, /connected: address 10\.8\.0\.2\/24, .*MTU 1300/);
+    // The line is written after the TUN is set up, so it may not have been read yet.
+    await vpn.waitForLog(/connected: address 10\.8\.0\.2\/24, .*MTU 1300/);
     assertEquals(await linkMtu(net.clients[0]!, dev), 1300, vpn.log);
     assertEquals(await linkMtu(net.server, serverTun(server)), 1300, server.log);
   },

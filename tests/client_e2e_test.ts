@@ -12,7 +12,7 @@ import { within } from "./_wait.ts";
 import { Client, ClientError } from "../mod/client.ts";
 import { MemoryTun } from "../mod/memory_tun.ts";
 import { ALPN, encodeMessage, PROTOCOL_VERSION } from "../mod/messages.ts";
-import { initPki, issueClient, type IssuedClient } from "../mod/pki.ts";
+import { initPki, issueClient } from "../mod/pki.ts";
 import { encodeFrame, FrameType } from "../mod/wire.ts";
 
 /** The TUN devices in `ns`. */
@@ -234,9 +234,22 @@ rootTest("client: revoked, replaced and foreign profiles exit 1 saying what to d
   );
 });
 
-/** A client of the stand-in server on 127.0.0.1:`port`, with `issued` and an in-memory TUN. */
-function clientOf(issued: IssuedClient, port: number): Client {
-  return new Client({
+/**
+ * A stand-in server on 127.0.0.1 with the server certificate of a fresh PKI in `dir` (choosing
+ * `alpn` when given), and a client of it with alice's profile and an in-memory TUN.
+ */
+async function standIn(dir: string, alpn?: string) {
+  await initPki(dir, { hosts: ["127.0.0.1"] });
+  const issued = await issueClient(dir, "alice");
+  const listener = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: await Deno.readTextFile(`${dir}/server.crt`),
+    key: await Deno.readTextFile(`${dir}/server.key`),
+    ...(alpn ? { alpnProtocols: [alpn] } : {}),
+  });
+  const port = listener.addr.port;
+  const client = new Client({
     profile: {
       remote: `127.0.0.1:${port}`,
       ca: issued.caPem,
@@ -249,33 +262,31 @@ function clientOf(issued: IssuedClient, port: number): Client {
     port,
     tun: new MemoryTun({ name: "alice-tun" }),
   });
+  return { listener, client };
+}
+
+/** The stand-in server's HELLO on `conn`. */
+async function hello(conn: Deno.Conn): Promise<void> {
+  const nonce = crypto.getRandomValues(new Uint8Array(32)).toBase64();
+  await conn.write(
+    encodeFrame(FrameType.HELLO, encodeMessage({ version: PROTOCOL_VERSION, nonce })),
+  );
 }
 
 Deno.test("client: a refusal quotes the server's message with control characters escaped", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vpn-client-test-" });
   try {
-    await initPki(dir, { hosts: ["127.0.0.1"] });
-    const issued = await issueClient(dir, "alice");
     // A server that says HELLO and refuses at once, with a message that would forge a log line.
-    using listener = Deno.listenTls({
-      hostname: "127.0.0.1",
-      port: 0,
-      cert: await Deno.readTextFile(`${dir}/server.crt`),
-      key: await Deno.readTextFile(`${dir}/server.key`),
-      alpnProtocols: [ALPN],
-    });
+    const { listener: tls, client } = await standIn(dir, ALPN);
+    using listener = tls;
     const serving = (async () => {
       using conn = await listener.accept();
-      const nonce = crypto.getRandomValues(new Uint8Array(32)).toBase64();
-      await conn.write(
-        encodeFrame(FrameType.HELLO, encodeMessage({ version: PROTOCOL_VERSION, nonce })),
-      );
+      await hello(conn);
       const message = "gone\n2026-01-01 [ERR] vpn·client: forged\u202e";
       await conn.write(encodeFrame(FrameType.ERROR, encodeMessage({ reason: "revoked", message })));
       // Until the client hangs up: its AUTH, then the end.
       while (await conn.read(new Uint8Array(4096)) !== null);
     })();
-    const client = clientOf(issued, listener.addr.port);
     const error = await within(client.run().then(() => undefined, (e) => e), 5000, "run() ends");
     assert(error instanceof ClientError, String(error));
     assertEquals(
@@ -293,27 +304,17 @@ Deno.test("client: a refusal quotes the server's message with control characters
 Deno.test("client: a server that chooses no vpn/1 ALPN id never gets an AUTH", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vpn-client-test-" });
   try {
-    await initPki(dir, { hosts: ["127.0.0.1"] });
-    const issued = await issueClient(dir, "alice");
     // This server's certificate is right, but it speaks no vpn/1; it says HELLO all the same.
-    using listener = Deno.listenTls({
-      hostname: "127.0.0.1",
-      port: 0,
-      cert: await Deno.readTextFile(`${dir}/server.crt`),
-      key: await Deno.readTextFile(`${dir}/server.key`),
-    });
+    const { listener: tls, client } = await standIn(dir);
+    using listener = tls;
     const serving = (async () => {
       using conn = await listener.accept();
-      const nonce = crypto.getRandomValues(new Uint8Array(32)).toBase64();
-      await conn.write(
-        encodeFrame(FrameType.HELLO, encodeMessage({ version: PROTOCOL_VERSION, nonce })),
-      );
+      await hello(conn);
       let received = 0;
       const buf = new Uint8Array(4096);
       for (let n; (n = await conn.read(buf).catch(() => null)) !== null;) received += n;
       return received;
     })();
-    const client = clientOf(issued, listener.addr.port);
     const running = client.run();
     const received = await within(serving, 5000, "the client hangs up");
     assertEquals(received, 0, "the client sent an AUTH to a server without vpn/1");

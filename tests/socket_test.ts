@@ -7,7 +7,7 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { waitUntil, within } from "./_wait.ts";
 import { descriptorWalks, setListenerNoDelay, shutdownTcp } from "../ffi/socket.ts";
-import { initPki, loadServerIdentity } from "../mod/pki.ts";
+import { tlsListener } from "./_tls.ts";
 
 const probe = Deno.dlopen("libc.so.6", {
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
@@ -50,20 +50,6 @@ function holds(link: string): boolean {
     }
   }
   return false;
-}
-
-async function tlsListener() {
-  const dir = await Deno.makeTempDir();
-  await initPki(dir, { hosts: ["127.0.0.1"] });
-  const identity = await loadServerIdentity(dir);
-  await Deno.remove(dir, { recursive: true });
-  const listener = Deno.listenTls({
-    hostname: "127.0.0.1",
-    port: 0,
-    cert: identity.certPem,
-    key: identity.keyPem,
-  });
-  return { listener, caPem: identity.caPem };
 }
 
 /** A TLS connection to `listener`, both ends through their handshake. */

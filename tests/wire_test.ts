@@ -102,27 +102,22 @@ Deno.test("FrameWriter.add() refuses a frame that does not fit, then takes it af
   assert(writer.add(FrameType.DATA, new Uint8Array(1)));
 });
 
+/** A PUSH as a server sends it. */
+const PUSH: Push = {
+  address: "10.8.0.2",
+  prefix: 24,
+  gateway: "10.8.0.1",
+  routes: ["192.168.50.0/24"],
+  mtu: 1400,
+  keepalive: { interval: 10, timeout: 60 },
+};
+
 Deno.test("decodePush() round-trips a PUSH message", () => {
-  const push: Push = {
-    address: "10.8.0.2",
-    prefix: 24,
-    gateway: "10.8.0.1",
-    routes: ["192.168.50.0/24"],
-    mtu: 1400,
-    keepalive: { interval: 10, timeout: 60 },
-  };
-  assertEquals(decodePush(encodeMessage(push)), push);
+  assertEquals(decodePush(encodeMessage(PUSH)), PUSH);
 });
 
 Deno.test("decodePush() refuses what the client must not apply: a bad address, prefix or route, over 256 routes", () => {
-  const good = {
-    address: "10.8.0.2",
-    prefix: 24,
-    gateway: "10.8.0.1",
-    routes: ["192.168.50.0/24"],
-    mtu: 1400,
-    keepalive: { interval: 10, timeout: 60 },
-  };
+  const good = PUSH;
   const bad = (change: Record<string, unknown>) =>
     assertThrows(() => decodePush(encodeMessage({ ...good, ...change } as Push)), FrameError);
   assertMatch(bad({ address: "10.8.0.256" }).message, /"address" must be an IPv4 address/);

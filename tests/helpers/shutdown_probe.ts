@@ -8,18 +8,9 @@
 
 import { within } from "../_wait.ts";
 import { descriptorWalks, shutdownTcp } from "../../ffi/socket.ts";
-import { initPki, loadServerIdentity } from "../../mod/pki.ts";
+import { tlsListener } from "../_tls.ts";
 
-const dir = await Deno.makeTempDir();
-await initPki(dir, { hosts: ["127.0.0.1"] });
-const identity = await loadServerIdentity(dir);
-await Deno.remove(dir, { recursive: true });
-const listener = Deno.listenTls({
-  hostname: "127.0.0.1",
-  port: 0,
-  cert: identity.certPem,
-  key: identity.keyPem,
-});
+const { listener } = await tlsListener();
 const accepted = listener.accept();
 const idle = await within(
   Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
