@@ -20,7 +20,7 @@ import {
 } from "./mod/commands.ts";
 import type { LogLevel } from "./mod/log.ts";
 import { type Proto, PROTOS } from "./mod/config.ts";
-import { UDP_CIPHERS, type UdpCipher } from "./mod/messages.ts";
+import { UDP_CIPHERS, type UdpCipher } from "./mod/native/messages.ts";
 import { VERSION } from "./mod/version.ts";
 
 /** One command (or `client` action): its usage line, its help, and what runs it. */

@@ -176,7 +176,7 @@ export function encodeSockAddr(
 /**
  * Formats a {@linkcode SockAddr} for messages: "1.2.3.4:5", "[::1]:5", "[fe80::1%2]:5" (with
  * the scope id when one is set), "(address family 0)" for an unset one. `format` joins the
- * address and the port; the VPN's log passes its own (mod/ip.ts `formatPeer`), which also
+ * address and the port; the VPN's log passes its own (mod/core/ip.ts `formatPeer`), which also
  * prints a v4-mapped address as IPv4, where this layer keeps the socket's exact view.
  */
 export function formatSockAddr(

@@ -7,7 +7,7 @@
 
 import { Netlink } from "../ffi/netlink.ts";
 import { TunError } from "../ffi/tun.ts";
-import { Client, ClientError } from "./client.ts";
+import { Client, ClientError } from "./native/client.ts";
 import {
   ConfigError,
   defaultServerConfig,
@@ -37,7 +37,7 @@ import {
   upgradeServerCertificate,
   writeFileAtomic,
 } from "./pki.ts";
-import type { UdpCipher } from "./messages.ts";
+import type { UdpCipher } from "./native/messages.ts";
 import { Server } from "./server.ts";
 
 /** Where `vpn serve`, `init` and `client` keep the PKI and `server.yaml` by default. */

@@ -12,9 +12,9 @@
  */
 
 import { Document, isMap, isScalar, parseDocument, type Scalar } from "yaml";
-import { AddressPool } from "./address_pool.ts";
-import { parseCidr, parseIPv4, parseIPv6 } from "./ip.ts";
-import { MAX_ROUTES } from "./messages.ts";
+import { AddressPool } from "./core/address_pool.ts";
+import { parseCidr, parseIPv4, parseIPv6 } from "./core/ip.ts";
+import { MAX_ROUTES } from "./native/messages.ts";
 
 /** How much the server and client log, from most to least. */
 export type LogLevel = "debug" | "info" | "warning" | "error";

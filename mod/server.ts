@@ -5,16 +5,16 @@
  * Outbound, server TUN → client (`#tunToClients`):
  *   1. one awaited batch read from the server TUN;
  *   2. route each IPv4 packet by destination to the session that owns that address;
- *   3. seal it into the UDP batch when that client's UDP path is alive (mod/server_udp.ts),
- *      cut to the MTU where needed (mod/offload.ts), else copy it into the session's TLS send
+ *   3. seal it into the UDP batch when that client's UDP path is alive (mod/native/server_udp.ts),
+ *      cut to the MTU where needed (mod/core/offload.ts), else copy it into the session's TLS send
  *      buffer; a full buffer waits up to 2 ms for that session's write, then drops (counted),
  *      and after one such wait times out, the rest of the batch for that session drops at once,
  *      as does every later packet until its write moves again;
  *   4. after the batch (`flush`): one `sendmmsg` for the UDP datagrams, one TLS write per
  *      session that got packets.
  *
- * Inbound, client → server (`fromClient`, fed by mod/session.ts for TLS frames and by
- * mod/server_udp.ts for datagrams):
+ * Inbound, client → server (`fromClient`, fed by mod/native/session.ts for TLS frames and by
+ * mod/native/server_udp.ts for datagrams):
  *   1. one TLS read or one batch of datagrams, every packet in it parsed in place;
  *   2. a packet whose source is not the session's address is dropped and counted;
  *   3. with `client_to_client`, a packet for another client goes straight out to it (step 3
@@ -27,8 +27,8 @@
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
 import { setListenerNoDelay, shutdownTcp } from "../ffi/socket.ts";
-import { AddressPool } from "./address_pool.ts";
-import { Channel } from "./channel.ts";
+import { AddressPool } from "./core/address_pool.ts";
+import { Channel } from "./native/channel.ts";
 import type { ServerConfig } from "./config.ts";
 import {
   acceptClient,
@@ -36,13 +36,13 @@ import {
   refuse,
   sendPush,
   type ServerTrust,
-} from "./handshake.ts";
-import { formatPeer, ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
+} from "./native/handshake.ts";
+import { formatPeer, ipv4Destination, ipv4Source, packetVersion, peerHost } from "./core/ip.ts";
 import { BatchFailures, CounterLine, escapeText, log, RateLimit } from "./log.ts";
-import { ALPN } from "./messages.ts";
-import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
-import { REJECT_REASONS, REJECT_WORDS, type RejectReason, ServerUdp } from "./server_udp.ts";
-import { Session } from "./session.ts";
+import { ALPN } from "./native/messages.ts";
+import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./core/offload.ts";
+import { REJECT_REASONS, REJECT_WORDS, type RejectReason, ServerUdp } from "./native/server_udp.ts";
+import { Session } from "./native/session.ts";
 import {
   AuthError,
   certificateNames,
@@ -50,7 +50,7 @@ import {
   readRegistrySerials,
   REGISTRY_FILE,
 } from "./pki.ts";
-import { FrameError, MAX_PAYLOAD } from "./wire.ts";
+import { FrameError, MAX_PAYLOAD } from "./native/wire.ts";
 
 const logger = log("server");
 
@@ -92,7 +92,7 @@ export interface ServerStats {
   refused: number;
   /** Packets for clients dropped because the session's TLS send buffer was full. */
   dropped: number;
-  /** Packets from clients dropped for a virtio-net header no kernel writes (mod/offload.ts). */
+  /** Packets from clients dropped for a virtio-net header no kernel writes (mod/core/offload.ts). */
   badVnet: number;
 }
 
@@ -164,7 +164,7 @@ export class Server {
   readonly #touched: Session[] = [];
   /** Whether the TUN's packets carry a virtio-net header (offload). */
   readonly #vnet: boolean;
-  /** Converts packets between the TUN's and each client's encoding (mod/offload.ts). */
+  /** Converts packets between the TUN's and each client's encoding (mod/core/offload.ts). */
   readonly #segmenter = new Segmenter();
   /** The session the segmenter is emitting for; set just before each `convert`. */
   #target: Session | undefined;
@@ -385,7 +385,7 @@ export class Server {
       refuse(channel, "pool-exhausted", "address pool exhausted");
       return;
     }
-    // Frames carry virtio-net headers when both TUNs have them (mod/offload.ts).
+    // Frames carry virtio-net headers when both TUNs have them (mod/core/offload.ts).
     const vnet = client.offload && this.#vnet;
     const session = new Session(this, channel, client, address, vnet, peer);
     this.#byAddress.set(session.addressNumber, session);

@@ -35,7 +35,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "replay-window-1024",
     breaks: "a 2048-packet replay window",
-    file: "mod/replay.ts",
+    file: "mod/core/replay.ts",
     find: "export const WINDOW = 2048;",
     replace: "export const WINDOW = 1024;",
     tests: ["tests/replay_test.ts"],
@@ -43,7 +43,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "replay-seen-accepted",
     breaks: "a replayed counter is dropped",
-    file: "mod/replay.ts",
+    file: "mod/core/replay.ts",
     find: "return (block & (1 << (counter & 31))) === 0;",
     replace: "return true;",
     tests: ["tests/replay_test.ts", ATTACK],
@@ -59,7 +59,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "udp-address-before-auth",
     breaks: "the UDP address is learned only from authenticated datagrams",
-    file: "mod/server_udp.ts",
+    file: "mod/native/server_udp.ts",
     find: "const length = state.crypto.open(datagram, size, body, out);",
     replace:
       "copySockAddr(from, state.peer);\n    const length = state.crypto.open(datagram, size, body, out);",
@@ -68,7 +68,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "bad-datagram-answered",
     breaks: "bad datagrams are answered with nothing",
-    file: "mod/server_udp.ts",
+    file: "mod/native/server_udp.ts",
     find: "      this.stats.unknown++;\n      return false;",
     replace:
       "      this.stats.unknown++;\n      this.#socket.sendBatch([datagram], [size], [from], 1);\n      return false;",
@@ -77,7 +77,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "server-udp-never-dead",
     breaks: "the server moves a silent UDP path's data to TLS",
-    file: "mod/server_udp.ts",
+    file: "mod/native/server_udp.ts",
     find: "      state.alive = false;\n",
     replace: "",
     tests: [ATTACK, UDP_E2E],
@@ -85,7 +85,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-udp-fallback-off",
     breaks: "the client moves its data to TLS when UDP goes silent",
-    file: "mod/client_udp.ts",
+    file: "mod/native/client_udp.ts",
     find: "      this.#active = false;\n",
     replace: "",
     tests: [UDP_E2E],
@@ -94,7 +94,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "rekey-after-2^33",
     breaks: "a rekey after 2^32 packets",
-    file: "mod/datagram.ts",
+    file: "mod/native/datagram.ts",
     find: "export const REKEY_AFTER_PACKETS = 2 ** 32;",
     replace: "export const REKEY_AFTER_PACKETS = 2 ** 33;",
     tests: [ATTACK],
@@ -102,7 +102,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "reject-after-raised",
     breaks: "a key seals nothing past 2^32 + 2^24 packets",
-    file: "mod/datagram.ts",
+    file: "mod/native/datagram.ts",
     find: "export const REJECT_AFTER_PACKETS = 2 ** 32 + 2 ** 24;",
     replace: "export const REJECT_AFTER_PACKETS = 2 ** 33;",
     tests: ["tests/datagram_test.ts", ATTACK],
@@ -110,7 +110,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "kdf-salt-changed",
     breaks: "the documented UDP key schedule",
-    file: "mod/datagram.ts",
+    file: "mod/native/datagram.ts",
     find: 'const HKDF_SALT = new TextEncoder().encode("vpn udp v1");',
     replace: 'const HKDF_SALT = new TextEncoder().encode("vpn udp v2");',
     tests: ["tests/protocol_test.ts"],
@@ -118,7 +118,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "nonce-counter-dropped",
     breaks: "the nonce is the salt and the datagram's counter",
-    file: "mod/datagram.ts",
+    file: "mod/native/datagram.ts",
     find: "for (let i = 0; i < 8; i++) nonce[SALT_LEN + i] = datagram[5 + i]!;",
     replace: "",
     tests: ["tests/protocol_test.ts", "tests/datagram_test.ts"],
@@ -134,7 +134,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "udp-mtu-overshoot-client",
     breaks: "1457-byte datagrams at the default MTU (client to server)",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "const mtu = this.#push!.mtu;",
     replace: "const mtu = this.#push!.mtu + 60;",
     tests: [CLAIMS],
@@ -142,7 +142,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "proto-tcp-offers-udp",
     breaks: "--proto tcp sends no UDP",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: 'if (proto === "tcp") {',
     replace: "if (false) {",
     tests: [CLAIMS],
@@ -151,7 +151,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "frame-bound-plus-one",
     breaks: "the largest payload is 65,545 bytes",
-    file: "mod/wire.ts",
+    file: "mod/native/wire.ts",
     find: "export const MAX_PAYLOAD = 65535 + 10;",
     replace: "export const MAX_PAYLOAD = 65535 + 11;",
     tests: ["tests/wire_test.ts", ATTACK],
@@ -159,7 +159,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "frame-bound-minus-one",
     breaks: "a 65,545-byte payload is taken",
-    file: "mod/wire.ts",
+    file: "mod/native/wire.ts",
     find: "export const MAX_PAYLOAD = 65535 + 10;",
     replace: "export const MAX_PAYLOAD = 65535 + 9;",
     tests: ["tests/wire_test.ts", ATTACK],
@@ -167,7 +167,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "frame-bound-inclusive",
     breaks: "a payload of exactly 65,545 bytes is taken",
-    file: "mod/wire.ts",
+    file: "mod/native/wire.ts",
     find: "    if (length > MAX_PAYLOAD) {\n      throw new FrameError(",
     replace: "    if (length >= MAX_PAYLOAD) {\n      throw new FrameError(",
     tests: ["tests/wire_test.ts", ATTACK],
@@ -175,7 +175,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "frame-bound-removed",
     breaks: "a longer frame ends the session",
-    file: "mod/wire.ts",
+    file: "mod/native/wire.ts",
     find: "    if (length > MAX_PAYLOAD) {\n      throw new FrameError(",
     replace: "    if (false) {\n      throw new FrameError(",
     tests: ["tests/wire_test.ts", ATTACK],
@@ -183,7 +183,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "malformed-frame-ends-all",
     breaks: "a malformed frame after AUTH ends only its own session",
-    file: "mod/session.ts",
+    file: "mod/native/session.ts",
     find: 'if (error instanceof FrameError) this.end("protocol", error.message);',
     replace: "if (error instanceof FrameError) this.#server.stop();",
     tests: [ATTACK],
@@ -191,7 +191,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "hello-nonce-zeros",
     breaks: "HELLO carries a fresh nonce, so an AUTH cannot be replayed",
-    file: "mod/handshake.ts",
+    file: "mod/native/handshake.ts",
     find: "const serverNonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));",
     replace: "const serverNonce = new Uint8Array(NONCE_BYTES);",
     tests: [ATTACK],
@@ -199,7 +199,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "dialled-name-unchecked",
     breaks: "an AUTH naming another server is refused",
-    file: "mod/handshake.ts",
+    file: "mod/native/handshake.ts",
     find: "if (!trust.serverNames.has(serverName)) {",
     replace: "if (false) {",
     tests: [ATTACK],
@@ -255,7 +255,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-nodelay-off",
     breaks: "TCP_NODELAY on the client's TLS socket",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "    tcp.setNoDelay(true);\n",
     replace: "",
     tests: [ATTACK],
@@ -280,7 +280,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "server-keepalive-tripled",
     breaks: "the server ends a session silent for keepalive.timeout",
-    file: "mod/session.ts",
+    file: "mod/native/session.ts",
     find: "if (performance.now() - this.channel.lastReceived > timeout * 1000) {",
     replace: "if (performance.now() - this.channel.lastReceived > timeout * 3000) {",
     tests: [ATTACK],
@@ -305,7 +305,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-mtu-unset",
     breaks: "the pushed MTU is set on the client's TUN",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "if (old?.mtu !== push.mtu) nl.setMtu(index, push.mtu);",
     replace: "",
     tests: [CLAIMS],
@@ -313,7 +313,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-keepalive-tripled",
     breaks: "the client ends a session the server left silent for keepalive.timeout",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "if (performance.now() - channel.lastReceived > timeout * 1000) {",
     replace: "if (performance.now() - channel.lastReceived > timeout * 3000) {",
     tests: [CLAIMS],
@@ -321,7 +321,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "backoff-no-doubling",
     breaks: "reconnects wait 1 s doubling to 60 s",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "BACKOFF_MIN_S * 2 ** failures",
     replace: "BACKOFF_MIN_S * (failures + 1)",
     tests: ["tests/backoff_test.ts"],
@@ -329,7 +329,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "backoff-ceiling-120",
     breaks: "reconnects wait at most 60 s",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "const BACKOFF_MAX_S = 60;",
     replace: "const BACKOFF_MAX_S = 120;",
     tests: ["tests/backoff_test.ts"],
@@ -337,7 +337,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "backoff-no-jitter",
     breaks: "reconnect waits have up to 25% jitter",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "return ceiling * (1 - 0.25 * random);",
     replace: "return ceiling;",
     tests: ["tests/backoff_test.ts"],
@@ -420,7 +420,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "control-frames-dropped",
     breaks: "control frames leave ahead of queued data",
-    file: "mod/channel.ts",
+    file: "mod/native/channel.ts",
     find: "this.#control.push(encodeFrame(type, payload));",
     replace: "void encodeFrame;",
     tests: ["tests/channel_test.ts"],
@@ -428,7 +428,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "drained-never",
     breaks: "a sender waiting for the write in flight is woken",
-    file: "mod/channel.ts",
+    file: "mod/native/channel.ts",
     find: "return new Promise((resolve) => this.#drainWaiters.push(resolve));",
     replace: "return new Promise(() => {});",
     tests: ["tests/channel_test.ts"],
@@ -452,7 +452,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-udp-ipv4-only",
     breaks: "the UDP data channel over IPv6",
-    file: "mod/client_udp.ts",
+    file: "mod/native/client_udp.ts",
     find: 'const ipv6 = host.includes(":");',
     replace: "const ipv6 = false;",
     tests: [CLAIMS],
@@ -506,7 +506,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "connect-not-abortable",
     breaks: "SIGINT during a pending connect exits at once",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: 'this.#dialing?.abort(new Error("client stopped"));',
     replace: "",
     tests: ["tests/client_e2e_test.ts"],
@@ -525,7 +525,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-trusts-dialled-name",
     breaks: "the client trusts only its profile's CA, whatever name it dials",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "hostname: identity,",
     replace: "hostname: host,",
     tests: ["tests/trust_e2e_test.ts"],
@@ -541,7 +541,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "client-alpn-ignored",
     breaks: "the client talks only to a server that chose vpn/1",
-    file: "mod/client.ts",
+    file: "mod/native/client.ts",
     find: "if (alpnProtocol !== ALPN) {",
     replace: "if (false) {",
     tests: ["tests/client_e2e_test.ts"],
@@ -585,7 +585,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "pool-preferred-any-owner",
     breaks: "a client gets back only its own last address",
-    file: "mod/address_pool.ts",
+    file: "mod/core/address_pool.ts",
     find: "(this.#lastOwners.get(index) ?? owner) !== owner",
     replace: "false",
     tests: ["tests/address_pool_test.ts", "tests/revocation_race_test.ts"],
@@ -593,7 +593,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "gso-size-unchecked",
     breaks: "a peer's gso_size below 64 costs one dropped packet",
-    file: "mod/offload.ts",
+    file: "mod/core/offload.ts",
     find: "gsoSize >= MIN_GSO_SIZE",
     replace: "gsoSize >= 1",
     tests: ["tests/vnet_validation_test.ts"],
@@ -601,7 +601,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "stuck-session-kept",
     breaks: "a session whose TLS writes are stuck for keepalive.timeout ends",
-    file: "mod/session.ts",
+    file: "mod/native/session.ts",
     find: "this.channel.stuckFor > timeout * 1000",
     replace: "this.channel.stuckFor > timeout * 30000",
     tests: ["tests/stall_test.ts"],
@@ -627,7 +627,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "epoch-keys-without-ecdh",
     breaks: "each epoch's keys take an X25519 secret (forward secrecy)",
-    file: "mod/datagram.ts",
+    file: "mod/native/datagram.ts",
     find: "  ikm.set(secret, clientRandom.length + serverRandom.length);\n",
     replace: "",
     tests: ["tests/protocol_test.ts"],
@@ -635,7 +635,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "push-routes-unchecked",
     breaks: "the client applies only IPv4 networks from PUSH, at most 256",
-    file: "mod/messages.ts",
+    file: "mod/native/messages.ts",
     find: 'routes.some((r) => typeof r !== "string" || !isIpv4Network(r))',
     replace: 'routes.some((r) => typeof r !== "string")',
     tests: ["tests/wire_test.ts"],
@@ -643,7 +643,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "oversized-datagram-sealed",
     breaks: "a packet too long for one datagram goes over TLS, not into the UDP batch",
-    file: "mod/datagram.ts",
+    file: "mod/native/datagram.ts",
     find: "if (length + OVERHEAD > MAX_UDP_PAYLOAD) return false;",
     replace: "",
     tests: ["tests/datagram_test.ts"],
@@ -670,7 +670,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "checksum-odd-byte-dropped",
     breaks: "checksums cover an odd trailing byte",
-    file: "mod/offload.ts",
+    file: "mod/core/offload.ts",
     find: "  if (i < end) sum += bytes[i]! << 8;\n",
     replace: "",
     tests: ["tests/checksum_test.ts", "tests/offload_test.ts"],
@@ -678,7 +678,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "checksum-fold-once",
     breaks: "checksums fold every carry",
-    file: "mod/offload.ts",
+    file: "mod/core/offload.ts",
     find: "while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);",
     replace: "if (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);",
     tests: ["tests/checksum_test.ts", "tests/offload_test.ts"],

@@ -11,7 +11,7 @@ if ! command -v deno >/dev/null || [ "$(deno --version | head -1 | cut -d' ' -f2
 fi
 
 # command -> Debian package
-declare -A packages=([ip]=iproute2 [ping]=iputils-ping [iperf3]=iperf3 [iptables]=iptables [tcpdump]=tcpdump [conntrack]=conntrack)
+declare -A packages=([ip]=iproute2 [ping]=iputils-ping [iperf3]=iperf3 [iptables]=iptables [tcpdump]=tcpdump [conntrack]=conntrack [openvpn]=openvpn [openssl]=openssl)
 missing=()
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${packages[$cmd]}")

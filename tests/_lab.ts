@@ -8,9 +8,9 @@
 
 import { assertEquals } from "./_assert.ts";
 import { waitUntil, within } from "./_wait.ts";
-import { Client } from "../mod/client.ts";
+import { Client } from "../mod/native/client.ts";
 import { type ClientProfile, defaultServerConfig, type ServerConfig } from "../mod/config.ts";
-import { MemoryTun } from "../mod/memory_tun.ts";
+import { MemoryTun } from "../mod/core/memory_tun.ts";
 import { initPki, issueClient } from "../mod/pki.ts";
 import { Server } from "../mod/server.ts";
 

@@ -1,7 +1,7 @@
 /**
  * A raw client for tests that play the attacker: it speaks the protocol itself, frame by frame
- * and datagram by datagram, with the product's own codecs (mod/wire.ts, mod/messages.ts,
- * mod/handshake.ts, mod/datagram.ts), so that a test can send what a real Client never would
+ * and datagram by datagram, with the product's own codecs (mod/native/wire.ts, mod/native/messages.ts,
+ * mod/native/handshake.ts, mod/native/datagram.ts), so that a test can send what a real Client never would
  * and see exactly what the server answers, or that it answers nothing.
  *
  * Everything received is kept in arrays that the test polls with a bounded `waitFor`, so a
@@ -12,7 +12,7 @@
 
 import { HOST, SHORT_MS, waitFor, within } from "./_lab.ts";
 import { encodeSockAddr, type SockAddr, UdpSocket } from "../ffi/udp.ts";
-import { Channel } from "../mod/channel.ts";
+import { Channel } from "../mod/native/channel.ts";
 import {
   DatagramCrypto,
   DatagramSlots,
@@ -20,8 +20,8 @@ import {
   deriveKeys,
   HEADER_LEN as DATAGRAM_HEADER_LEN,
   KeyHalf,
-} from "../mod/datagram.ts";
-import { authenticate } from "../mod/handshake.ts";
+} from "../mod/native/datagram.ts";
+import { authenticate } from "../mod/native/handshake.ts";
 import {
   ALPN,
   type Auth,
@@ -31,9 +31,9 @@ import {
   PROTOCOL_VERSION,
   type Push,
   type UdpAccept,
-} from "../mod/messages.ts";
+} from "../mod/native/messages.ts";
 import { authChallenge, signChallenge } from "../mod/pki.ts";
-import { FrameType, HEADER_LEN } from "../mod/wire.ts";
+import { FrameType, HEADER_LEN } from "../mod/native/wire.ts";
 
 /** A frame as received: its type byte, a copy of its payload, and when it came. */
 export interface Frame {
@@ -83,7 +83,7 @@ export async function signedAuth(
 /** One TLS connection to the server, driven by the test. */
 export class RawClient {
   readonly conn: Deno.TlsConn;
-  /** Used for the handshake (mod/handshake.ts `authenticate`) and for reading frames. */
+  /** Used for the handshake (mod/native/handshake.ts `authenticate`) and for reading frames. */
   readonly channel: Channel;
   /** Every frame received since reading started, in order. */
   readonly frames: Frame[] = [];
@@ -130,7 +130,7 @@ export class RawClient {
     return client;
   }
 
-  /** Runs the client side of the handshake (mod/handshake.ts), then reads frames. */
+  /** Runs the client side of the handshake (mod/native/handshake.ts), then reads frames. */
   async authenticate(keys: ClientKeys, serverName = HOST): Promise<Push> {
     const credentials = { certPem: keys.cert, keyPem: keys.key, serverName, offload: false };
     this.push = await within(authenticate(this.channel, credentials), SHORT_MS, "PUSH");
@@ -287,7 +287,7 @@ export class Inbox {
   }
 }
 
-/** The client's UDP path, sealed and opened exactly as mod/client_udp.ts does. */
+/** The client's UDP path, sealed and opened exactly as mod/native/client_udp.ts does. */
 export class RawUdp {
   readonly socket: UdpSocket;
   readonly crypto: DatagramCrypto;

@@ -1,4 +1,4 @@
-import { AddressPool } from "../mod/address_pool.ts";
+import { AddressPool } from "../mod/core/address_pool.ts";
 import { assertEquals, assertThrows } from "./_assert.ts";
 
 Deno.test("AddressPool describes its subnet, server address and capacity", () => {

@@ -4,7 +4,7 @@
  */
 
 import { assert, assertEquals } from "./_assert.ts";
-import { backoff } from "../mod/client.ts";
+import { backoff } from "../mod/native/client.ts";
 
 Deno.test("backoff() without jitter waits 1, 2, 4 ... 32 s, then 60 s for good", () => {
   const ceilings = Array.from({ length: 12 }, (_, failures) => backoff(failures, 0));

@@ -5,8 +5,8 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { within } from "./_wait.ts";
-import { Channel } from "../mod/channel.ts";
-import { FrameType, HEADER_LEN } from "../mod/wire.ts";
+import { Channel } from "../mod/native/channel.ts";
+import { FrameType, HEADER_LEN } from "../mod/native/wire.ts";
 
 /** Bound on waits for something that takes milliseconds when the code works. */
 const SHORT_MS = 5000;

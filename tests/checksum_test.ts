@@ -1,5 +1,5 @@
 /**
- * The Internet checksums of mod/offload.ts against an oracle written another way: RFC 1071 over
+ * The Internet checksums of mod/core/offload.ts against an oracle written another way: RFC 1071 over
  * a zero-padded copy read with `DataView.getUint16`, with the end-around carry taken at every
  * step, over pseudo-headers built as bytes (not added as numbers, as the product does). The
  * product's own `checksumAdd` never checks its own output here, so a bug it shares with the
@@ -11,7 +11,7 @@
  */
 
 import { assertEquals, assertGreater } from "./_assert.ts";
-import { checksumAdd, checksumFold, Coalescer, Segmenter } from "../mod/offload.ts";
+import { checksumAdd, checksumFold, Coalescer, Segmenter } from "../mod/core/offload.ts";
 
 // --- the oracle --------------------------------------------------------------------------
 

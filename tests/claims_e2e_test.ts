@@ -166,7 +166,7 @@ const SIZE_CASES = [
   {
     // The kernels then build super-packets of 1448-byte segments, more than the pushed MTU
     // allows: the VPN must cut them to 1400 itself. A single packet over the MTU passes as it
-    // is (mod/offload.ts), so here only the count of full datagrams is held to the limit.
+    // is (mod/core/offload.ts), so here only the count of full datagrams is held to the limit.
     name: "IPv4, offload on both sides, TUNs raised to MTU 1500: super-packets still cut to " +
       "1467-byte datagrams",
     ipv6: false,

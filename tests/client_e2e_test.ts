@@ -9,11 +9,11 @@ import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { type Netns, rootTest } from "./_netns.ts";
 import { Topology, type VpnProcess, waitFor } from "./_vpn.ts";
 import { within } from "./_wait.ts";
-import { Client, ClientError } from "../mod/client.ts";
-import { MemoryTun } from "../mod/memory_tun.ts";
-import { ALPN, encodeMessage, PROTOCOL_VERSION } from "../mod/messages.ts";
+import { Client, ClientError } from "../mod/native/client.ts";
+import { MemoryTun } from "../mod/core/memory_tun.ts";
+import { ALPN, encodeMessage, PROTOCOL_VERSION } from "../mod/native/messages.ts";
 import { initPki, issueClient } from "../mod/pki.ts";
-import { encodeFrame, FrameType } from "../mod/wire.ts";
+import { encodeFrame, FrameType } from "../mod/native/wire.ts";
 
 /** The TUN devices in `ns`. */
 async function tuns(ns: Netns): Promise<string[]> {

@@ -5,7 +5,7 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { waitUntil, within } from "./_wait.ts";
-import { ClientUdp } from "../mod/client_udp.ts";
+import { ClientUdp } from "../mod/native/client_udp.ts";
 import {
   DatagramBatch,
   DatagramCrypto,
@@ -13,7 +13,7 @@ import {
   DatagramType,
   deriveKeys,
   KeyHalf,
-} from "../mod/datagram.ts";
+} from "../mod/native/datagram.ts";
 import { BatchFailures } from "../mod/log.ts";
 import { UdpSocket } from "../ffi/udp.ts";
 import type { Logger } from "@logtape/logtape";

@@ -11,9 +11,9 @@ import {
   KeyHalf,
   OVERHEAD,
   writeHeader,
-} from "../mod/datagram.ts";
+} from "../mod/native/datagram.ts";
 import type { CipherName } from "../ffi/crypto.ts";
-import { FrameError } from "../mod/wire.ts";
+import { FrameError } from "../mod/native/wire.ts";
 import { encodeSockAddr, UdpSocket } from "../ffi/udp.ts";
 import { within } from "./_wait.ts";
 

@@ -11,7 +11,7 @@ import {
   parseCidr,
   parseIPv4,
   parseIPv6,
-} from "../mod/ip.ts";
+} from "../mod/core/ip.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 
 Deno.test("parseIPv4() reads dotted quads as unsigned numbers", () => {

@@ -11,14 +11,14 @@ import { assert, assertEquals } from "./_assert.ts";
 import { HOST, ipv4Packet, type Lab, SHORT_MS, waitFor, within, withLab } from "./_lab.ts";
 import { RawClient, signedAuth } from "./_raw_client.ts";
 import { encodeSockAddr, formatSockAddr, UdpSocket } from "../ffi/udp.ts";
-import { ClientUdp } from "../mod/client_udp.ts";
-import { KeyHalf } from "../mod/datagram.ts";
-import { authenticate } from "../mod/handshake.ts";
-import { formatPeer, peerHost } from "../mod/ip.ts";
+import { ClientUdp } from "../mod/native/client_udp.ts";
+import { KeyHalf } from "../mod/native/datagram.ts";
+import { authenticate } from "../mod/native/handshake.ts";
+import { formatPeer, peerHost } from "../mod/core/ip.ts";
 import { CounterLine, escapeText, RateLimit } from "../mod/log.ts";
-import { ALPN, encodeMessage } from "../mod/messages.ts";
+import { ALPN, encodeMessage } from "../mod/native/messages.ts";
 import { initPki } from "../mod/pki.ts";
-import { FrameType } from "../mod/wire.ts";
+import { FrameType } from "../mod/native/wire.ts";
 
 /** Every line the product logged, as `[LEVEL] message`, from the default level (info) up. */
 const lines: string[] = [];

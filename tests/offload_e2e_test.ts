@@ -2,7 +2,7 @@
  * TUN offload end to end: TCP transfers both ways through the VPN, over TLS and over UDP, with
  * offload on both sides, on one side only, and on neither. The receiving kernel checks every
  * checksum of the segments this project cut from super-packets or completed: it is the oracle,
- * independent of mod/offload.ts. A wrong checksum drops the segment (counted in the kernel's
+ * independent of mod/core/offload.ts. A wrong checksum drops the segment (counted in the kernel's
  * InCsumErrors, which fails a transfer at once) and stalls the transfer on its retransmissions;
  * a wrong byte changes the hash.
  *

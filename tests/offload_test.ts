@@ -1,5 +1,11 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { checksumAdd, checksumFold, Coalescer, Segmenter, VNET_HDR_LEN } from "../mod/offload.ts";
+import {
+  checksumAdd,
+  checksumFold,
+  Coalescer,
+  Segmenter,
+  VNET_HDR_LEN,
+} from "../mod/core/offload.ts";
 
 /** A TCP or UDP packet (IPv4 or IPv6) with a correct checksum, or a GSO super-packet. */
 function packet(version: 4 | 6, udp: boolean, payload: Uint8Array, flags = 0x18): Uint8Array {

@@ -12,7 +12,7 @@ import {
   DatagramType,
   deriveKeys,
   KeyHalf,
-} from "../mod/datagram.ts";
+} from "../mod/native/datagram.ts";
 import { authChallenge } from "../mod/pki.ts";
 
 const RC = Uint8Array.from({ length: 32 }, (_, i) => i);

@@ -8,7 +8,7 @@ import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { denoScript, run, type RunResult } from "./_netns.ts";
 import { within } from "./_wait.ts";
 import { Lab, SHORT_MS } from "./_lab.ts";
-import { ClientError } from "../mod/client.ts";
+import { ClientError } from "../mod/native/client.ts";
 import { initPki, issueClient, listClients } from "../mod/pki.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;

@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { ReplayWindow, WINDOW } from "../mod/replay.ts";
+import { ReplayWindow, WINDOW } from "../mod/core/replay.ts";
 
 /** check() and accept() must agree; returns accept()'s answer. */
 function take(window: ReplayWindow, counter: number): boolean {

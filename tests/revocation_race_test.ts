@@ -14,11 +14,11 @@ import { configureSync, type LogRecord } from "@logtape/logtape";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { HOST, type Lab, SHORT_MS, waitFor, within, withLab } from "./_lab.ts";
 import { RawClient, signedAuth } from "./_raw_client.ts";
-import { ClientError } from "../mod/client.ts";
-import { RefusedError } from "../mod/handshake.ts";
-import { decodePush } from "../mod/messages.ts";
+import { ClientError } from "../mod/native/client.ts";
+import { RefusedError } from "../mod/native/handshake.ts";
+import { decodePush } from "../mod/native/messages.ts";
 import { issueClient, REGISTRY_FILE, revokeClient } from "../mod/pki.ts";
-import { FrameType } from "../mod/wire.ts";
+import { FrameType } from "../mod/native/wire.ts";
 
 /** The product's log lines from info up, to wait for what the server said. */
 const lines: string[] = [];

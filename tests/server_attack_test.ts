@@ -23,15 +23,15 @@ import {
 import { Inbox, RawClient, type RawUdp, signedAuth } from "./_raw_client.ts";
 import { tcpNoDelay } from "../ffi/socket.ts";
 import { UdpSocket } from "../ffi/udp.ts";
-import { ClientError } from "../mod/client.ts";
+import { ClientError } from "../mod/native/client.ts";
 import type { ServerConfig } from "../mod/config.ts";
-import { DatagramType } from "../mod/datagram.ts";
+import { DatagramType } from "../mod/native/datagram.ts";
 import { setupLogging } from "../mod/log.ts";
-import type { MemoryTun } from "../mod/memory_tun.ts";
-import { decodeError, decodeRekey } from "../mod/messages.ts";
+import type { MemoryTun } from "../mod/core/memory_tun.ts";
+import { decodeError, decodeRekey } from "../mod/native/messages.ts";
 import { revokeClient } from "../mod/pki.ts";
-import type { Session } from "../mod/session.ts";
-import { FrameType } from "../mod/wire.ts";
+import type { Session } from "../mod/native/session.ts";
+import { FrameType } from "../mod/native/wire.ts";
 
 setupLogging("error");
 

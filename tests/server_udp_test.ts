@@ -5,17 +5,17 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { waitUntil, within } from "./_wait.ts";
-import { ServerUdp, type UdpClient } from "../mod/server_udp.ts";
+import { ServerUdp, type UdpClient } from "../mod/native/server_udp.ts";
 import {
   DatagramBatch,
   DatagramCrypto,
   DatagramType,
   deriveKeys,
   KeyHalf,
-} from "../mod/datagram.ts";
-import type { Channel } from "../mod/channel.ts";
-import type { UdpAccept } from "../mod/messages.ts";
-import { FrameType } from "../mod/wire.ts";
+} from "../mod/native/datagram.ts";
+import type { Channel } from "../mod/native/channel.ts";
+import type { UdpAccept } from "../mod/native/messages.ts";
+import { FrameType } from "../mod/native/wire.ts";
 import { encodeSockAddr, UdpSocket } from "../ffi/udp.ts";
 
 Deno.test("ServerUdp drops a batch whose handling throws and delivers the next", async () => {

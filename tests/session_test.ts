@@ -19,11 +19,11 @@ import {
   within,
   withLab,
 } from "./_lab.ts";
-import { ClientError } from "../mod/client.ts";
+import { ClientError } from "../mod/native/client.ts";
 import { setupLogging } from "../mod/log.ts";
-import { ALPN, decodeError } from "../mod/messages.ts";
+import { ALPN, decodeError } from "../mod/native/messages.ts";
 import { initPki, issueClient, revokeClient } from "../mod/pki.ts";
-import { FrameReader, FrameType } from "../mod/wire.ts";
+import { FrameReader, FrameType } from "../mod/native/wire.ts";
 
 setupLogging("error");
 

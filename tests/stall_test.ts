@@ -9,10 +9,10 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { HOST, ipv4Packet, type Lab, SHORT_MS, waitFor, within, withLab } from "./_lab.ts";
 import { RawClient } from "./_raw_client.ts";
-import { authenticate } from "../mod/handshake.ts";
+import { authenticate } from "../mod/native/handshake.ts";
 import { setupLogging } from "../mod/log.ts";
-import type { MemoryTun } from "../mod/memory_tun.ts";
-import { FrameType } from "../mod/wire.ts";
+import type { MemoryTun } from "../mod/core/memory_tun.ts";
+import { FrameType } from "../mod/native/wire.ts";
 
 setupLogging("error");
 

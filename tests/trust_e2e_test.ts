@@ -12,10 +12,10 @@ import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
 import { denoScript, rootTest, run } from "./_netns.ts";
 import { within } from "./_wait.ts";
 import { Topology, type VpnProcess } from "./_vpn.ts";
-import { Channel } from "../mod/channel.ts";
-import { Client, ClientError } from "../mod/client.ts";
-import { MemoryTun } from "../mod/memory_tun.ts";
-import { ALPN, decodeAuth, encodeMessage, PROTOCOL_VERSION } from "../mod/messages.ts";
+import { Channel } from "../mod/native/channel.ts";
+import { Client, ClientError } from "../mod/native/client.ts";
+import { MemoryTun } from "../mod/core/memory_tun.ts";
+import { ALPN, decodeAuth, encodeMessage, PROTOCOL_VERSION } from "../mod/native/messages.ts";
 import {
   authChallenge,
   certificateNames,
@@ -25,7 +25,7 @@ import {
   serverIdentityName,
   upgradeServerCertificate,
 } from "../mod/pki.ts";
-import { FrameType } from "../mod/wire.ts";
+import { FrameType } from "../mod/native/wire.ts";
 
 x509.cryptoProvider.set(crypto);
 

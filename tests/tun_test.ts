@@ -3,7 +3,7 @@ import { within } from "./_wait.ts";
 import { decodeIfreqName, encodeIfreq, validateTunName } from "../ffi/tun.ts";
 import { ErrnoError } from "../ffi/libc.ts";
 import { errnoName } from "../ffi/constants.ts";
-import { MemoryTun } from "../mod/memory_tun.ts";
+import { MemoryTun } from "../mod/core/memory_tun.ts";
 
 Deno.test("validateTunName() accepts 15 bytes and refuses 16", () => {
   validateTunName("a".repeat(15));

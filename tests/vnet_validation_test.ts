@@ -11,15 +11,15 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { HOST, HOSTS, SHORT_MS, waitFor, within } from "./_lab.ts";
 import { type ClientKeys, RawClient } from "./_raw_client.ts";
-import { Client } from "../mod/client.ts";
+import { Client } from "../mod/native/client.ts";
 import { defaultServerConfig, type ServerConfig } from "../mod/config.ts";
-import { authenticate } from "../mod/handshake.ts";
+import { authenticate } from "../mod/native/handshake.ts";
 import { setupLogging } from "../mod/log.ts";
-import { MemoryTun } from "../mod/memory_tun.ts";
-import { checksumAdd, checksumFold, validVnetHeader, VNET_HDR_LEN } from "../mod/offload.ts";
+import { MemoryTun } from "../mod/core/memory_tun.ts";
+import { checksumAdd, checksumFold, validVnetHeader, VNET_HDR_LEN } from "../mod/core/offload.ts";
 import { initPki, issueClient } from "../mod/pki.ts";
 import { Server } from "../mod/server.ts";
-import { FrameType } from "../mod/wire.ts";
+import { FrameType } from "../mod/native/wire.ts";
 
 setupLogging("error");
 

@@ -7,7 +7,7 @@ import {
   FrameWriter,
   HEADER_LEN,
   MAX_PAYLOAD,
-} from "../mod/wire.ts";
+} from "../mod/native/wire.ts";
 import {
   decodeAuth,
   decodeHello,
@@ -18,7 +18,7 @@ import {
   encodeMessage,
   keyMaterial,
   type Push,
-} from "../mod/messages.ts";
+} from "../mod/native/messages.ts";
 
 function feed(reader: FrameReader, bytes: Uint8Array): void {
   const space = reader.space();

@@ -10,8 +10,8 @@
  * @module
  */
 
-import { ALPN } from "../../mod/messages.ts";
-import { FrameType } from "../../mod/wire.ts";
+import { ALPN } from "../../mod/native/messages.ts";
+import { FrameType } from "../../mod/native/wire.ts";
 
 const [host, port, cert, key, serverHost, serverPort, serverCa] = Deno.args;
 const say = (event: Record<string, unknown>) => console.log(JSON.stringify(event));

@@ -29,7 +29,7 @@ import {
   PROTOCOL_VERSION,
   type Push,
 } from "./messages.ts";
-import { authChallenge, AuthError, signChallenge, verifyClient } from "./pki.ts";
+import { authChallenge, AuthError, signChallenge, verifyClient } from "../pki.ts";
 import { FrameError, FrameType } from "./wire.ts";
 
 const NONCE_BYTES = 32;

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { TunDevice, TunStats } from "../ffi/tun.ts";
+import type { TunDevice, TunStats } from "../../ffi/tun.ts";
 
 /** Options of {@linkcode MemoryTun}. */
 export interface MemoryTunOptions {

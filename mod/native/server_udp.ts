@@ -17,7 +17,7 @@
  * @module
  */
 
-import { type CipherName, cryptoUnavailable } from "../ffi/crypto.ts";
+import { type CipherName, cryptoUnavailable } from "../../ffi/crypto.ts";
 import {
   copySockAddr,
   formatSockAddr,
@@ -25,7 +25,7 @@ import {
   sameSockAddr,
   type SockAddr,
   UdpSocket,
-} from "../ffi/udp.ts";
+} from "../../ffi/udp.ts";
 import {
   DatagramBatch,
   DatagramCrypto,
@@ -38,8 +38,8 @@ import {
   type RejectStats,
   REKEY_AFTER_PACKETS,
 } from "./datagram.ts";
-import { formatPeer } from "./ip.ts";
-import { BatchFailures, log } from "./log.ts";
+import { formatPeer } from "../core/ip.ts";
+import { BatchFailures, log } from "../log.ts";
 import { encodeMessage, keyMaterial, type Rekey, UDP_CIPHERS, type UdpOffer } from "./messages.ts";
 import { FrameType } from "./wire.ts";
 import type { Channel } from "./channel.ts";

@@ -16,8 +16,8 @@ import {
   newSockAddr,
   type SockAddr,
   UdpSocket,
-} from "../ffi/udp.ts";
-import type { CipherName } from "../ffi/crypto.ts";
+} from "../../ffi/udp.ts";
+import type { CipherName } from "../../ffi/crypto.ts";
 import {
   DatagramBatch,
   DatagramCrypto,
@@ -28,8 +28,8 @@ import {
   KeyHalf,
   OVERHEAD,
 } from "./datagram.ts";
-import { formatPeer } from "./ip.ts";
-import { BatchFailures, log } from "./log.ts";
+import { formatPeer } from "../core/ip.ts";
+import { BatchFailures, log } from "../log.ts";
 import { keyMaterial, type Rekey, type UdpAccept } from "./messages.ts";
 
 const logger = log("client");

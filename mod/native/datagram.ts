@@ -18,9 +18,9 @@
  */
 
 import { createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync } from "node:crypto";
-import { Aead, type CipherName, KEY_LEN, NONCE_LEN, TAG_LEN } from "../ffi/crypto.ts";
-import { MAX_UDP_PAYLOAD, newSockAddr, type SockAddr, type UdpSocket } from "../ffi/udp.ts";
-import { ReplayWindow } from "./replay.ts";
+import { Aead, type CipherName, KEY_LEN, NONCE_LEN, TAG_LEN } from "../../ffi/crypto.ts";
+import { MAX_UDP_PAYLOAD, newSockAddr, type SockAddr, type UdpSocket } from "../../ffi/udp.ts";
+import { ReplayWindow } from "../core/replay.ts";
 import { FrameError } from "./wire.ts";
 
 /** Datagram types. */

@@ -1,12 +1,12 @@
 /**
  * The VPN client: one TUN that outlives reconnects, one TLS session at a time, and beside it
- * the UDP data channel when the path allows (mod/client_udp.ts).
+ * the UDP data channel when the path allows (mod/native/client_udp.ts).
  *
  * Outbound, TUN → server (`#tunToServer`):
  *   1. one awaited batch read from the TUN (dropped while there is no session, like an
  *      unplugged cable);
  *   2. while UDP is alive, each packet is cut to the MTU where needed and sealed into the
- *      datagram batch (mod/offload.ts, mod/datagram.ts);
+ *      datagram batch (mod/core/offload.ts, mod/native/datagram.ts);
  *   3. otherwise it is queued on the TLS channel, whole when both ends have offload; a full
  *      buffer waits for the write in flight instead of dropping (this is the only session);
  *   4. the batch leaves in one `sendmmsg` or one TLS write.
@@ -22,18 +22,18 @@
  * @module
  */
 
-import { cryptoUnavailable } from "../ffi/crypto.ts";
-import { Netlink } from "../ffi/netlink.ts";
-import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
+import { cryptoUnavailable } from "../../ffi/crypto.ts";
+import { Netlink } from "../../ffi/netlink.ts";
+import { LinuxTun, type TunDevice } from "../../ffi/tun.ts";
 import { Channel, type ChannelStats } from "./channel.ts";
-import type { ClientProfile, Proto } from "./config.ts";
+import type { ClientProfile, Proto } from "../config.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
 import { KeyHalf } from "./datagram.ts";
-import { formatPeer } from "./ip.ts";
-import { Coalescer, Segmenter, validVnetHeader } from "./offload.ts";
+import { formatPeer } from "../core/ip.ts";
+import { Coalescer, Segmenter, validVnetHeader } from "../core/offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
-import { certificateCommonName, serverIdentityName } from "./pki.ts";
-import { BatchFailures, escapeText, log } from "./log.ts";
+import { certificateCommonName, serverIdentityName } from "../pki.ts";
+import { BatchFailures, escapeText, log } from "../log.ts";
 import {
   ALPN,
   decodeBye,
@@ -138,7 +138,7 @@ export class ClientError extends Error {
 export class Client implements PacketSink {
   /** The address the server gave, once connected. */
   address: string | undefined;
-  /** Packets from the server dropped for a virtio-net header no kernel writes (mod/offload.ts). */
+  /** Packets from the server dropped for a virtio-net header no kernel writes (mod/core/offload.ts). */
   badVnet = 0;
 
   readonly #options: ClientOptions;
@@ -155,7 +155,7 @@ export class Client implements PacketSink {
   #serverIp = "";
   /** Whether DATA frames and datagrams of the current session carry virtio-net headers. */
   #vnet = false;
-  /** Converts packets between the TUN's encoding and the session's (mod/offload.ts). */
+  /** Converts packets between the TUN's encoding and the session's (mod/core/offload.ts). */
   readonly #segmenter = new Segmenter();
   /** The inbound batch for a TUN without offload. */
   readonly #toTun: Uint8Array[] = [];

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { parseCidr, parseIPv4 } from "./ip.ts";
-import type { AuthFailure } from "./pki.ts";
+import { parseCidr, parseIPv4 } from "../core/ip.ts";
+import type { AuthFailure } from "../pki.ts";
 import { FrameError } from "./wire.ts";
 
 /** Protocol version; it is also in the ALPN id so that mismatched peers fail the handshake. */

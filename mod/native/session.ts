@@ -8,8 +8,8 @@
 
 import type { Channel } from "./channel.ts";
 import { type AuthenticatedClient, refuse } from "./handshake.ts";
-import { parseIPv4 } from "./ip.ts";
-import { escapeText, log } from "./log.ts";
+import { parseIPv4 } from "../core/ip.ts";
+import { escapeText, log } from "../log.ts";
 import {
   decodeBye,
   decodeRekey,
@@ -17,7 +17,7 @@ import {
   encodeMessage,
   type ErrorReason,
 } from "./messages.ts";
-import type { Server } from "./server.ts";
+import type { Server } from "../server.ts";
 import type { UdpState } from "./server_udp.ts";
 import { FrameError, FrameType } from "./wire.ts";
 
