@@ -248,3 +248,98 @@ Deno.test("Aead.seal() works on separate buffers and views with an offset", () =
   assertEquals(opener.open(nonce, aad, 8, body, body.length, out), 300);
   assert(out.every((b, i) => b === plain[i]));
 });
+
+for (const cipher of CIPHERS) {
+  Deno.test(`Aead.sealDetached() gives seal()'s ciphertext and tag, apart (${cipher})`, () => {
+    const key = pattern(KEY_LEN, 13);
+    using sealer = Aead.create(cipher, key, true);
+    using opener = Aead.create(cipher, key, false);
+    const nonce = pattern(NONCE_LEN, 14);
+    const aad = pattern(8, 15);
+    for (const length of [0, 1, 1400]) {
+      const plain = pattern(length, 16);
+      const joined = new Uint8Array(length + TAG_LEN);
+      sealer.seal(nonce, aad, 8, plain, length, joined);
+      // The OpenVPN layout: header, tag, then ciphertext, sealed in place in the body.
+      const packet = new Uint8Array(8 + TAG_LEN + length);
+      const tag = packet.subarray(8, 8 + TAG_LEN);
+      const body = packet.subarray(8 + TAG_LEN);
+      body.set(plain);
+      assertEquals(sealer.sealDetached(nonce, aad, 8, body, length, body, tag), length);
+      assertEquals(body, joined.subarray(0, length), `ciphertext of ${length} bytes`);
+      assertEquals(tag, joined.subarray(length), `tag of ${length} bytes`);
+      assertEquals(opener.openDetached(nonce, aad, 8, body, length, tag, body), length);
+      assertEquals(body, plain);
+    }
+  });
+
+  Deno.test(`Aead.openDetached() returns -1 for a tampered ${cipher} tag or body`, () => {
+    const key = pattern(KEY_LEN, 17);
+    using sealer = Aead.create(cipher, key, true);
+    using opener = Aead.create(cipher, key, false);
+    const nonce = pattern(NONCE_LEN, 18);
+    const aad = pattern(8, 19);
+    const plain = pattern(300, 20);
+    const body = new Uint8Array(300);
+    const tag = new Uint8Array(TAG_LEN);
+    sealer.sealDetached(nonce, aad, 8, plain, 300, body, tag);
+    const out = new Uint8Array(300);
+    for (const [name, index] of [["tag", 0], ["tag", 15], ["body", 0], ["body", 299]] as const) {
+      const target = name === "tag" ? tag : body;
+      target[index]! ^= 0x02;
+      assertEquals(opener.openDetached(nonce, aad, 8, body, 300, tag, out), -1, name);
+      target[index]! ^= 0x02;
+    }
+    assertEquals(opener.openDetached(nonce, aad, 8, body, 300, tag, out), 300);
+    assertEquals(out, plain);
+  });
+}
+
+Deno.test("Aead.sealDetached() and openDetached() reject a short or overlapping tag", () => {
+  const key = new Uint8Array(KEY_LEN);
+  using sealer = Aead.create("aes-256-gcm", key, true);
+  using opener = Aead.create("aes-256-gcm", key, false);
+  const nonce = new Uint8Array(NONCE_LEN);
+  const buf = new Uint8Array(100);
+  const tag = new Uint8Array(TAG_LEN);
+  assertThrows(
+    () => sealer.sealDetached(nonce, buf, 0, buf, 10, buf, tag.subarray(1)),
+    RangeError,
+    /tag must be 16 bytes, got 15/,
+  );
+  assertThrows(
+    () => sealer.sealDetached(nonce, buf, 0, buf, 20, buf, buf.subarray(10, 26)),
+    RangeError,
+    /tag overlaps output/,
+  );
+  assertThrows(
+    () => sealer.sealDetached(nonce, buf, 0, buf, 20, buf.subarray(0, 19), tag),
+    RangeError,
+    /output holds 19/,
+  );
+  assertThrows(
+    () => opener.openDetached(nonce, buf, 0, buf, 10, tag.subarray(8), buf),
+    RangeError,
+    /tag must be 16 bytes, got 8/,
+  );
+  assertThrows(
+    () => opener.openDetached(nonce, buf, 0, buf, 10, tag, buf.subarray(1)),
+    RangeError,
+    /partly overlaps/,
+  );
+  assertThrows(() => opener.sealDetached(nonce, buf, 0, buf, 10, buf, tag), TypeError, /to open/);
+});
+
+Deno.test("Aead.openDetached() checks a tag that its output overwrites", () => {
+  const key = pattern(KEY_LEN, 21);
+  using sealer = Aead.create("chacha20-poly1305", key, true);
+  using opener = Aead.create("chacha20-poly1305", key, false);
+  const nonce = pattern(NONCE_LEN, 22);
+  const plain = pattern(64, 23);
+  const body = new Uint8Array(64);
+  const output = new Uint8Array(64);
+  const tag = output.subarray(10, 10 + TAG_LEN);
+  sealer.sealDetached(nonce, body, 0, plain, 64, body, tag);
+  assertEquals(opener.openDetached(nonce, body, 0, body, 64, tag, output), 64);
+  assertEquals(output, plain);
+});
