@@ -15,9 +15,12 @@ import {
   DEFAULT_DIR,
   exitCodeOf,
   init,
+  OVPN_PROTOS,
+  type OvpnProto,
   serve,
   UsageError,
 } from "./mod/commands.ts";
+import { CLIENT_FORMATS, type ClientFormat } from "./mod/pki.ts";
 import type { LogLevel } from "./mod/log.ts";
 import { type Proto, PROTOS } from "./mod/config.ts";
 import { UDP_CIPHERS, type UdpCipher } from "./mod/native/messages.ts";
@@ -127,14 +130,15 @@ const SERVE: Command = {
 Runs the server in the foreground until SIGINT or SIGTERM.
 
 Options:
-  --dir DIR        the PKI: ca.crt, server.crt, server.key, clients.json (default: the
-                   directory of --config, else ${DEFAULT_DIR})
+  --dir DIR        the PKI: ca.crt, server.crt, server.key, clients.json, tls-crypt.key
+                   (default: the directory of --config, else ${DEFAULT_DIR})
   --config FILE    the server configuration (default DIR/server.yaml)
 ${LOGGING_HELP}
 ${HELP_HELP}
 
 On its first run with no PKI in ${DEFAULT_DIR}, it creates one as "vpn init" does and says so.
-Any other directory without a PKI is refused: run "vpn init --dir DIR" first.`,
+Any other directory without a PKI is refused: run "vpn init --dir DIR" first. A PKI made
+before OpenVPN support gets its tls-crypt.key here.`,
   async run(args) {
     const parsed = parse(SERVE, args, { ...DIR, ...LOGGING, config: { type: "string" } });
     if (parsed === undefined) return 0;
@@ -153,9 +157,9 @@ const INIT: Command = {
   usage: "vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]",
   help: `Usage: vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]
 
-Creates DIR (mode 0700) with a CA, a server certificate, their private keys (0600), an empty
-client registry and server.yaml with every default written out. An existing server.yaml is
-kept.
+Creates DIR (mode 0700) with a CA, a server certificate, their private keys (0600), the
+tls-crypt key of OpenVPN profiles (tls-crypt.key, 0600), an empty client registry and
+server.yaml with every default written out. An existing server.yaml is kept.
 
 Options:
 ${DIR_HELP}
@@ -163,7 +167,8 @@ ${DIR_HELP}
                    "vpn client add" writes into profiles (default: this machine's name and
                    addresses, public ones first)
   --subnet CIDR    the VPN's IPv4 subnet (default 10.8.0.0/24)
-  --port N         the port to listen on (default 1194)
+  --port N         the port to listen on (default 1194); OpenVPN clients over TCP get
+                   N+1 (openvpn.tcp_port)
   --force          replace an existing PKI (every client profile issued from it stops
                    working) and server.yaml
 ${HELP_HELP}`,
@@ -189,31 +194,51 @@ ${HELP_HELP}`,
   },
 };
 
+const CLIENT_ADD_USAGE = "vpn client add NAME [--dir DIR] [--format vpn|ovpn] " +
+  "[--proto udp|tcp] [--remote HOST:PORT] [--out FILE]";
+
 const CLIENT_ADD: Command = {
-  usage: "vpn client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]",
-  help: `Usage: vpn client add NAME [--dir DIR] [--remote HOST:PORT] [--out FILE]
+  usage: CLIENT_ADD_USAGE,
+  help: `Usage: vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp]
+         [--remote HOST:PORT] [--out FILE]
 
 Issues a client certificate and writes one self-contained profile (remote, CA, certificate
-and private key), mode 0600. Copy it to the client: vpn connect --profile FILE.
+and private key), mode 0600. Copy it to the client: vpn connect --profile FILE; or, with
+--format ovpn, import it into OpenVPN 2.6+ or OpenVPN Connect (openvpn --config FILE).
 
 Options:
 ${DIR_HELP}
+  --format F       vpn: a profile for "vpn connect" (NAME.yaml, the default); ovpn: an
+                   OpenVPN profile (NAME.ovpn) with the tls-crypt key and the data cipher
+  --proto P        for --format ovpn: udp (the default; to listen.port) or tcp (to
+                   openvpn.tcp_port); server.yaml must have openvpn.udp or openvpn.tcp on
   --remote HOST:PORT  where the client connects (default: the server certificate's first
-                   public name and the port of DIR/server.yaml)
-  --out FILE       where to write the profile (default ./NAME.yaml)
+                   public name and the port of DIR/server.yaml for the transport)
+  --out FILE       where to write the profile (default ./NAME.yaml or ./NAME.ovpn)
 ${HELP_HELP}`,
   async run(args) {
     const parsed = parse(CLIENT_ADD, args, {
       ...DIR,
+      format: { type: "string" },
+      proto: { type: "string" },
       remote: { type: "string" },
       out: { type: "string" },
     });
     if (parsed === undefined) return 0;
     const { values, positionals: names } = parsed;
     const [name] = positionals(CLIENT_ADD, names, 1);
+    const { format, proto } = values;
+    if (format !== undefined && !CLIENT_FORMATS.includes(format as ClientFormat)) {
+      throw usageError(CLIENT_ADD, `--format ${format}: must be ${CLIENT_FORMATS.join(" or ")}`);
+    }
+    if (proto !== undefined && !OVPN_PROTOS.includes(proto as OvpnProto)) {
+      throw usageError(CLIENT_ADD, `--proto ${proto}: must be ${OVPN_PROTOS.join(" or ")}`);
+    }
     return await clientAdd({
       name: name!,
       dir: values.dir ?? DEFAULT_DIR,
+      ...(format ? { format: format as ClientFormat } : {}),
+      ...(proto ? { proto: proto as OvpnProto } : {}),
       ...(values.remote ? { remote: values.remote } : {}),
       ...(values.out ? { out: values.out } : {}),
     });
@@ -254,7 +279,8 @@ const CLIENT_LIST: Command = {
   usage: "vpn client list [--dir DIR]",
   help: `Usage: vpn client list [--dir DIR]
 
-Lists every client issued: name, serial, status (valid, revoked, expired) and expiry.
+Lists every client issued: name, serial, status (valid, revoked, expired), expiry and the
+format of its profile (vpn or ovpn).
 
 Options:
 ${DIR_HELP}
@@ -277,12 +303,14 @@ const CLIENT: Command = {
   usage: "vpn client add|revoke|list ...",
   help: `Usage: vpn client add|revoke|list ...
 
-  ${CLIENT_ADD.usage}
-        issue a client certificate into one profile file (default ./NAME.yaml)
+  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
+          [--out FILE]
+        issue a client certificate into one profile file (./NAME.yaml, or an OpenVPN
+        ./NAME.ovpn with --format ovpn)
   ${CLIENT_REVOKE.usage}
         revoke a client; a running server drops it within seconds
   ${CLIENT_LIST.usage}
-        list issued clients: name, serial, status, expiry
+        list issued clients: name, serial, status, expiry, format
 
 "vpn client ACTION --help" explains each option.`,
   run(args) {
@@ -386,12 +414,14 @@ Commands:
         run the server; on its first run creates a PKI in ${DEFAULT_DIR}
   ${INIT.usage}
         create a CA, a server certificate and DIR/server.yaml
-  ${CLIENT_ADD.usage}
-        issue a client certificate into one profile file (default ./NAME.yaml)
+  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
+          [--out FILE]
+        issue a client certificate into one profile file (./NAME.yaml, or an OpenVPN
+        ./NAME.ovpn with --format ovpn)
   ${CLIENT_REVOKE.usage}
         revoke a client; a running server drops it within seconds
   ${CLIENT_LIST.usage}
-        list issued clients: name, serial, status, expiry
+        list issued clients: name, serial, status, expiry, format
   vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
           [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]
         join a server; HOST:PORT overrides the profile's remote

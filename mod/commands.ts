@@ -24,20 +24,26 @@ import { log, type LogLevel, setupLogging } from "./log.ts";
 import {
   certificateNames,
   checkKeyPair,
+  type ClientFormat,
   DEFAULT_HOSTS,
+  ensureTlsCryptKey,
   hasPki,
   initPki,
   issueClient,
   listClients,
   loadServerIdentity,
+  loadTlsCryptKey,
   PkiError,
   pkiFilesIn,
   revokeClient,
   revokeSerial,
+  TLS_CRYPT_FILE,
   upgradeServerCertificate,
   writeFileAtomic,
 } from "./pki.ts";
 import type { UdpCipher } from "./native/messages.ts";
+import { ovpnProfile } from "./openvpn/profile.ts";
+import { formatStaticKey } from "./openvpn/tls_crypt.ts";
 import { Server } from "./server.ts";
 
 /** Where `vpn serve`, `init` and `client` keep the PKI and `server.yaml` by default. */
@@ -112,7 +118,11 @@ export interface InitCommand {
 export async function init(options: InitCommand): Promise<number> {
   const config = defaultServerConfig();
   if (options.subnet !== undefined) config.subnet = options.subnet;
-  if (options.port !== undefined) config.listen.port = options.port;
+  if (options.port !== undefined) {
+    config.listen.port = options.port;
+    // OpenVPN over TCP needs a port of its own; the next one, as 1195 follows 1194.
+    config.openvpn.tcp_port = options.port < 65535 ? options.port + 1 : options.port - 1;
+  }
   // Validate before anything is written, with the same rules as the file.
   const text = serverConfigYaml(config);
   parseServerConfig(text, "--subnet/--port");
@@ -131,6 +141,10 @@ export async function init(options: InitCommand): Promise<number> {
   console.log(
     `created the PKI in ${options.dir} (${keepConfig ? "kept the existing" : "and"} ` +
       `${configPath}) for ${hosts.join(", ")}`,
+  );
+  console.log(
+    `created ${options.dir}/${TLS_CRYPT_FILE}, the tls-crypt key every OpenVPN profile ` +
+      `("vpn client add NAME --format ovpn") carries`,
   );
   if (options.hosts.length === 0) {
     console.log(
@@ -199,8 +213,15 @@ export async function serve(options: ServeCommand): Promise<number> {
   const config = await readServerConfig(options.config ?? `${dir}/server.yaml`);
   setupLogging(options.level ?? config.log.level);
   if (await upgradeServerCertificate(dir)) {
-    logger.warn("re-issued {path} with the name clients verify added, same key and names", {
-      path: `${dir}/server.crt`,
+    logger.warn(
+      "re-issued {path} with the name clients verify added and the key usages OpenVPN " +
+        "clients check (digitalSignature, serverAuth) in place, same key and names",
+      { path: `${dir}/server.crt` },
+    );
+  }
+  if (await ensureTlsCryptKey(dir)) {
+    logger.info("created {path}, the tls-crypt key of OpenVPN clients (a PKI older than it)", {
+      path: `${dir}/${TLS_CRYPT_FILE}`,
     });
   }
   const server = await Server.start({ dir, config });
@@ -284,48 +305,113 @@ async function readServerConfig(path: string): Promise<ServerConfig> {
   }
 }
 
+/** The transport of an OpenVPN profile. */
+export type OvpnProto = "udp" | "tcp";
+
+/** Every {@linkcode OvpnProto}. */
+export const OVPN_PROTOS: readonly OvpnProto[] = ["udp", "tcp"];
+
 /** Options of `vpn client add`. */
 export interface ClientAddCommand {
   name: string;
   dir: string;
   remote?: string;
   out?: string;
+  /** Our profile (`NAME.yaml`, the default) or OpenVPN's (`NAME.ovpn`). */
+  format?: ClientFormat;
+  /** The transport of an OpenVPN profile; default UDP, or TCP where server.yaml has no UDP. */
+  proto?: OvpnProto;
 }
 
-/** `vpn client add`: a client certificate in one self-contained profile, mode 0600. */
+/**
+ * `vpn client add`: a client certificate in one self-contained profile, mode 0600: ours, or an
+ * OpenVPN one with the tls-crypt key.
+ */
 export async function clientAdd(options: ClientAddCommand): Promise<number> {
-  const out = options.out ?? `./${options.name}.yaml`;
+  const format = options.format ?? "vpn";
+  if (options.proto !== undefined && format !== "ovpn") {
+    throw new UsageError(
+      `--proto ${options.proto} is for OpenVPN profiles: add --format ovpn (a vpn profile ` +
+        `picks UDP or TCP itself; "vpn connect --proto" overrides it)`,
+    );
+  }
+  const out = options.out ?? `./${options.name}.${format === "ovpn" ? "ovpn" : "yaml"}`;
   if (await exists(out)) throw new UsageError(`${out} exists; remove it or choose another --out`);
-  const remote = options.remote ?? await defaultRemote(options.dir);
-  if (isLoopback(parseRemote(remote).host)) {
+  const config = await pkiServerConfig(options.dir);
+  // Checked before issuing: a refused profile must not leave a certificate behind.
+  const proto = format === "ovpn" ? ovpnProto(options.proto, config, options.dir) : undefined;
+  const port = proto === "tcp" ? config.openvpn.tcp_port : config.listen.port;
+  const remote = options.remote ?? await defaultRemote(options.dir, port);
+  const target = parseRemote(remote, port);
+  if (isLoopback(target.host)) {
     console.error(
       `vpn: warning: the profile's remote ${remote} is a loopback address: it works only on ` +
         `this machine; pass --remote HOST:PORT with the name or address clients reach this ` +
         `server by`,
     );
   }
-  const issued = await issueClient(options.dir, options.name);
-  const text = profileYaml({ remote, ca: issued.caPem, cert: issued.certPem, key: issued.keyPem });
+  if (proto !== undefined && await ensureTlsCryptKey(options.dir)) {
+    console.log(`created ${options.dir}/${TLS_CRYPT_FILE}, the tls-crypt key of OpenVPN profiles`);
+  }
+  const issued = await issueClient(options.dir, options.name, { format });
+  const text = proto === undefined
+    ? profileYaml({ remote, ca: issued.caPem, cert: issued.certPem, key: issued.keyPem })
+    : ovpnProfile({
+      remoteHost: target.host,
+      port: target.port,
+      proto,
+      caPem: issued.caPem,
+      certPem: issued.certPem,
+      keyPem: issued.keyPem,
+      tlsCryptKey: formatStaticKey(await loadTlsCryptKey(options.dir)),
+      ciphers: config.openvpn.ciphers,
+    });
   await Deno.writeTextFile(out, text, { mode: 0o600, createNew: true });
   await Deno.chmod(out, 0o600);
   console.log(`issued "${options.name}" (serial ${issued.serial}); profile written to ${out}`);
   return 0;
 }
 
+/** DIR/server.yaml, or the defaults where there is none (its absence means them). */
+async function pkiServerConfig(dir: string): Promise<ServerConfig> {
+  const path = `${dir}/server.yaml`;
+  return await exists(path) ? await loadServerConfig(path) : defaultServerConfig();
+}
+
+/**
+ * The transport of an OpenVPN profile: the one asked for, which server.yaml must have on, else
+ * UDP where it is on, else TCP.
+ */
+function ovpnProto(asked: OvpnProto | undefined, config: ServerConfig, dir: string): OvpnProto {
+  const on = OVPN_PROTOS.filter((proto) => config.openvpn[proto]);
+  const [first] = on;
+  if (first === undefined) {
+    throw new UsageError(
+      `${dir}/server.yaml has openvpn.udp and openvpn.tcp false: the server takes no OpenVPN ` +
+        `clients; set one of them to true there and restart vpn serve`,
+    );
+  }
+  if (asked === undefined) return first;
+  if (!on.includes(asked)) {
+    throw new UsageError(
+      `--proto ${asked}: ${dir}/server.yaml has openvpn.${asked}: false, so the server takes ` +
+        `no OpenVPN clients over ${asked.toUpperCase()}; pass --proto ${first}, or set ` +
+        `openvpn.${asked}: true there and restart vpn serve`,
+    );
+  }
+  return asked;
+}
+
 /**
  * The server certificate's first name that is not loopback (PKIs made before the first name
- * was the public one list `localhost` first) nor the identity name, which no resolver knows, and
- * the configured port.
+ * was the public one list `localhost` first) nor the identity name, which no resolver knows,
+ * and `port`.
  */
-async function defaultRemote(dir: string): Promise<string> {
+async function defaultRemote(dir: string, port: number): Promise<string> {
   const { certPem } = await loadServerIdentity(dir);
   const names = certificateNames(certPem);
   const name = names.find((n) => !isLoopback(n) && !n.endsWith(".invalid")) ?? names[0] ??
     "localhost";
-  let port = 1194;
-  if (await exists(`${dir}/server.yaml`)) {
-    port = (await loadServerConfig(`${dir}/server.yaml`)).listen.port;
-  }
   return `${name.includes(":") ? `[${name}]` : name}:${port}`;
 }
 
@@ -340,11 +426,13 @@ export async function clientRevoke(
   return 0;
 }
 
-/** `vpn client list`: name, serial, status and expiry of every issued client. */
+/** `vpn client list`: name, serial, status, expiry and profile format of every issued client. */
 export async function clientList(options: { dir: string }): Promise<number> {
   const clients = await listClients(options.dir);
-  const rows = [["NAME", "SERIAL", "STATUS", "EXPIRES"]];
-  for (const c of clients) rows.push([c.name, c.serial, c.status, c.notAfter.slice(0, 10)]);
+  const rows = [["NAME", "SERIAL", "STATUS", "EXPIRES", "FORMAT"]];
+  for (const c of clients) {
+    rows.push([c.name, c.serial, c.status, c.notAfter.slice(0, 10), c.format]);
+  }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const row of rows) {
     console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd());

@@ -11,10 +11,11 @@
  * @module
  */
 
-import { Document, isMap, isScalar, parseDocument, type Scalar } from "yaml";
+import { Document, isMap, isScalar, parseDocument, type Scalar, type YAMLSeq } from "yaml";
 import { AddressPool } from "./core/address_pool.ts";
 import { parseCidr, parseIPv4, parseIPv6 } from "./core/ip.ts";
 import { MAX_ROUTES } from "./native/messages.ts";
+import { DATA_CIPHERS, type DataCipher } from "./openvpn/data.ts";
 
 /** How much the server and client log, from most to least. */
 export type LogLevel = "debug" | "info" | "warning" | "error";
@@ -50,6 +51,42 @@ export interface ListenConfig {
    * @default true
    */
   udp: boolean;
+}
+
+/**
+ * Where and how the server takes stock OpenVPN 2.6 and OpenVPN Connect clients (`openvpn` in
+ * `server.yaml`), beside its own.
+ */
+export interface OpenVpnConfig {
+  /**
+   * Whether to take OpenVPN clients over UDP on `listen.port`, the socket our own clients'
+   * datagrams use too. The server opens that UDP port for them even when `listen.udp` is
+   * false.
+   *
+   * @default true
+   */
+  udp: boolean;
+  /**
+   * Whether to take OpenVPN clients over TCP on `tcp_port`.
+   *
+   * @default true
+   */
+  tcp: boolean;
+  /**
+   * The TCP port for OpenVPN clients, from 1 to 65535; with `tcp` on it must differ from
+   * `listen.port`, where our own TLS listens on TCP.
+   *
+   * @default 1195
+   */
+  tcp_port: number;
+  /**
+   * The data-channel ciphers offered to OpenVPN clients, in the server's order of preference
+   * (the first one the client also has wins): `AES-256-GCM` and `CHACHA20-POLY1305`, in any
+   * case, each at most once.
+   *
+   * @default ["AES-256-GCM", "CHACHA20-POLY1305"]
+   */
+  ciphers: DataCipher[];
 }
 
 /** How the server and its clients notice a dead peer (`keepalive` in `server.yaml`). */
@@ -148,6 +185,8 @@ export interface ServerConfig {
   dev: string;
   /** What the server logs. */
   log: LogConfig;
+  /** Where and how OpenVPN clients connect. */
+  openvpn: OpenVpnConfig;
 }
 
 /** A client's profile, written by `vpn client add` as `NAME.yaml`. */
@@ -224,6 +263,7 @@ export function defaultServerConfig(): ServerConfig {
     push: { routes: [] },
     dev: "vpn%d",
     log: { level: "info" },
+    openvpn: { udp: true, tcp: true, tcp_port: 1195, ciphers: [...DATA_CIPHERS] },
   };
 }
 
@@ -246,6 +286,7 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
   const keepalive = r.mapping(top.keepalive, "keepalive", Object.keys(d.keepalive));
   const push = r.mapping(top.push, "push", Object.keys(d.push));
   const log = r.mapping(top.log, "log", Object.keys(d.log));
+  const openvpn = r.mapping(top.openvpn, "openvpn", Object.keys(d.openvpn));
 
   const interval = r.value(
     keepalive.interval,
@@ -269,10 +310,30 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
     );
   }
 
+  const host = r.value(listen.host, "listen.host", d.listen.host, isHost, HOST_RULE);
+  const port = r.value(listen.port, "listen.port", d.listen.port, wholeNumber(1, 65535), PORT_RULE);
+  const ovpnTcp = r.value(openvpn.tcp, "openvpn.tcp", d.openvpn.tcp, isBoolean, BOOLEAN_RULE);
+  const tcpPort = r.value(
+    openvpn.tcp_port,
+    "openvpn.tcp_port",
+    d.openvpn.tcp_port,
+    wholeNumber(1, 65535),
+    PORT_RULE,
+  );
+  // Our own TLS already listens on TCP listen.port; the two protocols cannot share it.
+  if (ovpnTcp && tcpPort === port) {
+    r.fail(
+      "openvpn.tcp_port",
+      tcpPort,
+      `must differ from listen.port (${port}), where our own TLS listens on TCP; pick another ` +
+        `port, or set openvpn.tcp: false`,
+    );
+  }
+
   return {
     listen: {
-      host: r.value(listen.host, "listen.host", d.listen.host, isHost, HOST_RULE),
-      port: r.value(listen.port, "listen.port", d.listen.port, wholeNumber(1, 65535), PORT_RULE),
+      host,
+      port,
       udp: r.value(listen.udp, "listen.udp", d.listen.udp, isBoolean, BOOLEAN_RULE),
     },
     subnet: r.subnet(top.subnet, "subnet", d.subnet),
@@ -303,6 +364,12 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
     dev: r.value(top.dev, "dev", d.dev, isDeviceName, DEVICE_RULE),
     log: {
       level: r.value(log.level, "log.level", d.log.level, oneOf(LOG_LEVELS), LOG_LEVEL_RULE),
+    },
+    openvpn: {
+      udp: r.value(openvpn.udp, "openvpn.udp", d.openvpn.udp, isBoolean, BOOLEAN_RULE),
+      tcp: ovpnTcp,
+      tcp_port: tcpPort,
+      ciphers: r.ciphers(openvpn.ciphers, "openvpn.ciphers", d.openvpn.ciphers),
     },
   };
 }
@@ -338,12 +405,19 @@ const SERVER_COMMENTS = {
   dev: "TUN device name, at most 15 bytes; %d becomes the lowest free number.",
   log: "What the server logs.",
   "log.level": "debug, info, warning or error.",
+  openvpn:
+    "Stock OpenVPN 2.6 / OpenVPN Connect clients (profiles from `vpn client add --format ovpn`).",
+  "openvpn.udp": "Take them over UDP on listen.port (opened for them even with listen.udp: false).",
+  "openvpn.tcp": "Take them over TCP on tcp_port.",
+  "openvpn.tcp_port": "TCP port for them (1-65535); not listen.port, where our own TLS listens.",
+  "openvpn.ciphers": "Data ciphers, first preferred: AES-256-GCM and/or CHACHA20-POLY1305.",
 } satisfies Record<
   | keyof ServerConfig
   | `listen.${keyof ListenConfig}`
   | `keepalive.${keyof KeepaliveConfig}`
   | `push.${keyof PushConfig}`
-  | `log.${keyof LogConfig}`,
+  | `log.${keyof LogConfig}`
+  | `openvpn.${keyof OpenVpnConfig}`,
   string
 >;
 
@@ -358,7 +432,9 @@ export function serverConfigYaml(config: ServerConfig): string {
     " A key left out takes its default; unknown keys are refused.\n" +
     " The PKI (CA, certificates and keys) lives in this file's directory.";
   annotate(doc.contents, "", SERVER_COMMENTS);
-  return doc.toString();
+  // One line, as the list reads in the documentation: ciphers: [AES-256-GCM, ...].
+  (doc.getIn(["openvpn", "ciphers"], true) as YAMLSeq).flow = true;
+  return doc.toString({ flowCollectionPadding: false });
 }
 
 /**
@@ -604,6 +680,28 @@ class Reader {
     } catch (error) {
       return this.fail(key, text, reasonOf(error));
     }
+  }
+
+  /**
+   * Returns a list of data-cipher names in canonical (upper) case, `fallback` when it is
+   * missing; fails on an empty list, an unknown name or one listed twice.
+   */
+  ciphers(value: unknown, key: string, fallback: DataCipher[]): DataCipher[] {
+    if (value === null || value === undefined) return [...fallback];
+    const names = DATA_CIPHERS.join(", ");
+    if (!Array.isArray(value)) return this.fail(key, value, `must be a list of ${names}`);
+    if (value.length === 0) {
+      this.fail(key, value, `must name at least one of ${names}: an empty list offers no cipher`);
+    }
+    const seen: DataCipher[] = [];
+    value.forEach((item: unknown, i) => {
+      const itemKey = `${key}[${i}]`;
+      const name = DATA_CIPHERS.find((c) => typeof item === "string" && c === item.toUpperCase());
+      if (name === undefined) this.fail(itemKey, item, `must be ${DATA_CIPHERS.join(" or ")}`);
+      if (seen.includes(name)) this.fail(itemKey, item, `${name} is listed twice`);
+      seen.push(name);
+    });
+    return seen;
   }
 
   /** Returns a list of CIDR blocks in canonical form. */

@@ -13,6 +13,9 @@
  *                 revocation time; the server admits only serials listed
  *                 there and not revoked
  *   clients.lock  held (flock) by every read-modify-write of clients.json  0600
+ *   tls-crypt.key the OpenVPN tls-crypt key (static key file, OPENVPN.md   0600
+ *                 section 2), inlined into every `.ovpn` profile; made by
+ *                 `vpn init`, or by `vpn serve` for a PKI older than it
  *
  * Client authentication (why not mutual TLS): `Deno.listenTls` can neither request nor see a
  * client certificate. `node:tls` can, but measured at 130-454 MB/s against 168-1331 MB/s for
@@ -24,8 +27,13 @@
  *   2. server sends serverNonce; client sends clientNonce, that identity name, its cert
  *   3. both compute `authChallenge(serverNonce, clientNonce, identityName)`
  *   4. client sends `signChallenge(clientKey, challenge)`
- *   5. server runs `verifyClient()`: CA signature, validity, client usage, revocation,
- *      then the signature over the challenge
+ *   5. server runs `verifyClient()`: CA signature, the signature over the challenge, then
+ *      validity, client usage and revocation
+ *
+ * OpenVPN clients authenticate with mutual TLS instead (their protocol has no other way); their
+ * TLS handshake proves possession of the key, and `verifyClientCertificate()` makes every other
+ * check of `verifyClient()`, by the same code, since Deno's `node:tls` does not verify a client
+ * certificate's chain itself (OPENVPN.md section 0).
  *
  * @module
  */
@@ -34,6 +42,12 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { cString, errno, ErrnoError, libc } from "../ffi/libc.ts";
+import {
+  formatStaticKey,
+  generateStaticKey,
+  parseStaticKey,
+  StaticKeyError,
+} from "./openvpn/tls_crypt.ts";
 import {
   EAGAIN,
   EINTR,
@@ -59,6 +73,8 @@ const SERVER_KEY = "server.key";
 export const REGISTRY_FILE = "clients.json";
 const REGISTRY_VERSION = 1;
 const REGISTRY_LOCK = "clients.lock";
+/** The OpenVPN tls-crypt key in the PKI directory, in OpenVPN's static key file format. */
+export const TLS_CRYPT_FILE = "tls-crypt.key";
 /** How long a registry update waits for another process's to finish (ms); one takes ms. */
 const LOCK_WAIT_MS = 10_000;
 const LOCK_POLL_MS = 10;
@@ -430,7 +446,8 @@ export interface InitOptions {
 }
 
 /**
- * Creates a CA, a server certificate for `hosts` and an empty client registry in `dir`.
+ * Creates a CA, a server certificate for `hosts`, a tls-crypt key and an empty client registry
+ * in `dir`.
  *
  * @throws {PkiError} if a PKI already exists in `dir` and `force` is not set, or a host is
  *   neither an IP address nor a DNS name.
@@ -474,6 +491,7 @@ export async function initPki(dir: string, options: InitOptions): Promise<void> 
     await writeFileAtomic(join(dir, CA_KEY), caKeyPem, PRIVATE_MODE);
     await writeFileAtomic(join(dir, SERVER_KEY), serverKeyPem, PRIVATE_MODE);
     await writeFileAtomic(join(dir, SERVER_CERT), certPem(serverCert), PUBLIC_MODE);
+    await writeTlsCryptKey(dir);
     // A new CA invalidates every client of the old one, so their registry goes too.
     await writeRegistry(dir, []);
     await writeFileAtomic(join(dir, CA_CERT), certPem(caCert), PUBLIC_MODE);
@@ -527,7 +545,7 @@ async function refuseUnsafePki(dir: string): Promise<void> {
         `there; run: chmod 700 ${dir}`,
     );
   }
-  for (const file of [CA_KEY, SERVER_KEY]) {
+  for (const file of [CA_KEY, SERVER_KEY, TLS_CRYPT_FILE]) {
     const path = join(dir, file);
     let keyMode: number;
     try {
@@ -554,10 +572,10 @@ function refuseExistingPki(dir: string): void {
   }
 }
 
-/** The paths of the PKI's files that exist in `dir`: none before `initPki()`, five after. */
+/** The paths of the PKI's files that exist in `dir`: none before `initPki()`, six after. */
 export function pkiFilesIn(dir: string): string[] {
-  return [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, REGISTRY_FILE].map((file) => join(dir, file))
-    .filter(fileExists);
+  return [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, TLS_CRYPT_FILE, REGISTRY_FILE]
+    .map((file) => join(dir, file)).filter(fileExists);
 }
 
 /** Whether `dir` holds a PKI made by `initPki()` (its CA certificate exists). */
@@ -621,11 +639,14 @@ async function identityName(ca: x509.X509Certificate): Promise<string> {
 }
 
 /**
- * Adds the identity name (`serverIdentityName()`) to a server.crt made before clients verified
- * it: the same key, names and validity, signed again by the CA in `dir`.
+ * Re-issues a server.crt that lacks what clients check: the identity name
+ * (`serverIdentityName()`), which our clients verify, or the key usage digitalSignature and the
+ * extended key usage serverAuth, which an OpenVPN client's `remote-cert-tls server` demands
+ * (OPENVPN.md section 4). The new one has the same key, names and validity, signed again by
+ * the CA in `dir`.
  *
- * @returns true if server.crt was re-issued, false if it names the identity already.
- * @throws {PkiError} if it lacks the name and ca.key, needed to add it, is missing.
+ * @returns true if server.crt was re-issued, false if it had all of them already.
+ * @throws {PkiError} if it lacks any and ca.key, needed to add them, is missing.
  */
 export async function upgradeServerCertificate(dir: string): Promise<boolean> {
   const path = join(dir, SERVER_CERT);
@@ -633,18 +654,25 @@ export async function upgradeServerCertificate(dir: string): Promise<boolean> {
   const caPem = await readPkiFile(dir, CA_CERT);
   const identity = await serverIdentityName(caPem);
   const sans = old.getExtension(x509.SubjectAlternativeNameExtension)?.names.toJSON() ?? [];
-  if (sans.some((san) => san.value.toLowerCase() === identity)) return false;
+  // The identity goes last, as initPki() puts it.
+  const others = sans.filter((san) => san.value.toLowerCase() !== identity);
+  const lacks = [
+    ...(others.length === sans.length ? [`the name ${identity}, which clients verify`] : []),
+    ...missingServerUsage(old),
+  ];
+  if (lacks.length === 0) return false;
   if (!fileExists(join(dir, CA_KEY))) {
     throw new PkiError(
-      `${path} lacks the name ${identity}, which clients verify, and ${join(dir, CA_KEY)} is ` +
-        `missing to add it: put ca.key back into ${dir} for one run of vpn serve`,
+      `${path} lacks ${lacks.join(" and ")}, and ${join(dir, CA_KEY)} is missing to add ` +
+        `${lacks.length === 1 ? "it" : "them"}: put ca.key back into ${dir} for one run of ` +
+        `vpn serve`,
     );
   }
   const ca = await loadSigningCa(dir);
   const cert = await createLeaf(ca, await old.publicKey.export(EC_KEY, ["verify"]), {
     cn: old.subjectName.getField("CN")[0] ?? identity,
     usage: x509.ExtendedKeyUsage.serverAuth,
-    sans: [...sans, { type: "dns", value: identity }],
+    sans: [...others, { type: "dns", value: identity }],
     notBefore: old.notBefore,
     notAfter: old.notAfter,
   });
@@ -652,7 +680,83 @@ export async function upgradeServerCertificate(dir: string): Promise<boolean> {
   return true;
 }
 
+/**
+ * What `remote-cert-tls server` finds missing in `cert`: OpenVPN requires a key usage
+ * extension (OpenSSL then wants digitalSignature in it for an ECDSA handshake) and an extended
+ * key usage with serverAuth.
+ */
+function missingServerUsage(cert: x509.X509Certificate): string[] {
+  const missing: string[] = [];
+  const ku = cert.getExtension(x509.KeyUsagesExtension);
+  if (!ku || !(ku.usages & x509.KeyUsageFlags.digitalSignature)) {
+    missing.push("the key usage digitalSignature, which OpenVPN clients check");
+  }
+  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
+  if (!eku?.usages.includes(x509.ExtendedKeyUsage.serverAuth)) {
+    missing.push("the extended key usage serverAuth, which OpenVPN clients check");
+  }
+  return missing;
+}
+
+// --- tls-crypt key -----------------------------------------------------------------------
+
+/** Writes a new tls-crypt key to DIR/tls-crypt.key, replacing any; callers hold the lock. */
+async function writeTlsCryptKey(dir: string): Promise<void> {
+  await writeFileAtomic(
+    join(dir, TLS_CRYPT_FILE),
+    formatStaticKey(generateStaticKey()),
+    PRIVATE_MODE,
+  );
+}
+
+/**
+ * Creates DIR/tls-crypt.key (0600) unless it exists: PKIs made before OpenVPN support have
+ * none. Run under the registry lock, so that two commands racing here (`vpn serve` and
+ * `vpn client add --format ovpn`) cannot each keep a different key.
+ *
+ * @returns true if it had to create one.
+ * @throws {PkiError} if `dir` holds no PKI.
+ */
+export async function ensureTlsCryptKey(dir: string): Promise<boolean> {
+  return await withRegistry(dir, async () => {
+    if (fileExists(join(dir, TLS_CRYPT_FILE))) return false;
+    await writeTlsCryptKey(dir);
+    return true;
+  });
+}
+
+/**
+ * Reads the 256-byte tls-crypt key from DIR/tls-crypt.key.
+ *
+ * @throws {PkiError} if the file is missing or not an OpenVPN static key, saying what to do.
+ */
+export async function loadTlsCryptKey(dir: string): Promise<Uint8Array> {
+  const path = join(dir, TLS_CRYPT_FILE);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new PkiError(`${path} is missing; "vpn serve --dir ${dir}" creates one at start`);
+  }
+  try {
+    return parseStaticKey(text);
+  } catch (e) {
+    if (!(e instanceof StaticKeyError)) throw e;
+    throw new PkiError(
+      `Cannot use ${path}: ${e.message}; restore it from a backup, or remove it and run ` +
+        `"vpn serve --dir ${dir}" for a new one (every .ovpn profile must then be issued again)`,
+    );
+  }
+}
+
 // --- client registry ---------------------------------------------------------------------
+
+/** The kind of profile a client was issued: ours (`NAME.yaml`) or OpenVPN's (`NAME.ovpn`). */
+export type ClientFormat = "vpn" | "ovpn";
+
+/** Every {@linkcode ClientFormat}. */
+export const CLIENT_FORMATS: readonly ClientFormat[] = ["vpn", "ovpn"];
 
 /** One issued client certificate, as recorded in `clients.json`. */
 export interface ClientEntry {
@@ -664,6 +768,8 @@ export interface ClientEntry {
   notAfter: string;
   /** When the certificate was revoked, ISO 8601; absent while it is not. */
   revokedAt?: string;
+  /** The profile it went into; absent in entries made before OpenVPN support: "vpn". */
+  format?: ClientFormat;
 }
 
 /** State of a client certificate: revocation wins over expiry. */
@@ -673,6 +779,8 @@ export type ClientStatus = "valid" | "revoked" | "expired";
 export interface ClientListing extends ClientEntry {
   /** Derived from `revokedAt` and `notAfter` at listing time. */
   status: ClientStatus;
+  /** The profile format, "vpn" where the entry has none. */
+  format: ClientFormat;
 }
 
 interface RegistryFile {
@@ -691,7 +799,8 @@ function isClientEntry(v: unknown): v is ClientEntry {
   const e = v as Record<string, unknown>;
   return typeof e.name === "string" && typeof e.serial === "string" &&
     typeof e.notAfter === "string" &&
-    (e.revokedAt === undefined || typeof e.revokedAt === "string");
+    (e.revokedAt === undefined || typeof e.revokedAt === "string") &&
+    (e.format === undefined || CLIENT_FORMATS.includes(e.format as ClientFormat));
 }
 
 async function readRegistry(dir: string): Promise<ClientEntry[]> {
@@ -795,6 +904,8 @@ export interface IssueOptions {
   notBefore?: Date;
   /** Explicit end of validity, taken as is; for tests of expired certificates. */
   notAfter?: Date;
+  /** The profile the certificate goes into, recorded in the registry (default "vpn"). */
+  format?: ClientFormat;
 }
 
 /** A newly issued client identity: everything a client profile needs. */
@@ -846,7 +957,12 @@ export async function issueClient(
       notAfter,
     });
     const serial = cert.serialNumber.toLowerCase();
-    clients.push({ name, serial, notAfter: cert.notAfter.toISOString() });
+    clients.push({
+      name,
+      serial,
+      notAfter: cert.notAfter.toISOString(),
+      format: options.format ?? "vpn",
+    });
     await writeRegistry(dir, clients);
     return {
       certPem: certPem(cert),
@@ -919,7 +1035,7 @@ async function markRevoked(
 /** Every client ever issued from the PKI in `dir`, in issue order, with its status at `now`. */
 export async function listClients(dir: string, now: Date = new Date()): Promise<ClientListing[]> {
   const clients = await readRegistry(dir);
-  return clients.map((c) => ({ ...c, status: clientStatus(c, now) }));
+  return clients.map((c) => ({ ...c, format: c.format ?? "vpn", status: clientStatus(c, now) }));
 }
 
 /** The serial numbers (lowercase hex) in the registry, for `verifyClient()`. */
@@ -1012,22 +1128,26 @@ export async function signChallenge(
   return new Uint8Array(await crypto.subtle.sign(EC_SIGN, key, new Uint8Array(challenge)));
 }
 
-/** Input of `verifyClient()`. */
-export interface VerifyClientParams {
-  /** Certificate the client presented, PEM. */
+/** Input of `verifyClientCertificate()`. */
+export interface VerifyCertificateParams {
+  /** Certificate the client presented, PEM (`derToPem()` turns a DER one into it). */
   certPem: string;
   /** This server's CA certificate, PEM. */
   caPem: string;
-  /** `authChallenge()` as the server computed it. */
-  challenge: Uint8Array;
-  /** The client's `signChallenge()` result. */
-  signature: Uint8Array;
   /** Revoked serials, from `readRegistrySerials()`. */
   revoked: Set<string>;
   /** Issued, not revoked serials, from `readRegistrySerials()`; no other serial is admitted. */
   valid: Set<string>;
   /** Time to check validity at; defaults to now. */
   now?: Date;
+}
+
+/** Input of `verifyClient()`: the certificate and the proof of its key. */
+export interface VerifyClientParams extends VerifyCertificateParams {
+  /** `authChallenge()` as the server computed it. */
+  challenge: Uint8Array;
+  /** The client's `signChallenge()` result. */
+  signature: Uint8Array;
 }
 
 /** An authenticated client. */
@@ -1133,10 +1253,9 @@ async function checkProof(
 }
 
 /**
- * Authenticates a client: its certificate must chain to `caPem` and be valid, issued for
- * client auth, listed in the registry and not revoked, and `signature` must be its key's
- * signature of `challenge`.
- * Checks run in that order, so the reason names the first failure.
+ * Authenticates a client: its certificate must chain to `caPem`, `signature` must be its key's
+ * signature of `challenge`, and it must be valid, issued for client auth, listed in the
+ * registry and not revoked. Checks run in that order, so the reason names the first failure.
  *
  * @throws {AuthError} with the failed check as `reason`.
  * @throws {PkiError} if `caPem` itself is unusable (a server misconfiguration).
@@ -1149,13 +1268,44 @@ async function checkProof(
  * });
  * ```
  */
-export async function verifyClient(params: VerifyClientParams): Promise<VerifiedClient> {
+export function verifyClient(params: VerifyClientParams): Promise<VerifiedClient> {
+  return verifyCertificate(
+    params,
+    (cert) => checkProof(cert, params.challenge, params.signature),
+  );
+}
+
+/**
+ * Authenticates the certificate of a client whose TLS handshake proved possession of its key
+ * (an OpenVPN client): every check of `verifyClient()` but the signature, in the same order,
+ * with the same reasons.
+ *
+ * @throws {AuthError} with the failed check as `reason`.
+ * @throws {PkiError} if `caPem` itself is unusable (a server misconfiguration).
+ * @example
+ * ```ts
+ * import { derToPem, readRegistrySerials, verifyClientCertificate } from "./pki.ts";
+ * const { name } = await verifyClientCertificate({
+ *   certPem: derToPem(tlsSocket.getPeerCertificate().raw), caPem,
+ *   ...(await readRegistrySerials(dir)),
+ * });
+ * ```
+ */
+export function verifyClientCertificate(params: VerifyCertificateParams): Promise<VerifiedClient> {
+  return verifyCertificate(params);
+}
+
+/** The checks of `verifyClient()`, with the proof of possession as `proof` (if any). */
+async function verifyCertificate(
+  params: VerifyCertificateParams,
+  proof?: (cert: x509.X509Certificate) => Promise<void>,
+): Promise<VerifiedClient> {
   const cert = parseClientCert(params.certPem);
   const ca = await caForVerify(params.caPem);
   await checkIssuedBy(cert, ca);
   // Possession of the key first: whoever holds only a copy of a certificate (they are not
   // secret) learns nothing about its validity or revocation from the refusal.
-  await checkProof(cert, params.challenge, params.signature);
+  await proof?.(cert);
   checkValidity(cert, params.now ?? new Date());
   checkClientUsage(cert);
   const serial = cert.serialNumber.toLowerCase();
@@ -1169,4 +1319,12 @@ export async function verifyClient(params: VerifyClientParams): Promise<Verified
   const name = cert.subjectName.getField("CN")[0];
   if (name === undefined) throw new AuthError("bad-certificate", "certificate has no CN");
   return { name, serial, notAfter: cert.notAfter };
+}
+
+/**
+ * A DER certificate (as `node:tls` `getPeerCertificate().raw` gives it) as PEM, for
+ * `verifyClientCertificate()` and the PEM APIs around it.
+ */
+export function derToPem(der: Uint8Array): string {
+  return x509.PemConverter.encode(new Uint8Array(der), "CERTIFICATE") + "\n";
 }

@@ -32,6 +32,12 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
     push: { routes: [] },
     dev: "vpn%d",
     log: { level: "info" },
+    openvpn: {
+      udp: true,
+      tcp: true,
+      tcp_port: 1195,
+      ciphers: ["AES-256-GCM", "CHACHA20-POLY1305"],
+    },
   });
 });
 
@@ -45,7 +51,7 @@ Deno.test("parseServerConfig() fills missing and empty keys with defaults", () =
 
 Deno.test("parseServerConfig() reads every key", () => {
   const text = `
-listen: { host: "::", port: 443, udp: false }
+listen: { host: "::", port: 1194, udp: false }
 subnet: 10.99.0.0/16
 mtu: 65535
 keepalive: { interval: 5, timeout: 6 }
@@ -56,9 +62,10 @@ push:
   routes: [192.168.50.0/24, "172.16.0.0/12"]
 dev: tun7
 log: { level: debug }
+openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Aes-256-Gcm] }
 `;
   assertEquals(parseServerConfig(text, "server.yaml"), {
-    listen: { host: "::", port: 443, udp: false },
+    listen: { host: "::", port: 1194, udp: false },
     subnet: "10.99.0.0/16",
     mtu: 65535,
     keepalive: { interval: 5, timeout: 6 },
@@ -68,6 +75,12 @@ log: { level: debug }
     push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
     dev: "tun7",
     log: { level: "debug" },
+    openvpn: {
+      udp: false,
+      tcp: true,
+      tcp_port: 443,
+      ciphers: ["CHACHA20-POLY1305", "AES-256-GCM"],
+    },
   });
 });
 
@@ -167,6 +180,56 @@ Deno.test("parseServerConfig() names file, key, value and rule for each bad valu
       "log.level",
       `log.level: "warn" is not allowed: must be one of debug, info, warning, error`,
     ],
+    [
+      "openvpn: 5",
+      "openvpn",
+      `openvpn: 5 is not allowed: must be a mapping of udp, tcp, tcp_port, ciphers`,
+    ],
+    ["openvpn: {udp: 'yes'}", "openvpn.udp", `"yes" is not allowed: must be true or false`],
+    ["openvpn: {tcp: 0}", "openvpn.tcp", `0 is not allowed: must be true or false`],
+    [
+      "openvpn: {tcp_port: 0}",
+      "openvpn.tcp_port",
+      `openvpn.tcp_port: 0 is not allowed: must be a whole number from 1 to 65535`,
+    ],
+    [
+      "openvpn: {tcp_port: 1194}",
+      "openvpn.tcp_port",
+      `openvpn.tcp_port: 1194 is not allowed: must differ from listen.port (1194), where our ` +
+      `own TLS listens on TCP; pick another port, or set openvpn.tcp: false`,
+    ],
+    [
+      "listen: {port: 443}\nopenvpn: {tcp_port: 443}",
+      "openvpn.tcp_port",
+      `must differ from listen.port (443)`,
+    ],
+    [
+      "openvpn: {ciphers: AES-256-GCM}",
+      "openvpn.ciphers",
+      `openvpn.ciphers: "AES-256-GCM" is not allowed: must be a list of AES-256-GCM, ` +
+      `CHACHA20-POLY1305`,
+    ],
+    [
+      "openvpn: {ciphers: []}",
+      "openvpn.ciphers",
+      `must name at least one of AES-256-GCM, CHACHA20-POLY1305: an empty list offers no cipher`,
+    ],
+    [
+      "openvpn: {ciphers: [AES-256-GCM, AES-128-GCM]}",
+      "openvpn.ciphers[1]",
+      `openvpn.ciphers[1]: "AES-128-GCM" is not allowed: must be AES-256-GCM or ` +
+      `CHACHA20-POLY1305`,
+    ],
+    [
+      "openvpn: {ciphers: [5]}",
+      "openvpn.ciphers[0]",
+      `openvpn.ciphers[0]: 5 is not allowed: must be AES-256-GCM or CHACHA20-POLY1305`,
+    ],
+    [
+      "openvpn: {ciphers: [aes-256-gcm, AES-256-GCM]}",
+      "openvpn.ciphers[1]",
+      `openvpn.ciphers[1]: "AES-256-GCM" is not allowed: AES-256-GCM is listed twice`,
+    ],
   ];
   for (const [text, key, message] of cases) {
     const error = serverError(text);
@@ -190,6 +253,24 @@ Deno.test("parseServerConfig() accepts the edges of each range", () => {
   assertEquals(config.dev, "abcdefghijklmno");
 });
 
+Deno.test("parseServerConfig() lets openvpn.tcp_port equal listen.port only with openvpn.tcp off", () => {
+  const off = parseServerConfig("openvpn: {tcp: false, tcp_port: 1194}\n", "server.yaml");
+  assertEquals(off.openvpn, {
+    udp: true,
+    tcp: false,
+    tcp_port: 1194,
+    ciphers: ["AES-256-GCM", "CHACHA20-POLY1305"],
+  });
+  assertEquals(serverError("openvpn: {tcp: true, tcp_port: 1194}\n").key, "openvpn.tcp_port");
+});
+
+Deno.test("parseServerConfig() takes OpenVPN over UDP with listen.udp off, and both off", () => {
+  const config = parseServerConfig("listen: {udp: false}\nopenvpn: {udp: true}\n", "server.yaml");
+  assertEquals([config.listen.udp, config.openvpn.udp], [false, true]);
+  const none = parseServerConfig("openvpn: {udp: false, tcp: false}\n", "server.yaml");
+  assertEquals([none.openvpn.udp, none.openvpn.tcp], [false, false]);
+});
+
 Deno.test("parseServerConfig() refuses unknown keys at any level, suggesting the near one", () => {
   const top = serverError("kepalive:\n  interval: 5\n");
   assertEquals(top.key, "kepalive");
@@ -202,6 +283,10 @@ Deno.test("parseServerConfig() refuses unknown keys at any level, suggesting the
   );
   const far = serverError("log:\n  level: info\n  file: /var/log/vpn\n");
   assertEquals(far.message, `server.yaml: unknown key "log.file"`);
+  assertEquals(
+    serverError("openvpn:\n  tcp_prot: 1195\n").message,
+    `server.yaml: unknown key "openvpn.tcp_prot" (did you mean "openvpn.tcp_port"?)`,
+  );
   assertEquals(serverError("__proto__: {}\n").key, "__proto__");
 });
 
@@ -235,6 +320,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
     dev: "tun%d",
     log: { level: "warning" },
+    openvpn: { udp: true, tcp: false, tcp_port: 443, ciphers: ["CHACHA20-POLY1305"] },
   };
   for (const config of [defaultServerConfig(), custom]) {
     assertEquals(parseServerConfig(serverConfigYaml(config), "server.yaml"), config);
@@ -244,13 +330,14 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
   const keyLines = lines.filter((line) => /^\s*[a-z_]+:/.test(line));
-  assertEquals(keyLines.length, 17);
+  assertEquals(keyLines.length, 22);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);
   }
   assert(lines.includes("subnet: 10.8.0.0/24"));
   assert(lines.includes("  routes: []"));
+  assert(lines.includes("  ciphers: [AES-256-GCM, CHACHA20-POLY1305]"));
 });
 
 Deno.test("loadServerConfig() reads a file and names it in errors", async () => {

@@ -4,6 +4,7 @@
 
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { denoScript, Netns, rootTest, run, type RunResult, veth } from "./_netns.ts";
+import { Topology } from "./_vpn.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -66,6 +67,15 @@ Deno.test("vpn init writes a PKI with private keys 0600 and refuses to overwrite
     );
     assertEquals(first.code, 0, first.stderr);
     assertEquals((await Deno.stat(`${dir}/ca.key`)).mode! & 0o777, 0o600);
+    assertEquals((await Deno.stat(`${dir}/tls-crypt.key`)).mode! & 0o777, 0o600);
+    assertMatch(
+      first.stdout,
+      /created .*\/tls-crypt\.key, the tls-crypt key every OpenVPN profile/,
+    );
+    assertMatch(
+      await Deno.readTextFile(`${dir}/tls-crypt.key`),
+      /^-----BEGIN OpenVPN Static key V1-----$/m,
+    );
     assertMatch(await Deno.readTextFile(`${dir}/server.yaml`), /subnet: 10\.20\.0\.0\/24/);
     const again = await vpn("init", "--dir", dir);
     assertEquals(again.code, 2);
@@ -80,6 +90,8 @@ Deno.test("vpn client add writes a 0600 profile, refuses a duplicate name, and l
   const dir = await Deno.makeTempDir();
   try {
     await vpn("init", "--dir", dir, "--host", "vpn.example.org", "--port", "1195");
+    // OpenVPN over TCP moves out of the way of our own TLS, to the next port.
+    assertMatch(await Deno.readTextFile(`${dir}/server.yaml`), /\n {2}tcp_port: 1196\n/);
     const out = `${dir}/alice.yaml`;
     const add = await vpn("client", "add", "alice", "--dir", dir, "--out", out);
     assertEquals(add.code, 0, add.stderr);
@@ -89,10 +101,18 @@ Deno.test("vpn client add writes a 0600 profile, refuses a duplicate name, and l
     assertEquals(duplicate.code, 2);
     assertMatch(duplicate.stderr, /alice/);
     assertEquals((await vpn("client", "revoke", "alice", "--dir", dir)).code, 0);
+    const ovpn = `${dir}/bob.ovpn`;
+    const bob = await vpn("client", "add", "bob", "--dir", dir, "--format", "ovpn", "--out", ovpn);
+    assertEquals(bob.code, 0, bob.stderr);
+    assertMatch(await Deno.readTextFile(ovpn), /^remote vpn\.example\.org 1195$/m);
     const list = await vpn("client", "list", "--dir", dir);
     assertMatch(
       list.stdout,
-      /^NAME\s+SERIAL\s+STATUS\s+EXPIRES\nalice\s+[0-9a-f]{32}\s+revoked\s+\d{4}-\d\d-\d\d\n/,
+      new RegExp(
+        "^NAME\\s+SERIAL\\s+STATUS\\s+EXPIRES\\s+FORMAT\\n" +
+          "alice\\s+[0-9a-f]{32}\\s+revoked\\s+\\d{4}-\\d\\d-\\d\\d\\s+vpn\\n" +
+          "bob\\s+[0-9a-f]{32}\\s+valid\\s+\\d{4}-\\d\\d-\\d\\d\\s+ovpn\\n$",
+      ),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -123,7 +143,10 @@ Deno.test("vpn COMMAND --help prints that command's usage and options and exits 
     [["serve", "--help"], /^Usage: vpn serve \[--dir DIR\] \[--config FILE\][\s\S]*--config FILE/],
     [["init", "-h"], /^Usage: vpn init [\s\S]*--host NAME_OR_IP[\s\S]*--force/],
     [["client", "--help"], /^Usage: vpn client add\|revoke\|list[\s\S]*vpn client list/],
-    [["client", "add", "--help"], /^Usage: vpn client add NAME[\s\S]*--remote HOST:PORT/],
+    [
+      ["client", "add", "--help"],
+      /^Usage: vpn client add NAME[\s\S]*--format F[\s\S]*--proto P[\s\S]*--remote HOST:PORT/,
+    ],
     [["client", "revoke", "--help"], /^Usage: vpn client revoke NAME/],
     [["client", "list", "-h"], /^Usage: vpn client list/],
     [["connect", "--help"], /^Usage: vpn connect [\s\S]*--no-offload[\s\S]*--cipher C/],
@@ -406,4 +429,19 @@ Deno.test("vpn connect with a profile whose key is not its certificate's exits 2
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+rootTest("vpn serve gives a PKI without tls-crypt.key one, once, and keeps it", async () => {
+  await using net = await Topology.create(0);
+  const path = `${net.dir}/tls-crypt.key`;
+  await Deno.remove(path); // as a PKI from before OpenVPN support
+  const first = await net.startServer();
+  assertMatch(first.log, new RegExp(`created ${path}, the tls-crypt key of OpenVPN clients`));
+  assertEquals((await Deno.stat(path)).mode! & 0o777, 0o600);
+  const key = await Deno.readTextFile(path);
+  assertEquals(await first.stop(), 0, first.log);
+  const second = await net.startServer();
+  assertEquals(second.log.includes("tls-crypt"), false, second.log);
+  assertEquals(await Deno.readTextFile(path), key, "the same key");
+  assertEquals(await second.stop(), 0, second.log);
 });

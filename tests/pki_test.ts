@@ -11,18 +11,25 @@ import {
   authChallenge,
   AuthError,
   type AuthFailure,
+  derToPem,
+  ensureTlsCryptKey,
   hasPki,
   initPki,
   issueClient,
   listClients,
   loadServerIdentity,
+  loadTlsCryptKey,
   PkiError,
+  pkiFilesIn,
   readRegistrySerials,
   readRevokedSerials,
   revokeClient,
   signChallenge,
+  upgradeServerCertificate,
   verifyClient,
+  verifyClientCertificate,
 } from "../mod/pki.ts";
+import { formatStaticKey, parseStaticKey } from "../mod/openvpn/tls_crypt.ts";
 
 const HOSTS = ["127.0.0.1", "localhost"];
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -84,12 +91,13 @@ Deno.test("initPki() creates CA, server cert and registry with private files 060
   await withPki(async (dir) => {
     assert(hasPki(dir));
     assertEquals(mode(dir), 0o700);
-    for (const f of ["ca.key", "server.key", "clients.json"]) {
+    for (const f of ["ca.key", "server.key", "tls-crypt.key", "clients.json"]) {
       assertEquals(mode(`${dir}/${f}`), 0o600, f);
     }
     for (const f of ["ca.crt", "server.crt"]) assertEquals(mode(`${dir}/${f}`), 0o644, f);
-    // The five files and clients.lock.
-    assertEquals(Array.from(Deno.readDirSync(dir)).length, 6, "no temp files left behind");
+    // The six files and clients.lock.
+    assertEquals(pkiFilesIn(dir).length, 6);
+    assertEquals(Array.from(Deno.readDirSync(dir)).length, 7, "no temp files left behind");
     assertEquals(await listClients(dir), []);
     const { keyPem } = await loadServerIdentity(dir);
     assertMatch(keyPem, /^-----BEGIN PRIVATE KEY-----\n/);
@@ -202,10 +210,11 @@ Deno.test("issueClient() issues a CA-signed client certificate and records it", 
       name: "alice.laptop_1",
       serial: issued.serial,
       notAfter: cert.notAfter.toISOString(),
+      format: "vpn",
       status: "valid",
     }]);
     assertEquals(mode(`${dir}/clients.json`), 0o600);
-    assertEquals(Array.from(Deno.readDirSync(dir)).length, 6, "no client key or temp file stored");
+    assertEquals(Array.from(Deno.readDirSync(dir)).length, 7, "no client key or temp file stored");
   });
 });
 
@@ -397,6 +406,315 @@ Deno.test("verifyClient() rejects an unparsable certificate", async () => {
     const alice = await issueClient(dir, "alice");
     const good = await proof(dir, alice);
     await assertAuthFails(() => verifyClient({ ...good, certPem: "garbage" }), "bad-certificate");
+  });
+});
+
+// --- OpenVPN clients: the certificate check without the proof -----------------------------
+
+/** What verifyClientCertificate() gets for `certPem` from `dir`'s registry. */
+async function certificateOnly(dir: string, certPem: string, now?: Date) {
+  return {
+    certPem,
+    caPem: (await loadServerIdentity(dir)).caPem,
+    ...(await readRegistrySerials(dir)),
+    ...(now ? { now } : {}),
+  };
+}
+
+/**
+ * Expects verifyClientCertificate() to refuse `certPem` with `reason`, and verifyClient() to
+ * refuse it with the same reason and message when the proof is good: the same checks.
+ */
+async function assertBothRefuse(
+  dir: string,
+  client: { certPem: string; keyPem: string },
+  reason: AuthFailure,
+  pattern: RegExp,
+  now?: Date,
+): Promise<void> {
+  const params = await certificateOnly(dir, client.certPem, now);
+  const error = await assertRejects(() => verifyClientCertificate(params), AuthError, pattern);
+  assertEquals((error as AuthError).reason, reason);
+  const native = await assertRejects(
+    async () => verifyClient(await proof(dir, client, now)),
+    AuthError,
+  );
+  assertEquals([(native as AuthError).reason, native.message], [reason, error.message]);
+}
+
+Deno.test("verifyClientCertificate() accepts a good client, also from DER through derToPem()", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice", { format: "ovpn" });
+    const expected = {
+      name: "alice",
+      serial: alice.serial,
+      notAfter: new x509.X509Certificate(alice.certPem).notAfter,
+    };
+    assertEquals(
+      await verifyClientCertificate(await certificateOnly(dir, alice.certPem)),
+      expected,
+    );
+    const der = new Uint8Array(x509.PemConverter.decodeFirst(alice.certPem));
+    const pem = derToPem(der);
+    assertEquals(pem, alice.certPem, "the same PEM as the CA wrote");
+    assertEquals(await verifyClientCertificate(await certificateOnly(dir, pem)), expected);
+  });
+});
+
+Deno.test("verifyClientCertificate() refuses another CA's certificate", async () => {
+  await withPki(async (dir) => {
+    await withPki(async (other) => {
+      const stranger = await issueClient(other, "alice");
+      await assertBothRefuse(dir, stranger, "unknown-ca", /not signed by this server's CA/);
+    });
+  });
+});
+
+Deno.test("verifyClientCertificate() refuses an expired and a not yet valid certificate", async () => {
+  await withPki(async (dir) => {
+    const old = await issueClient(dir, "old", {
+      notBefore: new Date(Date.now() - 3 * DAY_MS),
+      notAfter: new Date(Date.now() - DAY_MS),
+    });
+    await assertBothRefuse(dir, old, "expired", /expired at/);
+    const alice = await issueClient(dir, "alice");
+    const earlier = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await assertBothRefuse(dir, alice, "not-yet-valid", /not valid before/, earlier);
+  });
+});
+
+Deno.test("verifyClientCertificate() refuses the server certificate and the CA's (no clientAuth)", async () => {
+  await withPki(async (dir) => {
+    const { certPem, keyPem, caPem } = await loadServerIdentity(dir);
+    await assertBothRefuse(
+      dir,
+      { certPem, keyPem },
+      "not-client",
+      /not issued for client authentication/,
+    );
+    const caKey = await Deno.readTextFile(`${dir}/ca.key`);
+    await assertBothRefuse(dir, { certPem: caPem, keyPem: caKey }, "not-client", /CA certificate/);
+  });
+});
+
+Deno.test("verifyClientCertificate() refuses a revoked certificate", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice", { format: "ovpn" });
+    await revokeClient(dir, "alice");
+    await assertBothRefuse(dir, alice, "revoked", /has been revoked/);
+  });
+});
+
+Deno.test("verifyClientCertificate() refuses a certificate missing from the registry", async () => {
+  await withPki(async (dir) => {
+    const alice = await issueClient(dir, "alice");
+    await Deno.writeTextFile(`${dir}/clients.json`, '{"version":1,"clients":[]}\n');
+    await assertBothRefuse(dir, alice, "revoked", /not in the client registry/);
+  });
+});
+
+Deno.test("verifyClientCertificate() refuses an unparsable certificate", async () => {
+  await withPki(async (dir) => {
+    const params = await certificateOnly(dir, "garbage");
+    const error = await assertRejects(() => verifyClientCertificate(params), AuthError);
+    assertEquals((error as AuthError).reason, "bad-certificate");
+  });
+});
+
+// --- registry format ----------------------------------------------------------------------
+
+Deno.test("issueClient() records the profile format and listClients() reads an old entry as vpn", async () => {
+  await withPki(async (dir) => {
+    await issueClient(dir, "alice", { format: "ovpn" });
+    await issueClient(dir, "bob");
+    const registry = JSON.parse(await Deno.readTextFile(`${dir}/clients.json`));
+    assertEquals(registry.clients.map((c: { format?: string }) => c.format), ["ovpn", "vpn"]);
+    delete registry.clients[1].format; // an entry from before OpenVPN support
+    await Deno.writeTextFile(`${dir}/clients.json`, JSON.stringify(registry));
+    assertEquals((await listClients(dir)).map((c) => `${c.name}:${c.format}`), [
+      "alice:ovpn",
+      "bob:vpn",
+    ]);
+    registry.clients[1].format = "wireguard";
+    await Deno.writeTextFile(`${dir}/clients.json`, JSON.stringify(registry));
+    await assertRejects(() => listClients(dir), PkiError, /entry 1 is malformed/);
+  });
+});
+
+// --- tls-crypt key ------------------------------------------------------------------------
+
+Deno.test("initPki() writes tls-crypt.key 0600 as an OpenVPN static key, a new one each time", async () => {
+  await withPki(async (dir) => {
+    const text = await Deno.readTextFile(`${dir}/tls-crypt.key`);
+    assertMatch(text, /^-----BEGIN OpenVPN Static key V1-----$/m);
+    const key = await loadTlsCryptKey(dir);
+    assertEquals(key, parseStaticKey(text));
+    assertEquals(key.length, 256);
+    assertEquals(mode(`${dir}/tls-crypt.key`), 0o600);
+    await initPki(dir, { hosts: HOSTS, force: true });
+    assert(String(await loadTlsCryptKey(dir)) !== String(key), "a new PKI, a new key");
+    assertEquals(mode(`${dir}/tls-crypt.key`), 0o600);
+  });
+});
+
+Deno.test("ensureTlsCryptKey() creates the key of an older PKI once and keeps it", async () => {
+  await withPki(async (dir) => {
+    assertEquals(await ensureTlsCryptKey(dir), false, "init made one");
+    const made = await loadTlsCryptKey(dir);
+    assertEquals(await ensureTlsCryptKey(dir), false);
+    assertEquals(await loadTlsCryptKey(dir), made, "kept");
+    await Deno.remove(`${dir}/tls-crypt.key`);
+    // Two commands at once (serve and client add): one creates it, both then read the same.
+    const created = await Promise.all([ensureTlsCryptKey(dir), ensureTlsCryptKey(dir)]);
+    assertEquals(created.sort(), [false, true]);
+    assertEquals(mode(`${dir}/tls-crypt.key`), 0o600);
+    const key = await loadTlsCryptKey(dir);
+    assert(String(key) !== String(made), "a fresh key");
+    assertEquals(await ensureTlsCryptKey(dir), false);
+    assertEquals(await loadTlsCryptKey(dir), key);
+  });
+});
+
+Deno.test("ensureTlsCryptKey() refuses a directory without a PKI", async () => {
+  const root = await Deno.makeTempDir({ prefix: "vpn-pki-test-" });
+  try {
+    await assertRejects(() => ensureTlsCryptKey(root), PkiError, /missing; run `vpn init/);
+    assertEquals([...Deno.readDirSync(root)], [], "nothing written");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("loadTlsCryptKey() says what to do about a missing or broken key", async () => {
+  await withPki(async (dir) => {
+    await Deno.writeTextFile(`${dir}/tls-crypt.key`, "not a key\n");
+    await assertRejects(
+      () => loadTlsCryptKey(dir),
+      PkiError,
+      /Cannot use .*tls-crypt\.key: tls-crypt key: no "-----BEGIN OpenVPN Static key V1-----" line; restore it from a backup, or remove it and run "vpn serve --dir .*" for a new one/,
+    );
+    await Deno.remove(`${dir}/tls-crypt.key`);
+    await assertRejects(
+      () => loadTlsCryptKey(dir),
+      PkiError,
+      /tls-crypt\.key is missing; "vpn serve --dir .*" creates one at start/,
+    );
+  });
+});
+
+Deno.test("loadServerIdentity() refuses a tls-crypt.key that others may read", async () => {
+  await withPki(async (dir) => {
+    await Deno.chmod(`${dir}/tls-crypt.key`, 0o644);
+    await assertRejects(
+      () => loadServerIdentity(dir),
+      PkiError,
+      /tls-crypt\.key is mode 0644: .*run: chmod 600/,
+    );
+  });
+});
+
+Deno.test("formatStaticKey() of the loaded key reads back as the file's key", async () => {
+  await withPki(async (dir) => {
+    const key = await loadTlsCryptKey(dir);
+    assertEquals(parseStaticKey(formatStaticKey(key)), key);
+  });
+});
+
+// --- the server certificate for remote-cert-tls server -------------------------------------
+
+/**
+ * Replaces `dir`'s server.crt with one signed by its CA, with the same key and names but only
+ * `extensions` besides basic constraints and the names: a certificate from before they were set.
+ */
+async function serverCertWith(dir: string, extensions: x509.Extension[]): Promise<void> {
+  const ca = new x509.X509Certificate(await Deno.readTextFile(`${dir}/ca.crt`));
+  const caKey = await crypto.subtle.importKey(
+    "pkcs8",
+    x509.PemConverter.decodeFirst(await Deno.readTextFile(`${dir}/ca.key`)),
+    { name: "ECDSA", namedCurve: "P-256" },
+    false,
+    ["sign"],
+  );
+  const current = new x509.X509Certificate(await Deno.readTextFile(`${dir}/server.crt`));
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: "4b",
+    subject: current.subject,
+    issuer: ca.subject,
+    notBefore: current.notBefore,
+    notAfter: current.notAfter,
+    publicKey: current.publicKey,
+    signingKey: caKey,
+    signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      current.getExtension(x509.SubjectAlternativeNameExtension)!,
+      ...extensions,
+    ],
+  });
+  await Deno.writeTextFile(`${dir}/server.crt`, cert.toString("pem") + "\n");
+}
+
+Deno.test("initPki() gives the server certificate what remote-cert-tls server checks", async () => {
+  await withPki(async (dir) => {
+    const cert = new x509.X509Certificate(await Deno.readTextFile(`${dir}/server.crt`));
+    const ku = cert.getExtension(x509.KeyUsagesExtension)!;
+    assertEquals([ku.usages, ku.critical], [x509.KeyUsageFlags.digitalSignature, true]);
+    assertEquals([...cert.getExtension(x509.ExtendedKeyUsageExtension)!.usages], [
+      x509.ExtendedKeyUsage.serverAuth,
+    ]);
+    assertEquals(await upgradeServerCertificate(dir), false);
+  });
+});
+
+Deno.test("upgradeServerCertificate() adds key usage and serverAuth to an older server.crt", async () => {
+  const cases: [string, x509.Extension[]][] = [
+    ["no key usage", [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth])]],
+    ["no extended key usage", [
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+    ]],
+    ["key usage without digitalSignature", [
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyAgreement, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+    ]],
+    ["neither", []],
+  ];
+  await withPki(async (dir) => {
+    const before = new x509.X509Certificate(await Deno.readTextFile(`${dir}/server.crt`));
+    for (const [what, extensions] of cases) {
+      await serverCertWith(dir, extensions);
+      assertEquals(await upgradeServerCertificate(dir), true, what);
+      const cert = new x509.X509Certificate(await Deno.readTextFile(`${dir}/server.crt`));
+      assertEquals(
+        cert.getExtension(x509.KeyUsagesExtension)?.usages,
+        x509.KeyUsageFlags.digitalSignature,
+        what,
+      );
+      assertEquals([...cert.getExtension(x509.ExtendedKeyUsageExtension)?.usages ?? []], [
+        x509.ExtendedKeyUsage.serverAuth,
+      ], what);
+      assertEquals(
+        cert.getExtension(x509.SubjectAlternativeNameExtension)?.names.toJSON(),
+        before.getExtension(x509.SubjectAlternativeNameExtension)?.names.toJSON(),
+        `${what}: the same names, in the same order`,
+      );
+      assertEquals(
+        new Uint8Array(cert.publicKey.rawData),
+        new Uint8Array(before.publicKey.rawData),
+      );
+      assertEquals(await upgradeServerCertificate(dir), false, `${what}: once`);
+    }
+  });
+});
+
+Deno.test("upgradeServerCertificate() without ca.key names what the certificate lacks and the fix", async () => {
+  await withPki(async (dir) => {
+    await serverCertWith(dir, []);
+    await Deno.remove(`${dir}/ca.key`);
+    await assertRejects(
+      () => upgradeServerCertificate(dir),
+      PkiError,
+      /server\.crt lacks the key usage digitalSignature, which OpenVPN clients check and the extended key usage serverAuth, which OpenVPN clients check, and .*ca\.key is missing to add them: put ca\.key back into .* for one run of vpn serve/,
+    );
   });
 });
 
