@@ -30,7 +30,7 @@ import { setupLogging } from "../mod/log.ts";
 import type { MemoryTun } from "../mod/core/memory_tun.ts";
 import { decodeError, decodeRekey } from "../mod/native/messages.ts";
 import { revokeClient } from "../mod/pki.ts";
-import type { Session } from "../mod/native/session.ts";
+import type { NativeSession } from "../mod/native/session.ts";
 import { FrameType } from "../mod/native/wire.ts";
 
 setupLogging("error");
@@ -421,6 +421,7 @@ Deno.test("Server answers garbage, a short datagram, an unknown session, a repla
     const heard = udp.received.length;
 
     const garbage = crypto.getRandomValues(new Uint8Array(200));
+    garbage[0] = DatagramType.PING; // ours: other first bytes go to the OpenVPN endpoint
     garbage[1] = (udp.sessionId >>> 24) ^ 0xff; // whatever else it is, not alice's session
     const short = udp.seal(DatagramType.PING, new Uint8Array(8)).subarray(0, 28);
     const stranger = udp.seal(DatagramType.PING, new Uint8Array(8));
@@ -485,11 +486,12 @@ Deno.test("Server's keepalive sends REKEY once the UDP key has sealed 2^32 packe
   await attack(async (lab, keep) => {
     const { server } = lab;
     // The test reaches the server's session through the one call every DATA frame makes.
-    let session: Session | undefined;
-    const fromClient = server.fromClient;
-    server.fromClient = (s, buffer, start, end) => {
-      session = s;
-      fromClient.call(server, s, buffer, start, end);
+    let session: NativeSession | undefined;
+    const { router } = server;
+    const fromClient = router.fromClient;
+    router.fromClient = (s, buffer, start, end) => {
+      session = s as NativeSession;
+      fromClient.call(router, s, buffer, start, end);
     };
     const raw = await rawSession(lab, keep, "alice");
     keep(await raw.offerUdp());

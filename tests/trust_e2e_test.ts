@@ -87,7 +87,7 @@ async function foreignRoot(dir: string, ip: string, dns: string[] = []) {
   return paths;
 }
 
-/** The relay on the server's link address, port 1195, passing everything on to port 1194. */
+/** The relay on the server's link address, port 1197, passing everything on to port 1194. */
 async function startRelay(net: Topology, paths: { cert: string; key: string }) {
   const ip = net.serverIp(0);
   const relay = net.spawnCommand(net.server, [
@@ -96,7 +96,7 @@ async function startRelay(net: Topology, paths: { cert: string; key: string }) {
     "--allow-all",
     RELAY,
     ip,
-    "1195",
+    "1197",
     paths.cert,
     paths.key,
     ip,
@@ -123,7 +123,7 @@ function connectToRelay(
     ...flags,
     MAIN,
     "connect",
-    `${net.serverIp(0)}:1195`,
+    `${net.serverIp(0)}:1197`,
     "--profile",
     profile,
     "--proto",

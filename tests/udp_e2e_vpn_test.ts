@@ -245,7 +245,8 @@ rootTest(
 rootTest("vpn with listen.udp: false keeps every client on TLS and says why", async () => {
   await using net = await Topology.create(1);
   const client = net.clients[0]!;
-  await net.configure("listen:\n  udp: false\n");
+  // OpenVPN over UDP would open the port again (mod/server.ts).
+  await net.configure("listen:\n  udp: false\nopenvpn:\n  udp: false\n  tcp: false\n");
   const server = await net.startServer();
   assertMatch(server.log, /listening on 0\.0\.0\.0:1194 \(TLS\)/);
   const vpn = net.connect(0, await net.addClient("alice"));

@@ -36,6 +36,11 @@ export const DatagramType = {
 /** One of {@linkcode DatagramType}. */
 export type DatagramType = typeof DatagramType[keyof typeof DatagramType];
 
+/** Whether `type` (a first byte without its key phase bit) is one of ours. */
+export function isDatagramType(type: number): boolean {
+  return type >= DatagramType.DATA && type <= DatagramType.PONG;
+}
+
 /** Bytes before the ciphertext. */
 export const HEADER_LEN = 13;
 /** Bytes a datagram adds to the packet it carries. */

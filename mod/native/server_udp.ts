@@ -33,12 +33,14 @@ import {
   DatagramSlots,
   DatagramType,
   deriveKeys,
+  isDatagramType,
   KeyHalf,
   OVERHEAD,
   type RejectStats,
   REKEY_AFTER_PACKETS,
 } from "./datagram.ts";
 import { formatPeer } from "../core/ip.ts";
+import type { TunnelSession } from "../core/session.ts";
 import { BatchFailures, log } from "../log.ts";
 import { encodeMessage, keyMaterial, type Rekey, UDP_CIPHERS, type UdpOffer } from "./messages.ts";
 import { FrameType } from "./wire.ts";
@@ -50,8 +52,7 @@ const CIPHERS: readonly CipherName[] = UDP_CIPHERS;
 const BATCH = 64;
 
 /** What the UDP endpoint needs of a session. */
-export interface UdpClient {
-  readonly name: string;
+export interface UdpClient extends TunnelSession {
   readonly channel: Channel;
   /** The session's UDP state, once agreed. */
   udp: UdpState | undefined;
@@ -95,13 +96,22 @@ export const REJECT_WORDS: Record<RejectReason, string> = {
   forged: "failing authentication",
 };
 
-/** Every reason, from {@linkcode REJECT_WORDS}. */
-export const REJECT_REASONS = Object.keys(REJECT_WORDS) as RejectReason[];
-
 /** Receives each accepted DATA packet; `flush` ends a batch. */
 export interface UdpSink {
-  fromClient(client: UdpClient, buffer: Uint8Array, start: number, end: number): void;
+  fromClient(client: TunnelSession, buffer: Uint8Array, start: number, end: number): void;
   flush(): void;
+}
+
+/**
+ * Takes the datagrams on the port that are not ours: the OpenVPN protocol shares the port, and
+ * its first bytes (opcode << 3 | key id, 0x18-0x5f) never look like our types (0x01-0x03,
+ * 0x81-0x83).
+ */
+export interface ForeignDatagrams {
+  /** One datagram; views into `datagram` are valid only until `endBatch`. */
+  receive(datagram: Uint8Array, length: number, from: SockAddr): void;
+  /** The batch of datagrams has ended and the router has flushed. */
+  endBatch(): void;
 }
 
 /** The server's UDP socket and the sessions that use it. */
@@ -113,6 +123,8 @@ export class ServerUdp {
   readonly #timeoutMs: number;
   readonly #rekeyMs: number;
   readonly #receiving: Promise<void>;
+  /** Where datagrams that are not ours go; dropped as malformed without it. */
+  foreign: ForeignDatagrams | undefined;
 
   private constructor(socket: UdpSocket, sink: UdpSink, timeoutMs: number, rekeyMs: number) {
     this.#socket = socket;
@@ -144,6 +156,11 @@ export class ServerUdp {
   /** The UDP port. */
   get port(): number {
     return this.#socket.port;
+  }
+
+  /** The socket, for the protocols that share the port to send on. */
+  get socket(): UdpSocket {
+    return this.#socket;
   }
 
   /** Answers a client's UDP_OFFER with UDP_ACCEPT and keys of epoch 0. */
@@ -263,6 +280,7 @@ export class ServerUdp {
     const flush = () => {
       sink.flush();
       this.flush();
+      this.foreign?.endBatch();
       used = 0;
     };
     let from = slots.addrs[0]!;
@@ -302,6 +320,11 @@ export class ServerUdp {
     out: Uint8Array,
     from: SockAddr,
   ): boolean {
+    if (!isDatagramType(datagram[0]! & 0x7f)) {
+      if (this.foreign !== undefined) this.foreign.receive(datagram, size, from);
+      else this.stats.malformed++;
+      return false;
+    }
     if (size < OVERHEAD) {
       this.stats.malformed++;
       return false;

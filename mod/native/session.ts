@@ -1,55 +1,49 @@
 /**
- * One authenticated client on the server: its TLS channel (control and, when UDP is not alive,
- * data), its keepalive, and its UDP state. Packets it receives go to the server's inbound
- * batch (`Server.fromClient`); the batch ends after each TLS read (`Server.flush`).
+ * One client of our own protocol on the server: its TLS channel (control and, when UDP is not
+ * alive, data) and its UDP state. It is the router's {@linkcode TunnelSession}: packets it
+ * receives go to the router's inbound batch (`Router.fromClient`); the batch ends after each
+ * TLS read (`Router.flush`).
  *
  * @module
  */
 
-import type { Channel } from "./channel.ts";
-import { type AuthenticatedClient, refuse } from "./handshake.ts";
+import type { Router } from "../core/router.ts";
+import type { EndReason, TunnelSession } from "../core/session.ts";
 import { parseIPv4 } from "../core/ip.ts";
 import { escapeText, log } from "../log.ts";
-import {
-  decodeBye,
-  decodeRekey,
-  decodeUdpOffer,
-  encodeMessage,
-  type ErrorReason,
-} from "./messages.ts";
-import type { Server } from "../server.ts";
-import type { UdpState } from "./server_udp.ts";
+import type { Channel } from "./channel.ts";
+import { type AuthenticatedClient, refuse } from "./handshake.ts";
+import { decodeBye, decodeRekey, decodeUdpOffer, encodeMessage } from "./messages.ts";
+import type { ServerUdp, UdpState } from "./server_udp.ts";
 import { FrameError, FrameType } from "./wire.ts";
 
 const logger = log("server");
 
-/** One authenticated client. */
-export class Session {
+/** One authenticated client of our protocol. */
+export class NativeSession implements TunnelSession {
   readonly channel: Channel;
   readonly name: string;
   readonly serial: string;
-  /** The end of the certificate's validity: the session ends then (mod/server.ts). */
   readonly notAfter: Date;
   readonly address: string;
   readonly addressNumber: number;
-  /** Set while the session is in the current batch's list of channels to flush. */
   touched = false;
-  /** The server's TUN batch in which a wait for this session's full send buffer timed out. */
   stalledBatch = 0;
-  /** The channel's `movedAt` when that wait timed out: no wait again until its write moves. */
   stalledAt = -1;
   /** The UDP data channel, once agreed (owned by `ServerUdp`). */
   udp: UdpState | undefined;
-  /** Packets to and from this client start with a virtio-net header (both TUNs have offload). */
   readonly vnet: boolean;
 
-  readonly #server: Server;
+  readonly #router: Router;
+  readonly #udp: ServerUdp | undefined;
+  /** Why there is no UDP data channel, told to a client that offers one. */
+  readonly #udpOff: string;
   readonly #peer: string;
-  #keepalive: ReturnType<typeof setInterval> | undefined;
   #ended = false;
 
   constructor(
-    server: Server,
+    router: Router,
+    udp: ServerUdp | string,
     channel: Channel,
     client: AuthenticatedClient,
     address: string,
@@ -57,7 +51,9 @@ export class Session {
     peer: string,
   ) {
     this.vnet = vnet;
-    this.#server = server;
+    this.#router = router;
+    this.#udp = typeof udp === "string" ? undefined : udp;
+    this.#udpOff = typeof udp === "string" ? udp : "";
     this.channel = channel;
     this.name = client.name;
     this.serial = client.serial;
@@ -67,26 +63,62 @@ export class Session {
     this.#peer = peer;
   }
 
-  /** Starts the read loop and the keepalive. */
+  get protocol(): string {
+    return this.udp?.alive ? "native/udp" : "native/tls";
+  }
+
+  /** Over UDP, packets are cut to the MTU; TLS frames carry super-packets whole. */
+  get maxPacket(): number {
+    return this.udp?.alive ? this.#router.config.mtu : Infinity;
+  }
+
+  get lastReceived(): number {
+    return this.channel.lastReceived;
+  }
+
+  get movedAt(): number {
+    return this.channel.movedAt;
+  }
+
+  offer(packet: Uint8Array, length: number): boolean {
+    return this.#sealUdp(packet, length) || this.channel.offerData(packet, length);
+  }
+
+  queue(packet: Uint8Array, length: number): boolean {
+    return this.#sealUdp(packet, length) || this.channel.queueData(packet, length);
+  }
+
+  /** Over UDP when that path is alive; a key past its usage limit seals nothing (TLS then). */
+  #sealUdp(packet: Uint8Array, length: number): boolean {
+    return this.udp?.alive === true && this.#udp !== undefined &&
+      this.#udp.queue(this, packet, length);
+  }
+
+  drained(): Promise<void> {
+    return this.channel.drained();
+  }
+
+  flush(): void {
+    this.channel.flush();
+  }
+
+  keepalive(): void {
+    const { timeout } = this.#router.config.keepalive;
+    // A client that sends but never reads would hold its buffers and slow the TUN loop for good.
+    if (this.channel.stuckFor > timeout * 1000) {
+      this.end("timeout", `the client read nothing for ${timeout} s (TLS writes stuck)`);
+      return;
+    }
+    this.channel.sendControl(FrameType.PING);
+    this.#udp?.tick(this);
+  }
+
+  /** Starts the read loop. */
   start(): void {
-    const server = this.#server;
-    const { interval, timeout } = server.config.keepalive;
-    this.#keepalive = setInterval(() => {
-      if (performance.now() - this.channel.lastReceived > timeout * 1000) {
-        this.end("timeout", `no data for ${timeout} s`);
-        return;
-      }
-      // A client that sends but never reads would hold its buffers and slow the TUN loop for good.
-      if (this.channel.stuckFor > timeout * 1000) {
-        this.end("timeout", `the client read nothing for ${timeout} s (TLS writes stuck)`);
-        return;
-      }
-      this.channel.sendControl(FrameType.PING);
-      server.udp?.tick(this);
-    }, interval * 1000);
+    const router = this.#router;
     this.channel.readFrames(
       (type, buffer, start, end) => this.#onFrame(type, buffer, start, end),
-      () => server.flush(),
+      () => router.flush(),
     ).then(
       () => this.end("closed", "connection closed by the client"),
       (error) => {
@@ -97,9 +129,8 @@ export class Session {
   }
 
   #onFrame(type: FrameType, buffer: Uint8Array, start: number, end: number): void {
-    const server = this.#server;
     if (type === FrameType.DATA) {
-      server.fromClient(this, buffer, start, end);
+      this.#router.fromClient(this, buffer, start, end);
       return;
     }
     const payload = buffer.subarray(start, end);
@@ -114,15 +145,14 @@ export class Session {
         return;
       case FrameType.UDP_OFFER: {
         const offer = decodeUdpOffer(payload);
-        if (server.udp) server.udp.accept(this, offer);
-        else {this.channel.sendControl(
-            FrameType.UDP_REFUSE,
-            encodeMessage({ reason: server.udpOff }),
-          );}
+        if (this.#udp) this.#udp.accept(this, offer);
+        else {
+          this.channel.sendControl(FrameType.UDP_REFUSE, encodeMessage({ reason: this.#udpOff }));
+        }
         return;
       }
       case FrameType.REKEY_ACK:
-        server.udp?.rekeyAck(this, decodeRekey(payload, "REKEY_ACK"));
+        this.#udp?.rekeyAck(this, decodeRekey(payload, "REKEY_ACK"));
         return;
       default:
         throw new FrameError(`unexpected frame type ${type} after auth`);
@@ -133,12 +163,12 @@ export class Session {
    * Ends the session and frees its address. The client is told why: an ERROR for a problem,
    * a BYE for a shutdown, nothing when the connection is already gone (`closed`).
    */
-  async end(reason: ErrorReason | "bye" | "closed", message: string): Promise<void> {
+  async end(reason: EndReason, message: string): Promise<void> {
     if (this.#ended) return;
     this.#ended = true;
-    clearInterval(this.#keepalive);
     const udp = this.udp;
-    this.#server.forget(this);
+    this.#udp?.forget(this);
+    this.#router.forget(this);
     const { bytesIn, bytesOut, dropped } = this.channel.stats;
     logger.info(
       "{name} ({address}, {peer}) disconnected: {message}; TLS {bytesIn} bytes in, {bytesOut} out, " +

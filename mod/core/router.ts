@@ -1,0 +1,492 @@
+/**
+ * The core of the server: one TUN, the address pool, the table from tunnel addresses to
+ * sessions, anti-spoofing, `client_to_client`, revocation, certificate expiry and keepalive.
+ * It drives every session through {@linkcode TunnelSession} and never knows which protocol a
+ * session speaks: listeners (mod/native/listener.ts, mod/openvpn/server.ts) authenticate
+ * clients, `admit` them here and feed their packets in.
+ *
+ * Outbound, server TUN → client (`#tunToClients`):
+ *   1. one awaited batch read from the server TUN;
+ *   2. route each IPv4 packet by destination to the session that owns that address;
+ *   3. hand it to the session as is when the session takes it so (same virtio-net encoding, no
+ *      size limit), else cut to the session's `maxPacket` (mod/core/offload.ts); a full send
+ *      buffer waits up to 2 ms for that session's write, then drops (counted), and after one
+ *      such wait times out, the rest of the batch for that session drops at once, as does every
+ *      later packet until its write moves again;
+ *   4. after the batch (`flush`): the transports' batched sends (one `sendmmsg`), one write
+ *      per session that got packets.
+ *
+ * Inbound, client → server (`fromClient`, fed by the protocols):
+ *   1. one read or one batch of datagrams, every packet in it parsed in place;
+ *   2. a packet whose source is not the session's address is dropped and counted;
+ *   3. with `client_to_client`, a packet for another client goes straight out to it (step 3
+ *      above); everything else is collected for the TUN, where the host routes it (like OpenVPN);
+ *   4. after the read (`flush`), the collected packets go into the TUN in one batch.
+ *
+ * @module
+ */
+
+import type { TunDevice } from "../../ffi/tun.ts";
+import type { ServerConfig } from "../config.ts";
+import { BatchFailures, CounterLine, escapeText, log, RateLimit } from "../log.ts";
+import { AuthError, readRegistrySerials, REGISTRY_FILE } from "../pki.ts";
+import { AddressPool } from "./address_pool.ts";
+import { ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
+import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
+import type { TunnelSession } from "./session.ts";
+
+const logger = log("server");
+
+/** How often the client registry is checked for revocations (ms). */
+const REVOCATION_POLL_MS = 1000;
+/**
+ * The coarsest clock of a file system's time stamps (ms): FAT keeps 2 s, ext4, xfs and tmpfs a
+ * kernel tick. A registry written within this time of the last read is read again at each poll,
+ * since a second write in the same tick would leave its size and mtime as they were.
+ */
+const REGISTRY_TICK_MS = 2000;
+/** Packets one TUN read returns at most. */
+const BATCH = 64;
+/** Longest the TUN loop waits for one session's write before that session drops (ms). */
+const CONGESTION_WAIT_MS = 2;
+/** One refusal line per reason and source address in this time (ms); the rest are counted. */
+const REFUSAL_LOG_WINDOW_MS = 10_000;
+/** Source addresses the refusal log tells apart; more share one line per reason. */
+const REFUSAL_LOG_SOURCES = 1024;
+/** How often the counters line goes out (ms), when a counter moved. */
+const COUNTERS_EVERY_MS = 10_000;
+/** Room for the largest packet a TUN read returns (a 64 KiB super-packet and its header). */
+const MAX_TUN_PACKET = 65535 + VNET_HDR_LEN;
+
+/** Counters of the server; they only grow. */
+export interface ServerStats {
+  /** IPv4 packets from a client whose source was not that client's address. */
+  spoofed: number;
+  /** IPv4 packets read from the TUN for an address no session owns. */
+  unroutable: number;
+  /**
+   * Packets either way that are not IPv4 or too short for it: mostly the kernels' own IPv6
+   * (router solicitations when a TUN comes up), which the tunnel does not carry.
+   */
+  notIpv4: number;
+  /** Connections closed before auth: TLS failure, protocol error, timeout, or refusal. */
+  refused: number;
+  /** Packets for clients dropped because the session's send buffer was full. */
+  dropped: number;
+  /** Packets from clients dropped for a virtio-net header no kernel writes (mod/core/offload.ts). */
+  badVnet: number;
+}
+
+/** The counters of the periodic line, in its order, with their words. */
+const COUNTERS = {
+  spoofed: "spoofed",
+  unroutable: "unroutable",
+  notIpv4: "not IPv4",
+  dropped: "dropped",
+  badVnet: "bad virtio-net header",
+  refused: "refused",
+} as const satisfies Record<keyof ServerStats, string>;
+
+/** Whom the server admits: its CA and the registry's serials, kept current by the router. */
+export interface Trust {
+  caPem: string;
+  /** Serials of revoked client certificates. */
+  revoked: Set<string>;
+  /** Serials in the registry and not revoked: no other client certificate is admitted. */
+  valid: Set<string>;
+}
+
+/** An authenticated client asking for a session. */
+export interface Admission {
+  name: string;
+  serial: string;
+  /** The address the client asks for (its last one), if any. */
+  preferred?: string;
+}
+
+/** The router of one VPN subnet. */
+export class Router {
+  readonly stats: ServerStats = {
+    spoofed: 0,
+    unroutable: 0,
+    notIpv4: 0,
+    refused: 0,
+    dropped: 0,
+    badVnet: 0,
+  };
+  readonly pool: AddressPool;
+  readonly config: ServerConfig;
+  readonly trust: Trust;
+  /** Whether the TUN's packets carry a virtio-net header (offload). */
+  readonly vnet: boolean;
+
+  readonly #dir: string;
+  readonly #tun: TunDevice;
+  /** Live sessions by their tunnel address (u32) and by certificate serial. */
+  readonly #byAddress = new Map<number, TunnelSession>();
+  readonly #bySerial = new Map<string, TunnelSession>();
+  /** The transports' batched sends, run at the end of every batch. */
+  readonly #flushes: (() => void)[] = [];
+  /** The registry's inode, size and mtime as last read whole and settled; unset: read it. */
+  #registryStamp: string | undefined;
+  /** The stamp of the registry that last failed to read, so that it is logged once. */
+  #failedStamp: string | undefined;
+  #revocationCheck: Promise<void> | undefined;
+  readonly #timers: ReturnType<typeof setInterval>[];
+  readonly #counters = new CounterLine(COUNTERS);
+  readonly #refusals = new RateLimit(REFUSAL_LOG_WINDOW_MS, REFUSAL_LOG_SOURCES);
+  #stopped = false;
+  readonly #done: Promise<void>;
+  /** The inbound batch: packets for the TUN, and sessions to flush. */
+  readonly #toTun: Uint8Array[] = [];
+  #toTunCount = 0;
+  readonly #touched: TunnelSession[] = [];
+  /** Converts packets between the TUN's and each client's encoding (mod/core/offload.ts). */
+  readonly #segmenter = new Segmenter();
+  /** The session the segmenter is emitting for; set just before each `convert`. */
+  #target: TunnelSession | undefined;
+  /** With offload, joins inbound TCP segments into super-packets for the TUN (GRO). */
+  readonly #coalescer: Coalescer | undefined;
+  /** Numbers the TUN batches, from 1; see `TunnelSession.stalledBatch`. */
+  #batch = 0;
+
+  constructor(config: ServerConfig, dir: string, tun: TunDevice, trust: Trust) {
+    this.config = config;
+    this.#dir = dir;
+    this.#tun = tun;
+    this.trust = trust;
+    this.pool = new AddressPool(config.subnet);
+    this.vnet = tun.vnetHdr;
+    this.#coalescer = tun.vnetHdr ? new Coalescer((p, n) => tun.write(p, n)) : undefined;
+    this.#timers = [
+      setInterval(() => {
+        this.checkRevocations();
+        this.#endExpired();
+      }, REVOCATION_POLL_MS),
+      setInterval(() => this.#keepalive(), config.keepalive.interval * 1000),
+      setInterval(() => {
+        const counts = this.#counters.next(this.stats);
+        if (counts !== undefined) logger.info("counters {counts}", { counts });
+      }, COUNTERS_EVERY_MS),
+    ];
+    this.#done = this.#tunToClients();
+  }
+
+  /** Resolves once the TUN loop has ended. */
+  get done(): Promise<void> {
+    return this.#done;
+  }
+
+  /** Number of sessions. */
+  get sessionCount(): number {
+    return this.#bySerial.size;
+  }
+
+  /** Every live session. */
+  sessions(): TunnelSession[] {
+    return [...this.#bySerial.values()];
+  }
+
+  /** Runs `flush` at the end of every batch: a transport's batched sends. */
+  onFlush(flush: () => void): void {
+    this.#flushes.push(flush);
+  }
+
+  /**
+   * Gives an authenticated client its address and makes its session with `create`. The same
+   * certificate again replaces its old session and keeps the address. Throws an `AuthError` (revoked)
+   * when the registry no longer lists the serial; undefined when the pool is exhausted
+   * (logged here).
+   */
+  admit(
+    client: Admission,
+    peer: string,
+    host: string,
+    create: (address: string) => TunnelSession,
+  ): TunnelSession | undefined {
+    const { name, serial } = client;
+    // The registry may have been read again while this client was verified against the older list.
+    if (!this.trust.valid.has(serial)) {
+      throw new AuthError(
+        "revoked",
+        `certificate ${serial} is revoked or not in the client registry`,
+      );
+    }
+    const previous = this.#bySerial.get(serial);
+    if (previous) previous.end("replaced", "the same certificate connected again");
+    const address = this.pool.allocate(serial, previous?.address ?? client.preferred);
+    if (address === undefined) {
+      this.stats.refused++;
+      const more = this.#refusals.admit("pool-exhausted", host);
+      if (more !== undefined) {
+        logger.warn(
+          "refused {name} from {peer}: address pool exhausted: {subnet} has no free client " +
+            "address ({size} in use); a larger subnet in server.yaml makes room{more}",
+          { name, peer, size: this.pool.size, subnet: this.config.subnet, more },
+        );
+      }
+      return undefined;
+    }
+    const session = create(address);
+    this.#byAddress.set(session.addressNumber, session);
+    this.#bySerial.set(serial, session);
+    return session;
+  }
+
+  /** Called by a session when it ends: frees its address unless a newer session has it. */
+  forget(session: TunnelSession): void {
+    if (this.#bySerial.get(session.serial) === session) this.#bySerial.delete(session.serial);
+    if (this.#byAddress.get(session.addressNumber) === session) {
+      this.#byAddress.delete(session.addressNumber);
+      this.pool.release(session.address);
+    }
+  }
+
+  /** Ends every session with `reason`, stops the timers and the TUN loop. */
+  async stop(reason: string): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    for (const timer of this.#timers) clearInterval(timer);
+    await this.#revocationCheck;
+    await Promise.all(this.sessions().map((s) => s.end("bye", reason)));
+  }
+
+  /** Closes the TUN, which ends the TUN loop; after every transport stopped feeding packets. */
+  async close(): Promise<void> {
+    this.#tun.close();
+    await this.#done;
+  }
+
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /**
+   * Inbound: a packet from `session`'s client in `buffer[start, end)`, behind a virtio-net
+   * header when the session has offload. Call {@linkcode flush} at the end of the batch.
+   */
+  fromClient(session: TunnelSession, buffer: Uint8Array, start: number, end: number): void {
+    const ip = session.vnet ? start + VNET_HDR_LEN : start;
+    if (end - ip < 20 || packetVersion(buffer, ip) !== 4) {
+      this.stats.notIpv4++;
+      return;
+    }
+    if (ipv4Source(buffer, ip) !== session.addressNumber) {
+      this.stats.spoofed++;
+      return;
+    }
+    // The client wrote this header, and our segmenter and kernel would cut the packet as it says.
+    if (session.vnet && !validVnetHeader(buffer, start, end)) {
+      this.stats.badVnet++;
+      return;
+    }
+    const packet = buffer.subarray(start, end);
+    if (this.config.client_to_client) {
+      const peer = this.#byAddress.get(ipv4Destination(buffer, ip));
+      if (peer !== undefined && peer !== session) {
+        this.#toClient(peer, packet, packet.length, session.vnet);
+        return;
+      }
+    }
+    if (this.#coalescer) this.#coalescer.add(packet, session.vnet);
+    else this.#toTun[this.#toTunCount++] = packet;
+  }
+
+  /**
+   * Outbound: a packet for `session`'s client, cut to what it takes; `fromVnet` says whether
+   * it starts with a virtio-net header.
+   */
+  #toClient(session: TunnelSession, packet: Uint8Array, length: number, fromVnet: boolean): void {
+    if (fromVnet === session.vnet && session.maxPacket === Infinity) {
+      this.#queue(session, packet, length);
+      return;
+    }
+    this.#target = session;
+    this.#segmenter.convert(
+      packet,
+      length,
+      fromVnet,
+      session.vnet,
+      session.maxPacket,
+      this.#emit,
+    );
+  }
+
+  #queue(session: TunnelSession, packet: Uint8Array, length: number): void {
+    if (session.queue(packet, length)) this.#touch(session);
+    else this.stats.dropped++;
+  }
+
+  readonly #emit = (packet: Uint8Array) => this.#queue(this.#target!, packet, packet.length);
+
+  /** Puts `session` on the list of sessions to flush at the end of the batch. */
+  #touch(session: TunnelSession): void {
+    if (session.touched) return;
+    session.touched = true;
+    this.#touched.push(session);
+  }
+
+  /** Ends a batch: the TUN gets its packets, the transports their sends, each session a write. */
+  flush(): void {
+    this.#coalescer?.flush();
+    if (this.#toTunCount > 0) {
+      this.#tun.write(this.#toTun, this.#toTunCount);
+      this.#toTunCount = 0;
+    }
+    for (const flush of this.#flushes) flush();
+    for (const session of this.#touched) {
+      session.touched = false;
+      session.flush();
+    }
+    this.#touched.length = 0;
+  }
+
+  /**
+   * Backpressure with a bound: waits for the write in flight of a session whose send buffer
+   * is full, at most {@linkcode CONGESTION_WAIT_MS}, since every other session waits too. A fast
+   * client then loses nothing (dropped super-packets cost TCP far more than the wait); a slow
+   * one loses what does not fit, as behind any router. False when the wait timed out.
+   */
+  async #makeRoom(session: TunnelSession): Promise<boolean> {
+    this.flush();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const drained = await Promise.race([
+      session.drained().then(() => true),
+      new Promise<boolean>((resolve) => timer = setTimeout(resolve, CONGESTION_WAIT_MS, false)),
+    ]);
+    clearTimeout(timer);
+    return drained;
+  }
+
+  async #tunToClients(): Promise<void> {
+    const bufs = Array.from({ length: BATCH }, () => new Uint8Array(MAX_TUN_PACKET));
+    const sizes = new Array<number>(BATCH).fill(0);
+    const failures = new BatchFailures(logger, "TUN to clients");
+    try {
+      for (let n; (n = await this.#tun.read(bufs, sizes)) > 0;) {
+        try {
+          await this.#route(bufs, sizes, n);
+        } catch (error) {
+          failures.report(error);
+        }
+      }
+    } catch (error) {
+      if (!this.#stopped) logger.error("TUN read failed: {error}", { error: String(error) });
+    }
+  }
+
+  /** Sends one batch read from the TUN to the clients the packets are for. */
+  async #route(bufs: Uint8Array[], sizes: number[], n: number): Promise<void> {
+    const ip = this.vnet ? VNET_HDR_LEN : 0;
+    const batch = ++this.#batch;
+    for (let i = 0; i < n; i++) {
+      const packet = bufs[i]!;
+      const size = sizes[i]!;
+      if (size < ip + 20 || packetVersion(packet, ip) !== 4) {
+        this.stats.notIpv4++;
+        continue;
+      }
+      const session = this.#byAddress.get(ipv4Destination(packet, ip));
+      if (session === undefined) {
+        this.stats.unroutable++;
+      } else if (this.vnet === session.vnet && session.maxPacket === Infinity) {
+        // As is: a full send buffer waits a little for its write before it drops. A client
+        // that reads slowly gets one wait per batch, one that stopped reading no more waits at
+        // all (the others wait too).
+        if (!session.offer(packet, size)) {
+          if (
+            session.stalledBatch !== batch && session.stalledAt !== session.movedAt &&
+            !await this.#makeRoom(session)
+          ) {
+            session.stalledBatch = batch;
+            session.stalledAt = session.movedAt;
+          }
+          if (!session.queue(packet, size)) {
+            this.stats.dropped++;
+            continue;
+          }
+        }
+        this.#touch(session);
+      } else {
+        this.#toClient(session, packet, size, this.vnet);
+      }
+    }
+    this.flush();
+  }
+
+  /** Every keepalive interval: ends silent sessions, lets the others send their pings. */
+  #keepalive(): void {
+    const { timeout } = this.config.keepalive;
+    const now = performance.now();
+    for (const session of this.sessions()) {
+      if (now - session.lastReceived > timeout * 1000) {
+        session.end("timeout", `no data for ${timeout} s`);
+      } else {
+        session.keepalive();
+      }
+    }
+  }
+
+  /**
+   * Logs a connection refused before auth, at most once per reason and source address in
+   * {@linkcode REFUSAL_LOG_WINDOW_MS}: an operator sees every client that fails, and a client
+   * that retries, or a scan, cannot flood the log. `host` is the source as the socket has it.
+   */
+  logRefusal(host: string, peer: string, reason: string, detail: string): void {
+    const more = this.#refusals.admit(reason, peerHost(host));
+    if (more === undefined) return;
+    logger.warn("refused {peer}: {reason}: {detail}{more}", {
+      peer,
+      reason,
+      detail: escapeText(detail),
+      more,
+    });
+  }
+
+  /** Ends each session whose certificate has expired: a certificate's validity bounds it. */
+  #endExpired(): void {
+    const now = Date.now();
+    for (const session of this.sessions()) {
+      if (session.notAfter.getTime() > now) continue;
+      logger.warn("{name}: certificate expired, ending its session", { name: session.name });
+      session.end("expired", `certificate expired at ${session.notAfter.toISOString()}`);
+    }
+  }
+
+  /** Re-reads the revocation list if the registry changed; one check at a time. */
+  checkRevocations(): Promise<void> {
+    this.#revocationCheck ??= this.#reloadRevocations().finally(() => {
+      this.#revocationCheck = undefined;
+    });
+    return this.#revocationCheck;
+  }
+
+  async #reloadRevocations(): Promise<void> {
+    let stamp = "missing";
+    try {
+      const { ino, size, mtime } = await Deno.stat(`${this.#dir}/${REGISTRY_FILE}`);
+      const modified = mtime?.getTime() ?? 0;
+      stamp = `${ino} ${size} ${modified}`;
+      if (stamp === this.#registryStamp) return;
+      Object.assign(this.trust, await readRegistrySerials(this.#dir));
+      this.#registryStamp = Date.now() - modified > REGISTRY_TICK_MS ? stamp : undefined;
+    } catch (error) {
+      // Nothing is taken as read, so the next poll reads it again; said again once it changed.
+      if (stamp !== this.#failedStamp) {
+        logger.warn("cannot read the client registry: {error}", { error: String(error) });
+      }
+      this.#failedStamp = stamp;
+      return;
+    }
+    if (this.#failedStamp !== undefined) {
+      logger.info("read the client registry again");
+      this.#failedStamp = undefined;
+    }
+    for (const session of this.sessions()) {
+      if (!this.trust.valid.has(session.serial)) {
+        logger.warn("{name}: certificate revoked, dropping its session", { name: session.name });
+        session.end("revoked", "certificate revoked");
+      }
+    }
+  }
+}

@@ -1,0 +1,232 @@
+/**
+ * Our protocol's server side over TCP: the TLS listener, the handshake of each connection
+ * (TLS, then HELLO/AUTH, mod/native/handshake.ts), and the admission of each authenticated
+ * client into the router as a {@linkcode NativeSession} with its PUSH.
+ *
+ * @module
+ */
+
+import { setListenerNoDelay, shutdownTcp } from "../../ffi/socket.ts";
+import { formatPeer } from "../core/ip.ts";
+import type { Router } from "../core/router.ts";
+import { log } from "../log.ts";
+import { AuthError } from "../pki.ts";
+import { Channel } from "./channel.ts";
+import {
+  acceptClient,
+  type AuthenticatedClient,
+  refuse,
+  sendPush,
+  type ServerTrust,
+} from "./handshake.ts";
+import { ALPN } from "./messages.ts";
+import type { ServerUdp } from "./server_udp.ts";
+import { NativeSession } from "./session.ts";
+import { FrameError } from "./wire.ts";
+
+const logger = log("server");
+
+/** A connection must finish TLS and AUTH within this time (ms), or it is closed. */
+const PRE_AUTH_TIMEOUT_MS = 10_000;
+/** Connections still in their handshake at once; more are closed at accept. */
+const MAX_PRE_AUTH = 64;
+
+/** Accepts our protocol's clients on a TLS listener. */
+export class NativeListener {
+  readonly #router: Router;
+  readonly #listener: Deno.TlsListener;
+  readonly #trust: ServerTrust;
+  readonly #udp: ServerUdp | string;
+  /** Connections still in their handshake, each with its way to be dropped. */
+  readonly #preAuth = new Set<() => void>();
+  #stopped = false;
+  readonly #done: Promise<void>;
+
+  /**
+   * Serves `listener`; `udp` is the UDP data channel, or why there is none (told to clients
+   * that offer one).
+   */
+  constructor(
+    router: Router,
+    listener: Deno.TlsListener,
+    trust: ServerTrust,
+    udp: ServerUdp | string,
+  ) {
+    this.#router = router;
+    this.#listener = listener;
+    this.#trust = trust;
+    this.#udp = udp;
+    this.#done = this.#acceptLoop();
+  }
+
+  /** Where the listener is bound. */
+  get port(): number {
+    return this.#listener.addr.port;
+  }
+
+  /** Number of connections in their handshake now (TLS or AUTH pending), at most 64. */
+  get preAuthCount(): number {
+    return this.#preAuth.size;
+  }
+
+  /** Closes the listener and drops every connection still in its handshake. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#listener.close();
+    for (const drop of this.#preAuth) drop();
+    await this.#done;
+  }
+
+  async #acceptLoop(): Promise<void> {
+    // Every accepted socket inherits TCP_NODELAY from the listener: no connection needs a
+    // lookup of its socket for it (ffi/socket.ts).
+    setListenerNoDelay(this.#listener.addr);
+    try {
+      for await (const conn of this.#listener) {
+        if (this.#preAuth.size >= MAX_PRE_AUTH) {
+          this.#router.stats.refused++;
+          const { hostname, port } = conn.remoteAddr;
+          this.#router.logRefusal(
+            hostname,
+            formatPeer(hostname, port),
+            "busy",
+            `${MAX_PRE_AUTH} connections are in their handshake already`,
+          );
+          conn.close();
+          // Its TLS handshake is pending, so close() alone leaves the socket open (ffi/socket.ts).
+          shutdownTcp(conn.localAddr, conn.remoteAddr);
+          continue;
+        }
+        this.#handshake(conn);
+      }
+    } catch (error) {
+      if (!this.#stopped) logger.error("listener failed: {error}", { error: String(error) });
+    }
+  }
+
+  async #handshake(conn: Deno.TlsConn): Promise<void> {
+    const { hostname } = conn.remoteAddr;
+    const peer = formatPeer(hostname, conn.remoteAddr.port);
+    const channel = new Channel(conn);
+    let tlsDone = false;
+    let timedOut = false;
+    const drop = () => {
+      channel.close();
+      // A TlsConn closed mid-handshake keeps its socket open (ffi/socket.ts says why).
+      if (!tlsDone) shutdownTcp(conn.localAddr, conn.remoteAddr);
+    };
+    const expire = () => {
+      timedOut = true;
+      drop();
+    };
+    this.#preAuth.add(drop);
+    const timer = setTimeout(expire, PRE_AUTH_TIMEOUT_MS);
+    try {
+      const { alpnProtocol } = await conn.handshake();
+      tlsDone = true;
+      if (alpnProtocol !== ALPN) throw new FrameError(`client offered no "${ALPN}" ALPN id`);
+      logger.debug("TLS from {peer}", { peer });
+      // A revocation made a moment ago must already count for this client.
+      await this.#router.checkRevocations();
+      const client = await acceptClient(channel, this.#trust);
+      this.#admit(channel, client, hostname, peer);
+    } catch (error) {
+      this.#router.stats.refused++;
+      // At stop, every pending handshake is dropped: that is no client's failure.
+      if (!this.#stopped) this.#router.logRefusal(hostname, peer, ...refusal(error, timedOut));
+      if (error instanceof AuthError) await refuse(channel, error.reason, error.message);
+      else if (error instanceof FrameError) await refuse(channel, "protocol", error.message);
+      drop();
+    } finally {
+      clearTimeout(timer);
+      this.#preAuth.delete(drop);
+    }
+  }
+
+  #admit(channel: Channel, client: AuthenticatedClient, host: string, peer: string): void {
+    const router = this.#router;
+    if (this.#stopped || router.stopped) {
+      channel.close();
+      return;
+    }
+    // Frames carry virtio-net headers when both TUNs have them (mod/core/offload.ts).
+    const vnet = client.offload && router.vnet;
+    const session = router.admit(
+      {
+        name: client.name,
+        serial: client.serial,
+        ...(client.address ? { preferred: client.address } : {}),
+      },
+      peer,
+      host,
+      (address) => new NativeSession(router, this.#udp, channel, client, address, vnet, peer),
+    ) as NativeSession | undefined;
+    if (session === undefined) {
+      refuse(channel, "pool-exhausted", "address pool exhausted");
+      return;
+    }
+    const { config, pool } = router;
+    sendPush(channel, {
+      address: session.address,
+      prefix: pool.prefix,
+      gateway: pool.serverAddress,
+      routes: config.push.routes,
+      mtu: config.mtu,
+      keepalive: { interval: config.keepalive.interval, timeout: config.keepalive.timeout },
+      ...(vnet ? { offload: true } : {}),
+    });
+    logger.info("{name} connected from {peer}, address {address}", {
+      name: client.name,
+      peer,
+      address: session.address,
+    });
+    session.start();
+  }
+}
+
+/** What fixes what a TLS client's alert about this server's certificate says. */
+const CERTIFICATE_ALERTS = new Map([
+  ["UnknownCA", 'the client trusts another CA: give it a profile made here by "vpn client add"'],
+  [
+    "BadCertificate",
+    "the client dialled a name or address that server.crt does not name (those given to " +
+    '"vpn init --host"), or cannot use the certificate',
+  ],
+  [
+    "CertificateExpired",
+    "server.crt is outside its validity period by the client's clock; check both clocks",
+  ],
+]);
+
+/**
+ * The reason a connection was refused before auth, a short fixed word that keys the refusal
+ * log's rate limit, and what to say about it. A TLS error's text comes from rustls and may
+ * name what the peer sent: it goes into the detail, escaped by the caller, never into the
+ * reason.
+ */
+function refusal(error: unknown, timedOut: boolean): [reason: string, detail: string] {
+  if (timedOut) {
+    return ["timeout", `no TLS handshake and AUTH within ${PRE_AUTH_TIMEOUT_MS / 1000} s`];
+  }
+  if (error instanceof AuthError) return [error.reason, error.message];
+  if (error instanceof FrameError) return ["protocol", error.message];
+  const message = error instanceof Error ? error.message : String(error);
+  if (
+    error instanceof Deno.errors.UnexpectedEof || error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.BrokenPipe
+  ) {
+    return ["closed", `the client closed the connection before it authenticated (${message})`];
+  }
+  const alert = /^received fatal alert: (\w+)$/.exec(message)?.[1];
+  if (alert !== undefined && (alert === "UnknownCA" || alert.includes("Certificate"))) {
+    const why = CERTIFICATE_ALERTS.get(alert) ?? "the client does not accept server.crt";
+    return ["server-certificate-rejected", `${why} (TLS: ${message})`];
+  }
+  if (message === "peer doesn't support any known protocol") {
+    return ["protocol", `client offered no "${ALPN}" ALPN id (TLS: ${message})`];
+  }
+  if (message.startsWith("received corrupt message")) {
+    return ["not-tls", `the client does not speak TLS (${message})`];
+  }
+  return ["tls", `TLS handshake failed: ${message}`];
+}
