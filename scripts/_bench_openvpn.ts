@@ -1,7 +1,8 @@
 /**
  * The OpenVPN side of `scripts/bench.ts`: a throwaway PKI made with the `openssl` command line
  * (EC P-256 CA, a server certificate with serverAuth, a client certificate with clientAuth) and
- * the server and client configuration files for Debian's `openvpn` 2.6.
+ * the server and client configuration files for Debian's `openvpn` 2.6, and the options that
+ * make the same client of a profile written by `vpn client add --format ovpn`.
  *
  * @module
  */
@@ -142,6 +143,24 @@ const COMMON = [
   "disable-dco",
   "verb 1",
   "persist-key",
+];
+
+/** The tun-mtu OpenVPN 2.6 takes when nothing sets one, as in both configurations here. */
+export const OPENVPN_TUN_MTU = 1500;
+
+/**
+ * Command-line options that make `openvpn --config PROFILE`, on a profile `vpn client add
+ * --format ovpn` wrote, the client of {@linkcode clientConfig} on the data path: the lines of
+ * the shared settings the profile lacks or sets otherwise (options after `--config` override
+ * the file's). What still differs touches no data packet: `persist-key` (used on restarts
+ * only) and the profile's tls-crypt (which wraps control packets).
+ */
+export const PROFILE_OVERRIDES: readonly string[] = [
+  "--disable-dco",
+  "--data-ciphers",
+  "AES-256-GCM",
+  "--verb",
+  "1",
 ];
 
 /** The server configuration: 10.8.0.1/24 on a subnet topology, listening on 1194. */

@@ -9,19 +9,32 @@
  *   1. `vpn` with data in the TLS session (`vpn connect --proto tcp`);
  *   2. `vpn` with the UDP data channel (`--proto udp`);
  *   3. `openvpn` over TCP (`proto tcp-server` / `tcp-client`);
- *   4. `openvpn` over UDP.
+ *   4. `openvpn` over UDP;
+ *   5. Debian's `openvpn` client against `vpn serve` over TCP (`openvpn.tcp_port`);
+ *   6. the same over UDP (`listen.port`).
  *
  * OpenVPN runs with `dev tun`, `topology subnet`, AES-256-GCM only, `disable-dco`, no
  * compression, and certificates made here with the `openssl` command line (EC P-256).
+ *
+ * Cases 5 and 6 put a second server under the same stock client as cases 3 and 4: the client
+ * runs the profile `vpn client add --format ovpn` writes, with the command-line options that
+ * make it the client of cases 3 and 4 on the data path (`--disable-dco`, `--data-ciphers
+ * AES-256-GCM`, `--verb 1`). `vpn serve` then runs with `mtu: 1500`, OpenVPN's default
+ * tun-mtu that cases 3 and 4 run with, so both servers carry the same packets (its own default,
+ * 1400, would give OpenVPN's server 7 % more payload per packet). tls-crypt, which only the
+ * profile has, wraps control packets alone. A second table compares the two servers under that
+ * client: throughput, and server CPU per Mbit/s, each as `vpn serve` ÷ OpenVPN's server.
  *
  * Per case, client → server through the tunnel (iperf3 server bound to 10.8.0.1):
  * - iperf3 single TCP stream: median receiver rate of `--runs` runs of `--seconds` s;
  * - iperf3 `-P 4`: one run;
  * - ping (first, on the idle tunnel): average RTT of 200 pings 10 ms apart;
  * - CPU of the server and client VPN processes (utime + stime from /proc/PID/stat, every
- *   thread) during the single-stream runs, as % of one core.
+ *   thread) during the single-stream runs, as % of one core;
+ * - server CPU per Mbit/s: the server's CPU milliseconds in those runs ÷ the megabits iperf3
+ *   received in them (the same as its CPU share ÷ the rate, without iperf3's start and stop).
  *
- * With `--floor`, a fifth case measures the RTT of `scripts/_rtt_floor.ts`, the smallest UDP
+ * With `--floor`, one more case measures the RTT of `scripts/_rtt_floor.ts`, the smallest UDP
  * tunnel this runtime can run (one thread in one synchronous `poll`), against OpenVPN's over UDP:
  * the floor under this project's RTT.
  *
@@ -36,7 +49,14 @@
 import { parseArgs } from "node:util";
 import { checkPreconditions } from "./_preflight.ts";
 import { waitFor } from "../tests/_vpn.ts";
-import { clientConfig, makeOpenVpnPki, type OpenVpnPki, serverConfig } from "./_bench_openvpn.ts";
+import {
+  clientConfig,
+  makeOpenVpnPki,
+  OPENVPN_TUN_MTU,
+  type OpenVpnPki,
+  PROFILE_OVERRIDES,
+  serverConfig,
+} from "./_bench_openvpn.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const FLOOR = new URL("./_rtt_floor.ts", import.meta.url).pathname;
@@ -329,6 +349,8 @@ async function processName(pid: number): Promise<string> {
 
 interface IperfResult {
   bitsPerSecond: number;
+  /** Bytes the receiver got over the test. */
+  bytes: number;
 }
 
 /**
@@ -350,17 +372,21 @@ async function iperf(
     await around.before?.();
     const out = await run(inNs(CLIENT_NS, args), seconds * 1000 + 30_000, true);
     await around.after?.();
-    let report: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
+    let report: {
+      error?: string;
+      end?: { sum_received?: { bits_per_second?: number; bytes?: number } };
+    };
     try {
       report = JSON.parse(out);
     } catch {
       throw new Error(`iperf3 printed no JSON report: ${out.slice(0, 500)}`);
     }
     const bps = report.end?.sum_received?.bits_per_second;
-    if (report.error !== undefined || bps === undefined) {
+    const bytes = report.end?.sum_received?.bytes;
+    if (report.error !== undefined || bps === undefined || bytes === undefined) {
       throw new Error(`iperf3 -c ${address}: ${report.error ?? "no receiver rate in the report"}`);
     }
-    return { bitsPerSecond: bps };
+    return { bitsPerSecond: bps, bytes };
   } finally {
     // The one-off server exits by itself once the test is over; give it a few seconds.
     await server.exited(10_000);
@@ -401,14 +427,20 @@ const mbit = (bps: number) => bps / 1e6;
 
 type Mode = "TLS/TCP" | "UDP";
 
+/** Whose program runs an end of the tunnel: this project's (`deno`) or Debian's `openvpn`. */
+type Tool = "vpn" | "openvpn";
+
 interface Row {
   mode: Mode;
-  tool: string;
+  client: Tool;
+  server: Tool;
   single: number;
   parallel: number;
   rtt: number;
   cpuServer: number;
   cpuClient: number;
+  /** Server CPU milliseconds per megabit received in the single-stream runs. */
+  serverCpuPerMbit: number;
 }
 
 interface Settings {
@@ -418,19 +450,35 @@ interface Settings {
   floor: boolean;
 }
 
+/** The program name in /proc/PID/comm of each tool's process. */
+const PROGRAM: Record<Tool, string> = { vpn: "deno", openvpn: "openvpn" };
+
+/** "openvpn client -> vpn serve (UDP)": a case of the stock client, by server. */
+function stockLabel(mode: Mode, server: Tool): string {
+  const transport = mode === "UDP" ? "UDP" : "TCP";
+  return `openvpn client -> ${server === "vpn" ? "vpn serve" : "openvpn server"} (${transport})`;
+}
+
+/** "vpn UDP" for a tool against itself, else as {@linkcode stockLabel} says. */
+function caseLabel(mode: Mode, client: Tool, server: Tool): string {
+  return client === server ? `${client} ${mode}` : stockLabel(mode, server);
+}
+
 /** Measures the tunnel that `vpnServer` and `vpnClient` hold up (10.8.0.2 → 10.8.0.1). */
 async function measureTunnel(
   mode: Mode,
-  tool: string,
+  tools: { client: Tool; server: Tool },
   vpnServer: Proc,
   vpnClient: Proc,
   settings: Settings,
 ): Promise<Row> {
-  const label = `${tool} ${mode}`;
+  const label = caseLabel(mode, tools.client, tools.server);
   const names = [await processName(vpnServer.pid), await processName(vpnClient.pid)];
-  const expected = tool === "openvpn" ? "openvpn" : "deno";
-  if (names.some((n) => n !== expected)) {
-    throw new Error(`${label}: the VPN processes are ${names.join(", ")}, not ${expected}`);
+  const expected = [PROGRAM[tools.server], PROGRAM[tools.client]];
+  if (names.some((n, i) => n !== expected[i])) {
+    throw new Error(
+      `${label}: the VPN processes are ${names.join(", ")}, not ${expected.join(", ")}`,
+    );
   }
   await waitFor(`${label}: ping ${SERVER_TUN} through the tunnel`, async () => {
     vpnServer.assertAlive();
@@ -451,6 +499,7 @@ async function measureTunnel(
   let cpuServer = 0;
   let cpuClient = 0;
   let wall = 0;
+  let megabits = 0;
   for (let i = 0; i < settings.runs; i++) {
     let s0 = 0, c0 = 0, t0 = 0;
     const result = await iperf(SERVER_TUN, settings.seconds, 1, {
@@ -466,6 +515,7 @@ async function measureTunnel(
       },
     });
     singles.push(result.bitsPerSecond);
+    megabits += result.bytes * 8 / 1e6;
     console.error(
       `  ${label}: single stream, run ${i + 1}/${settings.runs}: ${
         mbit(result.bitsPerSecond).toFixed(0)
@@ -478,12 +528,13 @@ async function measureTunnel(
   vpnClient.assertAlive();
   return {
     mode,
-    tool,
+    ...tools,
     single: mbit(median(singles)),
     parallel: mbit(parallel.bitsPerSecond),
     rtt,
     cpuServer: 100 * cpuServer / wall,
     cpuClient: 100 * cpuClient / wall,
+    serverCpuPerMbit: 1000 * cpuServer / megabits,
   };
 }
 
@@ -502,7 +553,7 @@ async function pingRtt(address: string): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The four cases
+// The cases
 
 async function ourVpn(
   proto: "tcp" | "udp",
@@ -528,7 +579,7 @@ async function ourVpn(
     if (proto === "udp") await client.waitForLog(/data goes over UDP/, 30_000);
     return await measureTunnel(
       proto === "tcp" ? "TLS/TCP" : "UDP",
-      "vpn",
+      { client: "vpn", server: "vpn" },
       server,
       client,
       settings,
@@ -568,7 +619,7 @@ async function openVpn(
     await waitForAddress(CLIENT_NS, CLIENT_TUN, 10_000, [server, client]);
     return await measureTunnel(
       proto === "tcp" ? "TLS/TCP" : "UDP",
-      "openvpn",
+      { client: "openvpn", server: "openvpn" },
       server,
       client,
       settings,
@@ -582,6 +633,68 @@ async function openVpn(
     await client?.stop();
     await server.stop();
   }
+}
+
+/**
+ * Debian's `openvpn` client, on the profile `vpn client add --format ovpn` wrote, against
+ * `vpn serve` with `serverConfig` (cases 5 and 6).
+ */
+async function stockClientToVpn(
+  proto: "tcp" | "udp",
+  dir: string,
+  serverConfig: string,
+  profile: string,
+  settings: Settings,
+): Promise<Row> {
+  const server = new Proc("vpn serve", SERVER_NS, [
+    ...DENO,
+    MAIN,
+    "serve",
+    "--dir",
+    dir,
+    "--config",
+    serverConfig,
+  ]);
+  let client: Proc | undefined;
+  try {
+    await server.waitForLog(/listening on/, 30_000);
+    client = new Proc(`openvpn client ${proto}`, CLIENT_NS, [
+      "openvpn",
+      "--config",
+      profile,
+      ...PROFILE_OVERRIDES,
+    ]);
+    await client.waitForLog(/Initialization Sequence Completed/, 30_000);
+    await waitForAddress(CLIENT_NS, CLIENT_TUN, 10_000, [server, client]);
+    return await measureTunnel(
+      proto === "tcp" ? "TLS/TCP" : "UDP",
+      { client: "openvpn", server: "vpn" },
+      server,
+      client,
+      settings,
+    );
+  } catch (error) {
+    throw new Error(
+      `${(error as Error).message}\n--- vpn serve ---\n${server.tail()}\n` +
+        `--- openvpn client ---\n${client?.tail() ?? ""}`,
+    );
+  } finally {
+    await client?.stop();
+    await server.stop();
+  }
+}
+
+/**
+ * Writes `DIR/bench-stock.yaml`, the server.yaml of `vpn init` with OpenVPN's default tun-mtu,
+ * for cases 5 and 6; returns its path.
+ */
+async function writeStockServerConfig(dir: string): Promise<string> {
+  const text = await Deno.readTextFile(`${dir}/server.yaml`);
+  const line = /^mtu: \d+$/m;
+  if (!line.test(text)) throw new Error(`${dir}/server.yaml has no top-level "mtu: N" line`);
+  const path = `${dir}/bench-stock.yaml`;
+  await Deno.writeTextFile(path, text.replace(line, `mtu: ${OPENVPN_TUN_MTU}`));
+  return path;
 }
 
 /** RTT in ms of the minimal synchronous tunnel of `_rtt_floor.ts`, one end per namespace. */
@@ -606,6 +719,24 @@ async function floorRtt(): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // Report
 
+/** `header` and `lines` as a Markdown table, each column as wide as its widest cell. */
+function markdown(header: string[], lines: string[][]): string {
+  const all = [header, header.map(() => "---"), ...lines];
+  const widths = header.map((_, i) => Math.max(...all.map((l) => l[i]!.length)));
+  return all.map((l) =>
+    "| " +
+    l.map((cell, i) => cell === "---" ? "-".repeat(widths[i]!) : cell.padEnd(widths[i]!))
+      .join(" | ") +
+    " |"
+  ).join("\n");
+}
+
+const ratio = (a: number, b: number | undefined) =>
+  b === undefined || b === 0 ? "n/a" : (a / b).toFixed(2);
+
+const MODES: Mode[] = ["TLS/TCP", "UDP"];
+
+/** Each tool against itself (cases 1 to 4), this project as a ratio of OpenVPN. */
 function table(rows: Row[]): string {
   const header = [
     "mode",
@@ -619,13 +750,13 @@ function table(rows: Row[]): string {
     "-P 4 ÷ OpenVPN",
     "RTT ÷ OpenVPN",
   ];
-  const lines = [header, header.map(() => "---")];
-  const ratio = (a: number, b: number | undefined) =>
-    b === undefined || b === 0 ? "n/a" : (a / b).toFixed(2);
-  for (const mode of ["TLS/TCP", "UDP"] as Mode[]) {
-    const reference = rows.find((r) => r.mode === mode && r.tool === "openvpn");
-    for (const tool of ["vpn", "openvpn"]) {
-      const row = rows.find((r) => r.mode === mode && r.tool === tool);
+  const lines: string[][] = [];
+  const find = (mode: Mode, tool: Tool) =>
+    rows.find((r) => r.mode === mode && r.client === tool && r.server === tool);
+  for (const mode of MODES) {
+    const reference = find(mode, "openvpn");
+    for (const tool of ["vpn", "openvpn"] as Tool[]) {
+      const row = find(mode, tool);
       if (!row) {
         lines.push([mode, tool, "failed", "", "", "", "", "", "", ""]);
         continue;
@@ -645,13 +776,53 @@ function table(rows: Row[]): string {
       ]);
     }
   }
-  const widths = header.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-  return lines.map((l) =>
-    "| " +
-    l.map((cell, i) => cell === "---" ? "-".repeat(widths[i]!) : cell.padEnd(widths[i]!))
-      .join(" | ") +
-    " |"
-  ).join("\n");
+  return markdown(header, lines);
+}
+
+/**
+ * The stock `openvpn` client against both servers (cases 5 and 6 beside 4 and 3), `vpn serve`
+ * as a ratio of OpenVPN's server: the same throughput means the client is the limit, and the
+ * CPU per Mbit/s says which server does the same work for less.
+ */
+function stockClientTable(rows: Row[]): string {
+  const header = [
+    "case",
+    "single stream Mbit/s",
+    "-P 4 Mbit/s",
+    "RTT ms",
+    "CPU % server",
+    "CPU % client",
+    "server CPU ms/Mbit",
+    "single ÷ OpenVPN server",
+    "server CPU/Mbit ÷ OpenVPN server",
+  ];
+  const lines: string[][] = [];
+  const find = (mode: Mode, server: Tool) =>
+    rows.find((r) => r.mode === mode && r.client === "openvpn" && r.server === server);
+  for (const mode of [...MODES].reverse()) {
+    const reference = find(mode, "openvpn");
+    for (const server of ["vpn", "openvpn"] as Tool[]) {
+      const label = stockLabel(mode, server);
+      const row = find(mode, server);
+      if (!row) {
+        lines.push([label, "failed", "", "", "", "", "", "", ""]);
+        continue;
+      }
+      const ours = server === "vpn";
+      lines.push([
+        label,
+        row.single.toFixed(0),
+        row.parallel.toFixed(0),
+        row.rtt.toFixed(3),
+        row.cpuServer.toFixed(0),
+        row.cpuClient.toFixed(0),
+        row.serverCpuPerMbit.toFixed(3),
+        ours ? ratio(row.single, reference?.single) : "",
+        ours ? ratio(row.serverCpuPerMbit, reference?.serverCpuPerMbit) : "",
+      ]);
+    }
+  }
+  return markdown(header, lines);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -682,12 +853,27 @@ async function main(settings: Settings): Promise<number> {
   const ovpnDir = `${work}/openvpn`;
   await Deno.mkdir(ovpnDir);
   const pki = await makeOpenVpnPki(ovpnDir, (cmd) => run(cmd));
+  // One OpenVPN profile per transport, each to the port `vpn serve` takes it on (the remote
+  // and port are those `client add` picks from server.yaml and the server certificate).
+  const ovpnProfile = async (proto: "tcp" | "udp") => {
+    const out = `${ours}/bench-${proto}.ovpn`;
+    const name = `bench-${proto}`;
+    const args = ["client", "add", name, "--dir", ours, "--format", "ovpn", "--proto", proto];
+    await run([...DENO, MAIN, ...args, "--out", out]);
+    return out;
+  };
+  const stockProfiles = { tcp: await ovpnProfile("tcp"), udp: await ovpnProfile("udp") };
+  const stockConfig = await writeStockServerConfig(ours);
+  const stock = (proto: "tcp" | "udp") =>
+    stockClientToVpn(proto, ours, stockConfig, stockProfiles[proto], settings);
 
   const cases: [string, () => Promise<Row>][] = [
     ["vpn TLS/TCP", () => ourVpn("tcp", ours, profile, settings)],
     ["vpn UDP", () => ourVpn("udp", ours, profile, settings)],
     ["openvpn TLS/TCP", () => openVpn("tcp", ovpnDir, pki, settings)],
     ["openvpn UDP", () => openVpn("udp", ovpnDir, pki, settings)],
+    [stockLabel("TLS/TCP", "vpn"), () => stock("tcp")],
+    [stockLabel("UDP", "vpn"), () => stock("udp")],
   ];
   const rows: Row[] = [];
   let failures = 0;
@@ -718,8 +904,14 @@ async function main(settings: Settings): Promise<number> {
 
   if (interrupted) return 130;
   console.log(table(rows));
+  console.log(
+    `\nThe same openvpn client against both servers (vpn serve with mtu: ${OPENVPN_TUN_MTU}):\n`,
+  );
+  console.log(stockClientTable(rows));
   if (floor !== undefined) {
-    const reference = rows.find((r) => r.mode === "UDP" && r.tool === "openvpn")?.rtt;
+    const reference = rows.find((r) =>
+      r.mode === "UDP" && r.client === "openvpn" && r.server === "openvpn"
+    )?.rtt;
     const ratio = reference ? ` (${(floor / reference).toFixed(2)} × OpenVPN over UDP)` : "";
     console.log(`\nminimal synchronous UDP tunnel, RTT: ${floor.toFixed(3)} ms${ratio}`);
   }

@@ -28,6 +28,8 @@ export interface Mutation {
 const ATTACK = "tests/server_attack_test.ts";
 const CLAIMS = "tests/claims_e2e_test.ts";
 const UDP_E2E = "tests/udp_e2e_vpn_test.ts";
+const OVPN_ATTACK = "tests/openvpn_attack_test.ts";
+const OVPN_E2E = "tests/openvpn_e2e_test.ts";
 
 /** The list, grouped by where the promise lives. */
 export const MUTATIONS: Mutation[] = [
@@ -126,9 +128,9 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "udp-mtu-overshoot-server",
     breaks: "1457-byte datagrams at the default MTU (server to client)",
-    file: "mod/server.ts",
-    find: "        this.#config.mtu,\n",
-    replace: "        this.#config.mtu + 60,\n",
+    file: "mod/native/session.ts",
+    find: "return this.udp?.alive ? this.#router.config.mtu : Infinity;",
+    replace: "return this.udp?.alive ? this.#router.config.mtu + 60 : Infinity;",
     tests: [CLAIMS],
   },
   {
@@ -207,7 +209,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "preauth-timeout-30s",
     breaks: "a connection must authenticate within 10 s",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "const PRE_AUTH_TIMEOUT_MS = 10_000;",
     replace: "const PRE_AUTH_TIMEOUT_MS = 30_000;",
     tests: [ATTACK],
@@ -215,7 +217,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "preauth-timeout-5s",
     breaks: "a connection has 10 s to authenticate",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "const PRE_AUTH_TIMEOUT_MS = 10_000;",
     replace: "const PRE_AUTH_TIMEOUT_MS = 5_000;",
     tests: [ATTACK],
@@ -223,7 +225,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "preauth-cap-removed",
     breaks: "at most 64 connections in their handshake",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "if (this.#preAuth.size >= MAX_PRE_AUTH) {",
     replace: "if (false) {",
     tests: [ATTACK],
@@ -231,7 +233,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "preauth-cap-63",
     breaks: "64 connections may be in their handshake",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "const MAX_PRE_AUTH = 64;",
     replace: "const MAX_PRE_AUTH = 63;",
     tests: [ATTACK],
@@ -239,7 +241,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "preauth-cap-refusal-left-open",
     breaks: "a connection refused at the cap is closed at once",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "          shutdownTcp(conn.localAddr, conn.remoteAddr);\n          continue;",
     replace: "          continue;",
     tests: [ATTACK],
@@ -247,7 +249,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "server-nodelay-off",
     breaks: "TCP_NODELAY on the server's TLS sockets",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "    setListenerNoDelay(this.#listener.addr);\n",
     replace: "",
     tests: [ATTACK],
@@ -264,7 +266,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "anti-spoofing-off",
     breaks: "a client can only send from its own address",
-    file: "mod/server.ts",
+    file: "mod/core/router.ts",
     find: "ipv4Source(buffer, ip) !== session.addressNumber",
     replace: "false",
     tests: ["tests/session_test.ts"],
@@ -272,7 +274,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "pool-release-off",
     breaks: "a session's end frees its address",
-    file: "mod/server.ts",
+    file: "mod/core/router.ts",
     find: "      this.pool.release(session.address);\n",
     replace: "",
     tests: ["tests/session_test.ts", "tests/vpn_e2e_test.ts"],
@@ -280,15 +282,15 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "server-keepalive-tripled",
     breaks: "the server ends a session silent for keepalive.timeout",
-    file: "mod/native/session.ts",
-    find: "if (performance.now() - this.channel.lastReceived > timeout * 1000) {",
-    replace: "if (performance.now() - this.channel.lastReceived > timeout * 3000) {",
+    file: "mod/core/router.ts",
+    find: "if (now - session.lastReceived > timeout * 1000) {",
+    replace: "if (now - session.lastReceived > timeout * 3000) {",
     tests: [ATTACK],
   },
   {
     name: "revocation-poll-5500",
     breaks: "a revoked client is dropped within 5 s",
-    file: "mod/server.ts",
+    file: "mod/core/router.ts",
     find: "const REVOCATION_POLL_MS = 1000;",
     replace: "const REVOCATION_POLL_MS = 5500;",
     tests: [ATTACK],
@@ -296,7 +298,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "revocation-live-kept",
     breaks: "a revoked client's live session is dropped",
-    file: "mod/server.ts",
+    file: "mod/core/router.ts",
     find: 'session.end("revoked", "certificate revoked");',
     replace: "",
     tests: ["tests/session_test.ts", ATTACK],
@@ -379,7 +381,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "preauth-timer-never-drops",
     breaks: "an idle connection is closed after 10 s (used to hang the test)",
-    file: "mod/server.ts",
+    file: "mod/native/listener.ts",
     find: "const timer = setTimeout(expire, PRE_AUTH_TIMEOUT_MS);",
     replace: "const timer = setTimeout(() => {}, PRE_AUTH_TIMEOUT_MS);",
     tests: [ATTACK, "tests/vpn_e2e_test.ts"],
@@ -515,8 +517,9 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "refusals-unlogged",
     breaks: "the server logs refusals at the default level",
-    file: "mod/server.ts",
-    find: "if (!this.#stopped) this.#logRefusal(hostname, peer, ...refusal(error, timedOut));",
+    file: "mod/native/listener.ts",
+    find:
+      "if (!this.#stopped) this.#router.logRefusal(hostname, peer, ...refusal(error, timedOut));",
     replace: "",
     tests: ["tests/server_log_e2e_test.ts"],
     filter: "a failing client is logged",
@@ -550,8 +553,8 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "revocation-admit-unchecked",
     breaks: "a revocation read while an AUTH is verified still refuses it",
-    file: "mod/server.ts",
-    find: "if (!this.#trust.valid.has(serial)) {",
+    file: "mod/core/router.ts",
+    find: "if (!this.trust.valid.has(serial)) {",
     replace: "if (false) {",
     tests: ["tests/revocation_race_test.ts"],
   },
@@ -609,7 +612,7 @@ export const MUTATIONS: Mutation[] = [
   {
     name: "expired-session-kept",
     breaks: "a session ends when its certificate expires",
-    file: "mod/server.ts",
+    file: "mod/core/router.ts",
     find: "this.#endExpired();",
     replace: "",
     tests: ["tests/session_test.ts"],
@@ -619,7 +622,7 @@ export const MUTATIONS: Mutation[] = [
     name: "revocation-before-proof",
     breaks: "a copy of a certificate without its key learns nothing but bad-signature",
     file: "mod/pki.ts",
-    find: "  await checkProof(cert, params.challenge, params.signature);\n  checkValidity",
+    find: "  await proof?.(cert);\n  checkValidity",
     replace: "  checkValidity",
     tests: ["tests/server_attack_test.ts"],
     filter: "copy of a revoked",
@@ -665,6 +668,106 @@ export const MUTATIONS: Mutation[] = [
     replace: "for (const a of addresses) hosts.add(a);",
     tests: ["tests/main_test.ts"],
     filter: "without --host",
+  },
+  // --- the OpenVPN protocol --------------------------------------------------------------
+  {
+    name: "ovpn-tls-crypt-tag-ignored",
+    breaks: "packets that fail tls-crypt are dropped before any TLS work",
+    file: "mod/openvpn/tls_crypt.ts",
+    find: "    if (!timingSafeEqual(expected, tag)) return undefined;\n",
+    replace: "",
+    tests: [OVPN_ATTACK],
+    filter: "garbage",
+  },
+  {
+    name: "ovpn-control-replay-off",
+    breaks: "replayed control packets are dropped and counted",
+    file: "mod/openvpn/session.ts",
+    find: "    if (!this.#replay.check(packetId)) {",
+    replace: "    if (false) {",
+    tests: [OVPN_ATTACK],
+    filter: "replayed control",
+  },
+  {
+    name: "ovpn-ack-session-unchecked",
+    breaks: "acks must name the receiver's session id",
+    file: "mod/openvpn/session.ts",
+    find: "      (control.peerSessionId === undefined ||",
+    replace: "      (false &&",
+    tests: [OVPN_ATTACK],
+    filter: "9 acks",
+  },
+  {
+    name: "ovpn-data-replay-off",
+    breaks: "replayed data packets are dropped",
+    file: "mod/openvpn/data.ts",
+    find: "    if (id === 0 || !this.#window.check(id)) {",
+    replace: "    if (id === 0) {",
+    tests: [OVPN_ATTACK, "tests/openvpn_data_test.ts"],
+    filter: "replay",
+  },
+  {
+    name: "ovpn-per-host-cap-64",
+    breaks: "a HARD_RESET flood from one host keeps nobody else out",
+    file: "mod/openvpn/server.ts",
+    find: "const MAX_PENDING_PER_HOST = 8;",
+    replace: "const MAX_PENDING_PER_HOST = 64;",
+    tests: [OVPN_ATTACK],
+    filter: "flood",
+  },
+  {
+    name: "ovpn-demux-all-native",
+    breaks: "OpenVPN and our datagrams share the UDP port, told apart by the first byte",
+    file: "mod/native/datagram.ts",
+    find: "  return type >= DatagramType.DATA && type <= DatagramType.PONG;",
+    replace: "  return true;",
+    tests: [OVPN_ATTACK],
+    filter: "garbage",
+  },
+  {
+    name: "ovpn-data-v2-unchecked",
+    breaks: "a client without P_DATA_V2 gets AUTH_FAILED saying so",
+    file: "mod/openvpn/session.ts",
+    find: "      if ((info.proto & IV_PROTO_DATA_V2) === 0) {",
+    replace: "      if (false) {",
+    tests: [OVPN_ATTACK],
+    filter: "P_DATA_V2",
+  },
+  {
+    name: "ovpn-exit-ignored",
+    breaks: "a stock client's exit frees its address at once",
+    file: "mod/openvpn/session.ts",
+    find: '    if (text === "EXIT") {',
+    replace: '    if (text === "never") {',
+    tests: [OVPN_E2E],
+    filter: "exits frees",
+  },
+  {
+    name: "ovpn-lame-duck-0",
+    breaks: "both keys stay open during a renegotiation: no ping is lost",
+    file: "mod/openvpn/session.ts",
+    find: "const LAME_DUCK_MS = 60_000;",
+    replace: "const LAME_DUCK_MS = 0;",
+    tests: [OVPN_E2E],
+    filter: "renegotiation",
+  },
+  {
+    name: "ovpn-revoked-no-auth-failed",
+    breaks: "a revoked stock client gets AUTH_FAILED and stops",
+    file: "mod/openvpn/session.ts",
+    find: '      : reason === "revoked" || reason === "expired"',
+    replace: '      : reason === "never"',
+    tests: [OVPN_E2E],
+    filter: "revoked",
+  },
+  {
+    name: "ovpn-tcp-first-packet-unbounded",
+    breaks: "a TCP connection must send its reset within 10 s",
+    file: "mod/openvpn/server.ts",
+    find: "      if (session === undefined) conn.close();\n",
+    replace: "",
+    tests: [OVPN_ATTACK],
+    filter: "silent",
   },
   // --- offload -------------------------------------------------------------------------
   {
