@@ -79,6 +79,8 @@ export interface OvpnClientOptions {
   tlsCryptKey: Uint8Array;
   /** The peer-info lines of the key-method-2 message; default {@linkcode PEER_INFO_2_6}. */
   peerInfo?: string;
+  /** A username and password in the key-method-2 message (`auth-user-pass`); none by default. */
+  userPass?: { username: string; password: string };
 }
 
 /** Counters of what the client dropped from the server; they only grow. */
@@ -426,6 +428,7 @@ export class OvpnClient {
         cipher: "AES-256-GCM",
       }),
       peerInfo: this.#options.peerInfo ?? PEER_INFO_2_6,
+      ...this.#options.userPass,
     }, "client"));
   }
 

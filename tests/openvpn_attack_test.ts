@@ -478,16 +478,9 @@ const NO_SHARED_CIPHER = "IV_VER=2.6.14\nIV_PLAT=linux\nIV_PROTO=406\nIV_CIPHERS
 /** A peer-info without P_DATA_V2 (IV_PROTO bit 1). */
 const NO_DATA_V2 = PEER_INFO_2_6.replace("IV_PROTO=406", "IV_PROTO=0");
 
-/**
- * The AUTH_FAILED text `client` got, wherever it came: as a control message, or in place of
- * the server's key-method-2 message (see the ignored test below); waits at most SHORT_MS.
- */
-async function authFailed(client: OvpnClient): Promise<string> {
-  const text = () =>
-    client.messages.find((message) => message.startsWith("AUTH_FAILED")) ??
-      (client.unparsed?.startsWith("AUTH_FAILED") ? client.unparsed.replace(/\0$/, "") : undefined);
-  await waitFor(() => text() !== undefined, SHORT_MS, "AUTH_FAILED");
-  return text()!;
+/** The AUTH_FAILED message `client` got; waits at most SHORT_MS. */
+function authFailed(client: OvpnClient): Promise<string> {
+  return client.message("AUTH_FAILED", SHORT_MS);
 }
 
 Deno.test("OpenVPN server refuses a client without a shared cipher (IV_CIPHERS=AES-128-GCM, no IV_NCP) with AUTH_FAILED naming the cipher negotiation, logs and counts it", async () => {
@@ -540,6 +533,19 @@ Deno.test({
       }
     });
   },
+});
+
+Deno.test("OpenVPN server ignores a username and password with a warning: the certificate alone decides", async () => {
+  await attack(async ({ client }) => {
+    const pass = await client("pass", { userPass: { username: "bob", password: "secret" } });
+    await pass.handshake();
+    assert(pass.address !== undefined, "the client got an address");
+    assert(
+      lines.some((line) => /pass: its profile sends a username and password; ignored/.test(line)),
+      lines.join("\n"),
+    );
+    assert(!lines.some((line) => line.includes("secret")), "the password is never logged");
+  });
 });
 
 Deno.test("OpenVPN server gives AES-256-GCM to a client with IV_NCP=2 and no IV_CIPHERS", async () => {

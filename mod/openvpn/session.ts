@@ -77,6 +77,8 @@ const IV_PROTO_REQUEST_PUSH = 4;
 const IV_PROTO_CC_EXIT = 128;
 /** Repeated PUSH_REQUESTs are answered at most this often (ms). */
 const PUSH_REPLY_EVERY_MS = 5000;
+/** Packets one data key seals before the server renegotiates (ids end at 0xFF000000). */
+const REKEY_AFTER_PACKETS = 0xf0000000;
 /** How long the old key still opens packets after a renegotiation switched keys (ms). */
 const LAME_DUCK_MS = 60_000;
 
@@ -428,6 +430,15 @@ export class OpenVpnSession implements TunnelSession {
         );
         return;
       }
+      if (message.username || message.password) {
+        // As a 2.6 server without auth-user-pass-verify does: the certificate alone decides.
+        logger.warn(
+          "{name}: its profile sends a username and password; ignored, certificates only",
+          {
+            name: client.name,
+          },
+        );
+      }
       this.#cipher = cipher;
       this.name = client.name;
       this.serial = client.serial;
@@ -741,12 +752,26 @@ export class OpenVpnSession implements TunnelSession {
       this.#link.sealData(key, PING_PAYLOAD, PING_PAYLOAD.length);
       this.#link.flush();
     }
-    const current = this.#keys[this.#currentKeyId];
+    if (!this.#established) return;
+    const now = performance.now();
     const next = nextKeyId(this.#currentKeyId);
-    if (
-      this.#established && current !== undefined && this.#keys[next] === undefined &&
-      performance.now() - current.startedAt >= this.#ctx.rekeyMs
-    ) {
+    const pending = this.#keys[next];
+    // A renegotiation has the hand window to finish, as the first handshake has; then the
+    // current key goes on and the next keepalive tries again.
+    if (pending !== undefined && !pending.confirmed && now - pending.startedAt > HAND_WINDOW_MS) {
+      logger.warn("{name}: renegotiation of key id {keyId} did not finish in {seconds} s", {
+        name: this.name,
+        keyId: next,
+        seconds: HAND_WINDOW_MS / 1000,
+      });
+      pending.close();
+      this.#keys[next] = undefined;
+      return;
+    }
+    const current = this.#keys[this.#currentKeyId];
+    const due = current !== undefined && now - current.startedAt >= this.#ctx.rekeyMs;
+    // Packet ids run out at 0xFF000000 (OPENVPN.md 8.3): renegotiate well before.
+    if (pending === undefined && (due || (key !== undefined && key.sent >= REKEY_AFTER_PACKETS))) {
       this.#openKey(next);
       this.#transmit();
     }
