@@ -692,7 +692,7 @@ export const MUTATIONS: Mutation[] = [
     name: "ovpn-ack-session-unchecked",
     breaks: "acks must name the receiver's session id",
     file: "mod/openvpn/session.ts",
-    find: "        !sameBytes(control.peerSessionId, this.localSessionId))",
+    find: "        !sameSessionId(control.peerSessionId, this.localSessionId))",
     replace: "        false)",
     tests: [OVPN_ATTACK],
     filter: "9 acks",

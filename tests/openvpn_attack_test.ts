@@ -24,6 +24,7 @@ import {
 } from "./_lab.ts";
 import { OvpnClient, type OvpnClientOptions, PEER_INFO_2_6 } from "./_ovpn_client.ts";
 import { loadTlsCryptKey } from "../mod/pki.ts";
+import type { ServerConfig } from "../mod/config.ts";
 import { within } from "./_wait.ts";
 
 /** The product's log lines from info up, to check what the server said. */
@@ -65,7 +66,10 @@ function freeTcpPort(): number {
  * Runs `fn` against a fresh Lab whose server takes OpenVPN over UDP (the Lab's port) and
  * TCP (a free port); every client `fn` makes is closed after it, before the Lab closes.
  */
-async function attack(fn: (world: World) => Promise<void>): Promise<void> {
+async function attack(
+  fn: (world: World) => Promise<void>,
+  configure: (config: ServerConfig) => void = () => {},
+): Promise<void> {
   const tcpPort = freeTcpPort();
   await withLab(async (lab) => {
     const tlsCryptKey = await loadTlsCryptKey(lab.dir);
@@ -97,7 +101,10 @@ async function attack(fn: (world: World) => Promise<void>): Promise<void> {
       // Together: each socket's receive loop takes up to one poll interval to notice.
       await Promise.all(clients.map((opened) => opened.close()));
     }
-  }, (config) => config.openvpn.tcp_port = tcpPort);
+  }, (config) => {
+    config.openvpn.tcp_port = tcpPort;
+    configure(config);
+  });
 }
 
 /** Asserts that a packet of `client` reaches the server's TUN, and one from the TUN reaches it. */
@@ -546,6 +553,27 @@ Deno.test("OpenVPN server ignores a username and password with a warning: the ce
     );
     assert(!lines.some((line) => line.includes("secret")), "the password is never logged");
   });
+});
+
+Deno.test("OpenVPN server pushes topology subnet, the address with its netmask, the gateway, push.routes, keepalive, MTU and explicit-exit-notify over UDP", async () => {
+  await attack(async ({ client }) => {
+    const alice = await client("alice");
+    const reply = await alice.handshake();
+    for (
+      const option of [
+        "topology subnet",
+        "ifconfig 10.8.0.2 255.255.255.0",
+        "route-gateway 10.8.0.1",
+        "route 192.168.50.0 255.255.255.0",
+        "route 172.16.0.0 255.240.0.0",
+        "ping 10",
+        "ping-restart 60",
+        "tun-mtu 1400",
+        "explicit-exit-notify 1",
+        "protocol-flags cc-exit",
+      ]
+    ) assert(reply.split(",").includes(option), `${option} in ${reply}`);
+  }, (config) => config.push.routes = ["192.168.50.0/24", "172.16.0.0/12"]);
 });
 
 Deno.test("OpenVPN server gives AES-256-GCM to a client with IV_NCP=2 and no IV_CIPHERS", async () => {

@@ -46,6 +46,13 @@ export const Opcode = {
 /** Bytes in a session id. */
 export const SESSION_ID_LEN = 8;
 /** Most acks one packet may carry: stock 2.6 drops a packet with more (1.3, 1.6). */
+/** Whether `a` and `b` are the same 8-byte session id. */
+export function sameSessionId(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== SESSION_ID_LEN || b.length !== SESSION_ID_LEN) return false;
+  for (let i = 0; i < SESSION_ID_LEN; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export const MAX_ACKS = 8;
 /** Bytes before a control body: byte 0 and the sender's session id. */
 export const CONTROL_HEADER_LEN = 1 + SESSION_ID_LEN;

@@ -38,7 +38,7 @@ import {
   dataPeerId,
   type DataStats,
 } from "./data.ts";
-import { MAX_TCP_PACKET, Opcode, OpenVpnPacketError, SESSION_ID_LEN, TcpFramer } from "./packet.ts";
+import { MAX_TCP_PACKET, Opcode, OpenVpnPacketError, sameSessionId, TcpFramer } from "./packet.ts";
 import {
   type OpenVpnContext,
   type OpenVpnLink,
@@ -462,12 +462,6 @@ function addressKey(addr: SockAddr): string {
 /** An all-zero session id means "none" (OPENVPN.md 1.4): no session may have it. */
 function isZero(id: Uint8Array): boolean {
   return id.every((b) => b === 0);
-}
-
-function sameSessionId(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== SESSION_ID_LEN || b.length !== SESSION_ID_LEN) return false;
-  for (let i = 0; i < SESSION_ID_LEN; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** A UDP client: its address on the shared socket. */

@@ -24,7 +24,7 @@
 
 import type { Router } from "../core/router.ts";
 import type { EndReason, TunnelSession } from "../core/session.ts";
-import { formatIPv4, parseIPv4 } from "../core/ip.ts";
+import { formatIPv4, ipv4Netmask, parseCidr, parseIPv4 } from "../core/ip.ts";
 import { escapeText, log } from "../log.ts";
 import { AuthError, derToPem, verifyClientCertificate } from "../pki.ts";
 import { ReplayWindow } from "../core/replay.ts";
@@ -59,6 +59,7 @@ import {
   encodeControlBody,
   Opcode,
   OpenVpnPacketError,
+  sameSessionId,
 } from "./packet.ts";
 import { dataKeys, keyExpansion } from "./prf.ts";
 import { Reliable } from "./reliable.ts";
@@ -160,12 +161,6 @@ class KeyState {
 /** The next key id after `keyId`: 1-7, then 1 again (0 only for a session's first key). */
 function nextKeyId(keyId: number): number {
   return keyId === 7 ? 1 : keyId + 1;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** One OpenVPN client: before authentication a handshake, afterwards a tunnel session. */
@@ -282,7 +277,7 @@ export class OpenVpnSession implements TunnelSession {
     if (
       control.acks.length > 0 &&
       (control.peerSessionId === undefined ||
-        !sameBytes(control.peerSessionId, this.localSessionId))
+        !sameSessionId(control.peerSessionId, this.localSessionId))
     ) {
       stats.malformed++;
       return;
@@ -535,18 +530,17 @@ export class OpenVpnSession implements TunnelSession {
     if (now - this.#lastPushReply < PUSH_REPLY_EVERY_MS) return;
     this.#lastPushReply = now;
     const { config, pool } = this.#ctx.router;
-    const mask = formatIPv4(pool.prefix === 0 ? 0 : (0xffffffff << (32 - pool.prefix)) >>> 0);
+    const mask = (prefix: number) => formatIPv4(ipv4Netmask(prefix));
     const options = [
       ...config.push.routes.map((route) => {
-        const [network, prefix] = route.split("/");
-        const bits = Number(prefix);
-        return `route ${network} ${formatIPv4(bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0)}`;
+        const { network, prefix } = parseCidr(route);
+        return `route ${network} ${mask(prefix)}`;
       }),
       `route-gateway ${pool.serverAddress}`,
       "topology subnet",
       `ping ${config.keepalive.interval}`,
       `ping-restart ${config.keepalive.timeout}`,
-      `ifconfig ${this.address} ${mask}`,
+      `ifconfig ${this.address} ${mask(pool.prefix)}`,
       `peer-id ${this.peerId}`,
       `cipher ${this.#cipher}`,
     ];
