@@ -86,7 +86,6 @@ export class Server {
       logger.warn("{why}; clients use TLS only", { why: socket });
     }
     if (this.udp) router.onFlush(() => this.udp!.flush());
-    this.#native = new NativeListener(router, listener, trust, udp);
     const missing = cryptoUnavailable() ?? sslUnavailable();
     if (tlsCryptKey !== undefined && missing !== undefined) {
       logger.warn("OpenVPN clients cannot be served without libcrypto and libssl ({why})", {
@@ -103,12 +102,13 @@ export class Server {
           ...(openvpn.tcp ? { tcp: { host: listen.host, port: openvpn.tcp_port } } : {}),
         });
       } catch (error) {
-        this.#native.stop();
+        // Nothing serves yet: the caller closes the TLS listener and the router.
         this.udp?.close();
         throw error;
       }
       if (openvpn.udp && this.udp) this.udp.foreign = this.openvpn;
     }
+    this.#native = new NativeListener(router, listener, trust, udp);
     this.#rejectsTimer = setInterval(() => this.#reportRejects(), REJECTS_EVERY_MS);
   }
 

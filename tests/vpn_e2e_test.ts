@@ -371,3 +371,31 @@ rootTest(
     assert(await net.ping(net.clients[0]!, "10.8.0.1"));
   },
 );
+
+rootTest(
+  "vpn serve with openvpn.tcp_port in use names that port and the fix and exits 1, leaving no TUN",
+  async () => {
+    await using net = await Topology.create(1);
+    const holder = net.server.spawn([
+      "python3",
+      "-c",
+      "import socket, sys; s = socket.socket(); s.bind(('0.0.0.0', 1195)); s.listen(); " +
+      "print('bound', flush=True); sys.stdin.read()",
+    ], { stdin: "piped" });
+    const held = new VpnProcess(holder);
+    try {
+      await held.waitForLog(/bound/);
+      const server = new VpnProcess(net.server.spawn(denoScript(MAIN, "serve", "--dir", net.dir)));
+      assertEquals(await server.exited(), 1, server.log);
+      assertMatch(
+        server.log,
+        /Cannot listen for OpenVPN over TCP on 0\.0\.0\.0:1195: the port is in use; stop the program holding it, choose another openvpn\.tcp_port, or set openvpn\.tcp: false/,
+      );
+      const links = await net.server.run(["ip", "-o", "link"]);
+      assert(!/vpn\d/.test(links.stdout), links.stdout);
+    } finally {
+      await holder.stdin.close();
+      await held.exited();
+    }
+  },
+);
