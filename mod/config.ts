@@ -160,6 +160,14 @@ export interface ServerConfig {
    */
   rekey_interval: number;
   /**
+   * Seconds a client's address stays bound to it after it was last connected, from 60 to
+   * 31536000: a client that comes back within this time, also after a server restart, gets the
+   * same address without asking (OpenVPN clients never ask). Kept in `DIR/leases.json`.
+   *
+   * @default 604800
+   */
+  lease_time: number;
+  /**
    * Whether the server's TUN uses segmentation offload (`IFF_VNET_HDR`): the kernel then hands
    * over 64 KiB TCP super-packets, which travel whole to clients that have offload too.
    *
@@ -258,6 +266,7 @@ export function defaultServerConfig(): ServerConfig {
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
     rekey_interval: 3600,
+    lease_time: 604800,
     offload: true,
     client_to_client: false,
     push: { routes: [] },
@@ -352,6 +361,13 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
       wholeNumber(1, 86400),
       "must be a whole number of seconds from 1 to 86400",
     ),
+    lease_time: r.value(
+      top.lease_time,
+      "lease_time",
+      d.lease_time,
+      wholeNumber(60, 31536000),
+      "must be a whole number of seconds from 60 to 31536000 (a year)",
+    ),
     offload: r.value(top.offload, "offload", d.offload, isBoolean, BOOLEAN_RULE),
     client_to_client: r.value(
       top.client_to_client,
@@ -397,6 +413,8 @@ const SERVER_COMMENTS = {
   "keepalive.interval": "Seconds between keepalive pings from each side (1-3600).",
   "keepalive.timeout": "Drop a peer not heard from for this long (greater than interval).",
   rekey_interval: "Seconds before a UDP data channel key is replaced (1-86400).",
+  lease_time:
+    "Seconds a client keeps its address after it last connected, across restarts (60-31536000).",
   offload: "Use TUN segmentation offload: 64 KiB super-packets to clients that have it too.",
   client_to_client:
     "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",

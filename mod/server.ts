@@ -11,6 +11,7 @@ import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
 import { AddressPool } from "./core/address_pool.ts";
 import { formatPeer } from "./core/ip.ts";
+import { type Lease, LeaseError, readLeases } from "./core/leases.ts";
 import { Router, type ServerStats } from "./core/router.ts";
 import type { ServerConfig } from "./config.ts";
 import { log } from "./log.ts";
@@ -142,7 +143,16 @@ export class Server {
       }
       throw error;
     }
-    const router = new Router(config, dir, tun, trust);
+    let leases: Lease[] = [];
+    try {
+      leases = await readLeases(dir);
+    } catch (error) {
+      if (!(error instanceof LeaseError)) throw error;
+      logger.warn("{error}; starting without leases: clients get the lowest free addresses", {
+        error: error.message,
+      });
+    }
+    const router = new Router(config, dir, tun, trust, leases);
     let server: Server;
     try {
       let tlsCryptKey: Uint8Array | undefined;

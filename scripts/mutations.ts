@@ -769,6 +769,34 @@ export const MUTATIONS: Mutation[] = [
     tests: [OVPN_ATTACK],
     filter: "silent",
   },
+  // --- leases ------------------------------------------------------------------------------
+  {
+    name: "leases-not-restored",
+    breaks: "a client gets its address of before a restart without asking",
+    file: "mod/core/router.ts",
+    find:
+      "      if (this.pool.restore(lease.serial, lease.address)) this.#seen.set(lease.serial, lease.seen);",
+    replace: "      if (false) this.#seen.set(lease.serial, lease.seen);",
+    tests: ["tests/leases_test.ts"],
+    filter: "restart",
+  },
+  {
+    name: "leases-never-expire",
+    breaks: "leases older than lease_time are dropped",
+    file: "mod/core/router.ts",
+    find: "      if (lease.seen < oldest || !trust.valid.has(lease.serial)) continue;",
+    replace: "      if (!trust.valid.has(lease.serial)) continue;",
+    tests: ["tests/leases_test.ts"],
+    filter: "older than lease_time",
+  },
+  {
+    name: "pool-former-address-to-newcomer",
+    breaks: "an address stays its last owner's while never-held ones are free",
+    file: "mod/core/address_pool.ts",
+    find: "      index = this.#lowestFree(this.#bound) ?? this.#lowestFree();",
+    replace: "      index = this.#lowestFree();",
+    tests: ["tests/address_pool_test.ts", "tests/leases_test.ts"],
+  },
   // --- offload -------------------------------------------------------------------------
   {
     name: "checksum-odd-byte-dropped",

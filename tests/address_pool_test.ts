@@ -19,7 +19,7 @@ Deno.test("AddressPool.allocate() returns the lowest free address", () => {
   assertEquals(pool.inUse, 3);
 });
 
-Deno.test("AddressPool.release() frees an address for the next allocation", () => {
+Deno.test("AddressPool.release() frees an address; it stays its last owner's while never-held ones are free", () => {
   const pool = new AddressPool("10.8.0.0/24");
   pool.allocate("alice");
   pool.allocate("bob");
@@ -29,8 +29,17 @@ Deno.test("AddressPool.release() frees an address for the next allocation", () =
   assertEquals(pool.ownerOf("10.8.0.3"), undefined);
   assertEquals(pool.addressOf("bob"), undefined);
   assertEquals(pool.inUse, 2);
-  assertEquals(pool.allocate("dave"), "10.8.0.3");
-  assertEquals(pool.allocate("erin"), "10.8.0.5");
+  assertEquals(pool.allocate("dave"), "10.8.0.5", "bob's former address is kept for bob");
+  assertEquals(pool.allocate("bob"), "10.8.0.3");
+});
+
+Deno.test("AddressPool.allocate() gives a newcomer another owner's former address only when no other is free", () => {
+  const pool = new AddressPool("10.8.0.0/29");
+  const first = ["a", "b", "c", "d", "e"].map((owner) => pool.allocate(owner));
+  assertEquals(first, ["10.8.0.2", "10.8.0.3", "10.8.0.4", "10.8.0.5", "10.8.0.6"]);
+  pool.release("10.8.0.4");
+  assertEquals(pool.allocate("f"), "10.8.0.4", "the only free one");
+  assertEquals(pool.allocate("c"), undefined, "c's former address went to f");
 });
 
 Deno.test("AddressPool.release() ignores addresses the pool does not hand out", () => {
@@ -160,4 +169,35 @@ Deno.test("AddressPool.allocate(): an address is bound to one last owner, an own
   assertEquals(pool.allocate("bob", "10.8.0.9"), "10.8.0.9");
   assertEquals(pool.allocate("carol", "10.8.0.20"), "10.8.0.2");
   assertEquals(pool.allocate("alice", "10.8.0.20"), "10.8.0.20");
+});
+
+Deno.test("AddressPool.allocate() gives a returning owner its last address without asking, while it is free", () => {
+  const pool = new AddressPool("10.8.0.0/29");
+  for (const owner of ["alice", "bob", "carol", "dave", "erin"]) pool.allocate(owner);
+  pool.release("10.8.0.2");
+  assertEquals(pool.allocate("alice"), "10.8.0.2");
+  pool.release("10.8.0.2");
+  pool.release("10.8.0.3");
+  assertEquals(pool.allocate("frank"), "10.8.0.2", "no never-held address is left");
+  assertEquals(pool.allocate("alice"), "10.8.0.3", "taken: alice gets what is free");
+});
+
+Deno.test("AddressPool.restore() binds a lease without holding it; it refuses another owner's or a foreign address", () => {
+  const pool = new AddressPool("10.8.0.0/24");
+  assertEquals(pool.restore("alice", "10.8.0.50"), true);
+  assertEquals(pool.inUse, 0);
+  assertEquals(pool.restore("bob", "10.8.0.50"), false, "bound to alice");
+  assertEquals(pool.restore("bob", "10.9.0.5"), false, "not in the subnet");
+  assertEquals(pool.restore("bob", "10.8.0.1"), false, "the server's");
+  assertEquals(
+    pool.allocate("bob", "10.8.0.50"),
+    "10.8.0.2",
+    "alice's lease is not bob's to ask for",
+  );
+  assertEquals(pool.allocate("alice"), "10.8.0.50");
+  assertEquals(pool.restore("carol", "10.8.0.2"), false, "held");
+  assertEquals(
+    new Map(pool.lastAddresses()),
+    new Map([["alice", "10.8.0.50"], ["bob", "10.8.0.2"]]),
+  );
 });

@@ -27,6 +27,7 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
     rekey_interval: 3600,
+    lease_time: 604800,
     offload: true,
     client_to_client: false,
     push: { routes: [] },
@@ -56,6 +57,7 @@ subnet: 10.99.0.0/16
 mtu: 65535
 keepalive: { interval: 5, timeout: 6 }
 rekey_interval: 60
+lease_time: 120
 offload: false
 client_to_client: true
 push:
@@ -70,6 +72,7 @@ openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Ae
     mtu: 65535,
     keepalive: { interval: 5, timeout: 6 },
     rekey_interval: 60,
+    lease_time: 120,
     offload: false,
     client_to_client: true,
     push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
@@ -315,6 +318,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     mtu: 9000,
     keepalive: { interval: 3, timeout: 20 },
     rekey_interval: 600,
+    lease_time: 3600,
     offload: false,
     client_to_client: true,
     push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
@@ -330,7 +334,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
   const keyLines = lines.filter((line) => /^\s*[a-z_]+:/.test(line));
-  assertEquals(keyLines.length, 22);
+  assertEquals(keyLines.length, 23);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);
@@ -492,6 +496,14 @@ Deno.test("parseRemote() refuses bad forms with the reason", () => {
   assertThrows(() => parseRemote("10.0.0.256"), TypeError, /not a host name or IPv4 address/);
   assertThrows(() => parseRemote("bad host"), TypeError);
   assertThrows(() => parseRemote("-bad.example"), TypeError);
+});
+
+Deno.test("parseServerConfig() checks lease_time", () => {
+  assertEquals(parseServerConfig("lease_time: 60\n", "server.yaml").lease_time, 60);
+  assertMatch(
+    serverError("lease_time: 59\n").message,
+    /lease_time: 59 is not allowed: must be a whole number of seconds from 60 to 31536000/,
+  );
 });
 
 Deno.test("parseServerConfig() checks rekey_interval", () => {

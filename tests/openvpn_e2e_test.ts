@@ -236,6 +236,8 @@ for (const proto of ["udp", "tcp"] as const satisfies OvpnProto[]) {
     `openvpn ${proto}: a stock client that exits frees its address at once for the next client`,
     async () => {
       await using net = await Topology.create(1);
+      // One client address: bob can have it only once alice's session has let it go.
+      await mergeServerConfig(net, { subnet: "10.8.0.0/30" });
       const server = await net.startServer();
       const alice = startOpenVpn(net, 0, await addOvpnClient(net, "alice", proto), {
         dev: "tun0",
@@ -256,6 +258,28 @@ for (const proto of ["udp", "tcp"] as const satisfies OvpnProto[]) {
     },
   );
 }
+
+rootTest(
+  "openvpn: after a server restart a stock client comes back by itself with its old address, which it never asks for",
+  async () => {
+    await using net = await Topology.create(2);
+    let server = await net.startServer();
+    const alice = startOpenVpn(net, 0, await addOvpnClient(net, "alice", "udp", 0));
+    await waitForTunnel(alice, server);
+    await server.waitForLog(/alice connected from .*, address 10\.8\.0\.2/);
+    const bob = startOpenVpn(net, 1, await addOvpnClient(net, "bob", "udp", 1));
+    await waitForTunnel(bob, server);
+    await server.waitForLog(/bob connected from .*, address 10\.8\.0\.3/);
+    alice.child.kill("SIGTERM");
+    await alice.exited(10_000);
+    assertEquals(await server.stop(), 0, server.log);
+    // bob was told RESTART and tries again; alice stays away, so 10.8.0.2 is the lowest free.
+    server = await net.startServer();
+    await server.waitForLog(/bob connected from .*, address 10\.8\.0\.3/, 60_000);
+    await net.waitForAddress(net.clients[1]!, "10.8.0.3");
+    assert(await net.ping(net.clients[1]!, "10.8.0.1"), bob.log);
+  },
+);
 
 rootTest(
   "openvpn: a server with only CHACHA20-POLY1305 gets a stock client to use it",

@@ -43,6 +43,8 @@ export class AddressPool {
   readonly #first: number;
   /** Bit i is set while client address `#first + i` is held. */
   readonly #used: Uint32Array;
+  /** Bit i is set while client address `#first + i` has a last owner (held or not). */
+  readonly #bound: Uint32Array;
   /** Every word of `#used` below this index is full. */
   #firstFreeWord = 0;
   /** Owner of each held address, keyed by the address's index from `#first`. */
@@ -92,6 +94,7 @@ export class AddressPool {
     // All addresses less network, broadcast and server.
     this.size = 2 ** (32 - parsed.prefix) - 3;
     this.#used = new Uint32Array(Math.ceil(this.size / 32));
+    this.#bound = new Uint32Array(this.#used.length);
   }
 
   /** How many addresses clients hold now. */
@@ -107,16 +110,19 @@ export class AddressPool {
    * that nobody has held since the pool was made (a client asking back the address it had
    * before a server restart); it comes from the client, so anything else (another owner's
    * former address too) is ignored rather than refused, and the lowest free address is given.
+   * Without `preferred`, an owner gets its last address (held before, or restored from a lease)
+   * while it is free.
    */
   allocate(owner: string, preferred?: string): string | undefined {
     const held = this.#indexes.get(owner);
     if (held !== undefined) return formatIPv4(this.#first + held);
-    let index = preferred === undefined ? undefined : this.#indexOf(preferred);
+    let index = preferred === undefined ? this.#lastIndexes.get(owner) : this.#indexOf(preferred);
     if (
       index === undefined || this.#owners.has(index) ||
       (this.#lastOwners.get(index) ?? owner) !== owner
     ) {
-      index = this.#lowestFree();
+      // An address another owner had last stays theirs while never-bound ones are free.
+      index = this.#lowestFree(this.#bound) ?? this.#lowestFree();
     }
     if (index === undefined) return undefined;
     this.#used[index >>> 5]! |= 1 << (index & 31);
@@ -129,11 +135,36 @@ export class AddressPool {
   /** Makes `owner` the last owner of the address at `index`, and of no other. */
   #bind(index: number, owner: string): void {
     const before = this.#lastIndexes.get(owner);
-    if (before !== undefined) this.#lastOwners.delete(before);
+    if (before !== undefined) {
+      this.#lastOwners.delete(before);
+      this.#bound[before >>> 5]! &= ~(1 << (before & 31));
+    }
+    this.#bound[index >>> 5]! |= 1 << (index & 31);
     const previous = this.#lastOwners.get(index);
     if (previous !== undefined) this.#lastIndexes.delete(previous);
     this.#lastOwners.set(index, owner);
     this.#lastIndexes.set(owner, index);
+  }
+
+  /**
+   * Binds `address` to `owner` as its last owner without holding it, as a lease read back
+   * after a restart: `owner` then gets it while it is free. False (nothing changed) when it is
+   * not a client address of this pool, or is held, or bound to another owner already.
+   */
+  restore(owner: string, address: string): boolean {
+    const index = this.#indexOf(address);
+    if (index === undefined || this.#owners.has(index)) return false;
+    const last = this.#lastOwners.get(index);
+    if (last !== undefined && last !== owner) return false;
+    this.#bind(index, owner);
+    return true;
+  }
+
+  /** The address each owner held last (or holds), as `[owner, address]`. */
+  *lastAddresses(): Iterable<[owner: string, address: string]> {
+    for (const [owner, index] of this.#lastIndexes) {
+      yield [owner, formatIPv4(this.#first + index)];
+    }
   }
 
   /** Frees `address` for reuse. Returns false when it was not held. */
@@ -173,18 +204,22 @@ export class AddressPool {
     return index >= 0 && index < this.size ? index : undefined;
   }
 
-  /** The index of the lowest free address, or undefined when all are held. */
-  #lowestFree(): number | undefined {
+  /**
+   * The index of the lowest address that is neither held nor set in `also`, or undefined when
+   * there is none.
+   */
+  #lowestFree(also?: Uint32Array): number | undefined {
     const used = this.#used;
     for (let word = this.#firstFreeWord; word < used.length; word++) {
-      const bits = used[word]!;
-      if (bits === 0xffffffff) continue;
-      this.#firstFreeWord = word;
+      const bits = used[word]! | (also?.[word] ?? 0);
+      if (bits === -1) continue;
+      if (also === undefined) this.#firstFreeWord = word;
       // `~bits & (bits + 1)` isolates the lowest clear bit.
       const index = word * 32 + 31 - Math.clz32(~bits & (bits + 1));
-      return index < this.size ? index : undefined;
+      if (index < this.size) return index;
+      return undefined;
     }
-    this.#firstFreeWord = used.length;
+    if (also === undefined) this.#firstFreeWord = used.length;
     return undefined;
   }
 }

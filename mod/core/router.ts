@@ -33,6 +33,7 @@ import { AuthError, readRegistrySerials, REGISTRY_FILE } from "../pki.ts";
 import { AddressPool } from "./address_pool.ts";
 import { ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
 import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
+import { type Lease, writeLeases } from "./leases.ts";
 import type { TunnelSession } from "./session.ts";
 
 const logger = log("server");
@@ -125,6 +126,12 @@ export class Router {
   /** Live sessions by their tunnel address (u32) and by certificate serial. */
   readonly #byAddress = new Map<number, TunnelSession>();
   readonly #bySerial = new Map<string, TunnelSession>();
+  /** When each client with a lease was last connected (ms since the epoch), by serial. */
+  readonly #seen = new Map<string, number>();
+  /** The leases changed since they were last written; the write in progress. */
+  #leasesDirty = false;
+  #leasesWrite: Promise<void> | undefined;
+  #leasesFailing = false;
   /** The transports' batched sends, run at the end of every batch. */
   readonly #flushes: (() => void)[] = [];
   /** The registry's inode, size and mtime as last read whole and settled; unset: read it. */
@@ -150,18 +157,34 @@ export class Router {
   /** Numbers the TUN batches, from 1; see `TunnelSession.stalledBatch`. */
   #batch = 0;
 
-  constructor(config: ServerConfig, dir: string, tun: TunDevice, trust: Trust) {
+  /**
+   * `leases` are those `readLeases` found: each one still in time and of a valid certificate
+   * keeps its address for its client.
+   */
+  constructor(
+    config: ServerConfig,
+    dir: string,
+    tun: TunDevice,
+    trust: Trust,
+    leases: readonly Lease[] = [],
+  ) {
     this.config = config;
     this.#dir = dir;
     this.#tun = tun;
     this.trust = trust;
     this.pool = new AddressPool(config.subnet);
+    const oldest = Date.now() - config.lease_time * 1000;
+    for (const lease of leases) {
+      if (lease.seen < oldest || !trust.valid.has(lease.serial)) continue;
+      if (this.pool.restore(lease.serial, lease.address)) this.#seen.set(lease.serial, lease.seen);
+    }
     this.vnet = tun.vnetHdr;
     this.#coalescer = tun.vnetHdr ? new Coalescer((p, n) => tun.write(p, n)) : undefined;
     this.#timers = [
       setInterval(() => {
         this.checkRevocations();
         this.#endExpired();
+        this.#saveLeases();
       }, REVOCATION_POLL_MS),
       setInterval(() => this.#keepalive(), config.keepalive.interval * 1000),
       setInterval(() => {
@@ -230,12 +253,16 @@ export class Router {
     const session = create(address);
     this.#byAddress.set(session.addressNumber, session);
     this.#bySerial.set(serial, session);
+    this.#touchLease(serial);
     return session;
   }
 
   /** Called by a session when it ends: frees its address unless a newer session has it. */
   forget(session: TunnelSession): void {
-    if (this.#bySerial.get(session.serial) === session) this.#bySerial.delete(session.serial);
+    if (this.#bySerial.get(session.serial) === session) {
+      this.#bySerial.delete(session.serial);
+      this.#touchLease(session.serial);
+    }
     if (this.#byAddress.get(session.addressNumber) === session) {
       this.#byAddress.delete(session.addressNumber);
       this.pool.release(session.address);
@@ -249,6 +276,43 @@ export class Router {
     for (const timer of this.#timers) clearInterval(timer);
     await this.#revocationCheck;
     await Promise.all(this.sessions().map((s) => s.end("bye", reason)));
+    await this.#leasesWrite;
+    this.#saveLeases();
+    await this.#leasesWrite;
+  }
+
+  #touchLease(serial: string): void {
+    this.#seen.set(serial, Date.now());
+    this.#leasesDirty = true;
+  }
+
+  /**
+   * Writes the leases when they changed, one write at a time: every client's last address,
+   * live ones as seen now, none older than `lease_time`.
+   */
+  #saveLeases(): void {
+    if (!this.#leasesDirty || this.#leasesWrite !== undefined) return;
+    this.#leasesDirty = false;
+    const now = Date.now();
+    const oldest = now - this.config.lease_time * 1000;
+    const leases: Lease[] = [];
+    for (const [serial, address] of this.pool.lastAddresses()) {
+      const seen = this.#bySerial.has(serial) ? now : this.#seen.get(serial) ?? 0;
+      if (seen >= oldest && this.trust.valid.has(serial)) leases.push({ serial, address, seen });
+      else this.#seen.delete(serial);
+    }
+    this.#leasesWrite = writeLeases(this.#dir, leases).then(() => {
+      this.#leasesFailing = false;
+    }, (error) => {
+      this.#leasesDirty = true;
+      // Said once, not at every retry.
+      if (!this.#leasesFailing) {
+        logger.warn("cannot write the leases: {error}", { error: String(error) });
+      }
+      this.#leasesFailing = true;
+    }).finally(() => {
+      this.#leasesWrite = undefined;
+    });
   }
 
   /** Closes the TUN, which ends the TUN loop; after every transport stopped feeding packets. */

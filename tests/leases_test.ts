@@ -1,0 +1,97 @@
+import { assertEquals, assertMatch, assertRejects } from "./_assert.ts";
+import { LeaseError, LEASES_FILE, readLeases, writeLeases } from "../mod/core/leases.ts";
+import { type Credentials, type Lab, withLab } from "./_lab.ts";
+import { OvpnClient } from "./_ovpn_client.ts";
+import { loadTlsCryptKey, revokeClient } from "../mod/pki.ts";
+
+Deno.test("writeLeases() and readLeases() keep serial, address and time, in a file of mode 0600; no file is no leases", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    assertEquals(await readLeases(dir), []);
+    const leases = [
+      { serial: "0a1b", address: "10.8.0.7", seen: Date.parse("2026-11-30T10:00:00Z") },
+      { serial: "ff00", address: "10.8.0.2", seen: Date.parse("2026-12-01T09:30:00.123Z") },
+    ];
+    await writeLeases(dir, leases);
+    assertEquals(await readLeases(dir), leases);
+    assertEquals((await Deno.stat(`${dir}/${LEASES_FILE}`)).mode! & 0o777, 0o600);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readLeases() refuses a file that is not JSON, of another version, or with a bad entry", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (
+      const [text, why] of [
+        ["{", /is not JSON/],
+        ['{"version": 2, "leases": []}', /not a leases file of version 1/],
+        ['{"version": 1, "leases": [{"serial": "a", "address": "10.8.0.2"}]}', /without serial/],
+        ['{"version": 1, "leases": [null]}', /without serial/],
+      ] as const
+    ) {
+      await Deno.writeTextFile(`${dir}/${LEASES_FILE}`, text);
+      const error = await assertRejects(() => readLeases(dir), LeaseError);
+      assertMatch(error.message, why);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** An OpenVPN client of `lab` over UDP that completed its handshake. */
+async function joined(lab: Lab, credentials: Credentials): Promise<OvpnClient> {
+  const client = await OvpnClient.open({
+    transport: "udp",
+    port: lab.port,
+    identity: { certPem: credentials.cert, keyPem: credentials.key, caPem: credentials.ca },
+    tlsCryptKey: await loadTlsCryptKey(lab.dir),
+  });
+  await client.handshake();
+  return client;
+}
+
+Deno.test("Server gives an OpenVPN client (which never asks) its address of before a restart, and forgets a revoked client's", async () => {
+  await withLab(async (lab) => {
+    const alice = await lab.issue("alice");
+    const bob = await lab.issue("bob");
+    const carol = await lab.issue("carol");
+    const first = [await joined(lab, alice), await joined(lab, bob), await joined(lab, carol)];
+    assertEquals(first.map((c) => c.address), ["10.8.0.2", "10.8.0.3", "10.8.0.4"]);
+    for (const client of first) await client.close();
+    await lab.server.stop();
+    await revokeClient(lab.dir, "alice");
+
+    await lab.startServer(lab.config.listen.port);
+    // Without leases carol, first back, would get 10.8.0.2, the lowest free address.
+    const again = [await joined(lab, carol), await joined(lab, bob)];
+    assertEquals(again.map((c) => c.address), ["10.8.0.4", "10.8.0.3"]);
+    const dave = await joined(lab, await lab.issue("dave"));
+    assertEquals(dave.address, "10.8.0.2", "a revoked client's lease is not kept");
+    for (const client of [...again, dave]) await client.close();
+  });
+});
+
+Deno.test("Server drops leases older than lease_time", async () => {
+  await withLab(async (lab) => {
+    const alice = await lab.issue("alice");
+    const bob = await lab.issue("bob");
+    for (const client of [await joined(lab, alice), await joined(lab, bob)]) await client.close();
+    await lab.server.stop();
+    const leases = await readLeases(lab.dir);
+    assertEquals(leases.map((l) => l.address).sort(), ["10.8.0.2", "10.8.0.3"]);
+    // alice's lease (10.8.0.2) is made older than lease_time (60 s here), bob's is not.
+    await writeLeases(
+      lab.dir,
+      leases.map((l) => l.address === "10.8.0.2" ? { ...l, seen: Date.now() - 61_000 } : l),
+    );
+    await lab.startServer(lab.config.listen.port);
+    const dave = await joined(lab, await lab.issue("dave"));
+    assertEquals(dave.address, "10.8.0.2", "alice's expired lease keeps nothing for her");
+    const back = await joined(lab, bob);
+    assertEquals(back.address, "10.8.0.3");
+    await dave.close();
+    await back.close();
+  }, (config) => config.lease_time = 60);
+});
