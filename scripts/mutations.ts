@@ -789,14 +789,6 @@ export const MUTATIONS: Mutation[] = [
     tests: ["tests/leases_test.ts"],
     filter: "older than lease_time",
   },
-  {
-    name: "pool-former-address-to-newcomer",
-    breaks: "an address stays its last owner's while never-held ones are free",
-    file: "mod/core/address_pool.ts",
-    find: "      index = this.#lowestFree(this.#bound) ?? this.#lowestFree();",
-    replace: "      index = this.#lowestFree();",
-    tests: ["tests/address_pool_test.ts", "tests/leases_test.ts"],
-  },
   // --- offload -------------------------------------------------------------------------
   {
     name: "checksum-odd-byte-dropped",

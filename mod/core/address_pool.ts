@@ -43,8 +43,6 @@ export class AddressPool {
   readonly #first: number;
   /** Bit i is set while client address `#first + i` is held. */
   readonly #used: Uint32Array;
-  /** Bit i is set while client address `#first + i` has a last owner (held or not). */
-  readonly #bound: Uint32Array;
   /** Every word of `#used` below this index is full. */
   #firstFreeWord = 0;
   /** Owner of each held address, keyed by the address's index from `#first`. */
@@ -94,7 +92,6 @@ export class AddressPool {
     // All addresses less network, broadcast and server.
     this.size = 2 ** (32 - parsed.prefix) - 3;
     this.#used = new Uint32Array(Math.ceil(this.size / 32));
-    this.#bound = new Uint32Array(this.#used.length);
   }
 
   /** How many addresses clients hold now. */
@@ -121,8 +118,7 @@ export class AddressPool {
       index === undefined || this.#owners.has(index) ||
       (this.#lastOwners.get(index) ?? owner) !== owner
     ) {
-      // An address another owner had last stays theirs while never-bound ones are free.
-      index = this.#lowestFree(this.#bound) ?? this.#lowestFree();
+      index = this.#lowestFree();
     }
     if (index === undefined) return undefined;
     this.#used[index >>> 5]! |= 1 << (index & 31);
@@ -135,11 +131,7 @@ export class AddressPool {
   /** Makes `owner` the last owner of the address at `index`, and of no other. */
   #bind(index: number, owner: string): void {
     const before = this.#lastIndexes.get(owner);
-    if (before !== undefined) {
-      this.#lastOwners.delete(before);
-      this.#bound[before >>> 5]! &= ~(1 << (before & 31));
-    }
-    this.#bound[index >>> 5]! |= 1 << (index & 31);
+    if (before !== undefined) this.#lastOwners.delete(before);
     const previous = this.#lastOwners.get(index);
     if (previous !== undefined) this.#lastIndexes.delete(previous);
     this.#lastOwners.set(index, owner);
@@ -204,22 +196,18 @@ export class AddressPool {
     return index >= 0 && index < this.size ? index : undefined;
   }
 
-  /**
-   * The index of the lowest address that is neither held nor set in `also`, or undefined when
-   * there is none.
-   */
-  #lowestFree(also?: Uint32Array): number | undefined {
+  /** The index of the lowest free address, or undefined when all are held. */
+  #lowestFree(): number | undefined {
     const used = this.#used;
     for (let word = this.#firstFreeWord; word < used.length; word++) {
-      const bits = used[word]! | (also?.[word] ?? 0);
-      if (bits === -1) continue;
-      if (also === undefined) this.#firstFreeWord = word;
+      const bits = used[word]!;
+      if (bits === 0xffffffff) continue;
+      this.#firstFreeWord = word;
       // `~bits & (bits + 1)` isolates the lowest clear bit.
       const index = word * 32 + 31 - Math.clz32(~bits & (bits + 1));
-      if (index < this.size) return index;
-      return undefined;
+      return index < this.size ? index : undefined;
     }
-    if (also === undefined) this.#firstFreeWord = used.length;
+    this.#firstFreeWord = used.length;
     return undefined;
   }
 }
