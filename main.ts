@@ -299,18 +299,21 @@ const CLIENT_ACTIONS: Record<string, Command> = {
   list: CLIENT_LIST,
 };
 
-const CLIENT: Command = {
-  usage: "vpn client add|revoke|list ...",
-  help: `Usage: vpn client add|revoke|list ...
-
-  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
+/** The client actions, a line of usage and one of what each does, in both helps that list them. */
+const CLIENT_ACTIONS_HELP = `  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
           [--out FILE]
         issue a client certificate into one profile file (./NAME.yaml, or an OpenVPN
         ./NAME.ovpn with --format ovpn)
   ${CLIENT_REVOKE.usage}
         revoke a client; a running server drops it within seconds
   ${CLIENT_LIST.usage}
-        list issued clients: name, serial, status, expiry, format
+        list issued clients: name, serial, status, expiry, format`;
+
+const CLIENT: Command = {
+  usage: "vpn client add|revoke|list ...",
+  help: `Usage: vpn client add|revoke|list ...
+
+${CLIENT_ACTIONS_HELP}
 
 "vpn client ACTION --help" explains each option.`,
   run(args) {
@@ -414,14 +417,7 @@ Commands:
         run the server; on its first run creates a PKI in ${DEFAULT_DIR}
   ${INIT.usage}
         create a CA, a server certificate and DIR/server.yaml
-  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
-          [--out FILE]
-        issue a client certificate into one profile file (./NAME.yaml, or an OpenVPN
-        ./NAME.ovpn with --format ovpn)
-  ${CLIENT_REVOKE.usage}
-        revoke a client; a running server drops it within seconds
-  ${CLIENT_LIST.usage}
-        list issued clients: name, serial, status, expiry, format
+${CLIENT_ACTIONS_HELP}
   vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
           [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]
         join a server; HOST:PORT overrides the profile's remote
