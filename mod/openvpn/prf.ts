@@ -16,6 +16,7 @@
 
 import { createHmac } from "node:crypto";
 import { SESSION_ID_LEN } from "./packet.ts";
+import { concat } from "./bytes.ts";
 
 /** Bytes in the pre-master secret the client sends. */
 export const PRE_MASTER_LEN = 48;
@@ -185,14 +186,4 @@ function checkLength(bytes: Uint8Array, length: number, what: string): void {
   if (bytes.length !== length) {
     throw new RangeError(`A ${what} has ${length} bytes, not ${bytes.length}`);
   }
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }

@@ -65,6 +65,7 @@ import { dataKeys, keyExpansion } from "./prf.ts";
 import { Reliable } from "./reliable.ts";
 import { TlsEngine, TlsError, type TlsIdentity } from "./tls.ts";
 import type { TlsCrypt } from "./tls_crypt.ts";
+import { concat } from "./bytes.ts";
 
 const logger = log("server");
 
@@ -352,9 +353,7 @@ export class OpenVpnSession implements TunnelSession {
       if (state.pending.length + plain.length > KEY_METHOD_MAX_LEN) {
         throw new OpenVpnPacketError("key-method-2 message too long");
       }
-      const joined = new Uint8Array(state.pending.length + plain.length);
-      joined.set(state.pending);
-      joined.set(plain, state.pending.length);
+      const joined = concat(state.pending, plain);
       const length = keyMethod2Length(joined, "client");
       if (length === undefined) {
         state.pending = joined;

@@ -22,6 +22,7 @@
  */
 
 import { SslConnection, SslContext, TlsError, type TlsVersion } from "../../ffi/ssl.ts";
+import { concat } from "./bytes.ts";
 
 export { sslUnavailable, TlsError, type TlsVersion } from "../../ffi/ssl.ts";
 
@@ -107,14 +108,7 @@ class ByteQueue {
     if (chunks.length === 0) return undefined;
     this.#chunks = [];
     this.#length = 0;
-    if (chunks.length === 1) return chunks[0];
-    const all = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
-    let at = 0;
-    for (const chunk of chunks) {
-      all.set(chunk, at);
-      at += chunk.length;
-    }
-    return all;
+    return concat(...chunks);
   }
 }
 
