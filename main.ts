@@ -300,7 +300,8 @@ const CLIENT_ACTIONS: Record<string, Command> = {
 };
 
 /** The client actions, a line of usage and one of what each does, in both helps that list them. */
-const CLIENT_ACTIONS_HELP = `  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
+const CLIENT_ACTIONS_HELP =
+  `  vpn client add NAME [--dir DIR] [--format vpn|ovpn] [--proto udp|tcp] [--remote HOST:PORT]
           [--out FILE]
         issue a client certificate into one profile file (./NAME.yaml, or an OpenVPN
         ./NAME.ovpn with --format ovpn)
