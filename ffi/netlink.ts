@@ -31,6 +31,7 @@ import {
   encodeAddressRequest,
   encodeDumpRequest,
   encodeGetLinkRequest,
+  encodeRouteGetRequest,
   encodeRouteRequest,
   encodeSetLinkRequest,
   type IpFamily,
@@ -72,6 +73,8 @@ const RECEIVE_BUFFER_BYTES = 65_536;
 const MAX_READS_PER_ANSWER = 65_536;
 /** How often a dump is repeated when a concurrent change interrupted it (NLM_F_DUMP_INTR). */
 const DUMP_ATTEMPTS = 3;
+/** The most sequence numbers one raw request may take: a batch of that many messages. */
+const MAX_SEQS_PER_REQUEST = 4096;
 /** How often a recv() interrupted by a signal is retried. */
 const MAX_EINTR_RETRIES = 16;
 
@@ -108,12 +111,15 @@ export class Netlink implements Disposable {
    * Opens and binds the socket (the kernel picks the port id), with SO_RCVTIMEO so that no
    * recv() blocks for ever, NETLINK_EXT_ACK for the kernel's error texts and NETLINK_CAP_ACK so
    * that an error does not echo the whole request back.
+   *
+   * `protocol` is NETLINK_ROUTE for the methods of this class; another netlink protocol (e.g.
+   * NETLINK_NETFILTER, 12) is spoken through {@linkcode Netlink.request} alone.
    */
-  static open(): Netlink {
+  static open(protocol: number = NETLINK_ROUTE): Netlink {
     const c = libc();
     const fd = check(
-      "socket(AF_NETLINK, NETLINK_ROUTE)",
-      c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE),
+      `socket(AF_NETLINK, ${protocol === NETLINK_ROUTE ? "NETLINK_ROUTE" : protocol})`,
+      c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol),
     );
     try {
       // struct timeval { time_t tv_sec; suseconds_t tv_usec; }
@@ -255,6 +261,27 @@ export class Netlink implements Disposable {
       );
   }
 
+  /**
+   * How the kernel would send a packet to the address `destination` now, like
+   * `ip route get`: through which link, via which gateway (none when the address is on a
+   * connected network), and from which source address.
+   *
+   * @throws {ErrnoError} ENETUNREACH when no route leads there.
+   */
+  routeGet(destination: string): RouteLookup {
+    const call = `RTM_GETROUTE ${destination}`;
+    const reply = this.#exchange(call, (seq) => encodeRouteGetRequest(seq, destination))
+      .find((message) => message.type === RTM_NEWROUTE);
+    const route = reply === undefined ? undefined : decodeRoute(reply.payload);
+    if (route?.ifindex === undefined) {
+      throw new Error(`${call}: the kernel answered without an output link`);
+    }
+    const lookup: RouteLookup = { ifindex: route.ifindex };
+    if (route.gateway !== undefined) lookup.gateway = route.gateway;
+    if (route.source !== undefined) lookup.source = route.source;
+    return lookup;
+  }
+
   /** The routes of the main table, of one IP version or both. */
   listRoutes(family?: IpFamily): RouteInfo[] {
     const af = family === 4 ? AF_INET : family === 6 ? AF_INET6 : undefined;
@@ -264,6 +291,24 @@ export class Netlink implements Disposable {
     )
       .flatMap((message) => message.type === RTM_NEWROUTE ? [decodeRoute(message.payload)] : [])
       .filter((route): route is RouteInfo => route !== undefined && route.table === RT_TABLE_MAIN);
+  }
+
+  /**
+   * Sends the raw request `encode` builds, for a socket of any protocol: `encode` gets the
+   * first of `seqs` fresh sequence numbers (e.g. an nfnetlink batch numbers its messages from
+   * it) and the answer ends with the acknowledgement of the last of them. Returns the messages
+   * answering any of them before that; the first error among them throws an
+   * {@linkcode ErrnoError} naming `call`.
+   */
+  request(
+    call: string,
+    seqs: number,
+    encode: (firstSeq: number) => Uint8Array<ArrayBuffer>,
+  ): NetlinkMessage[] {
+    if (!Number.isInteger(seqs) || seqs < 1 || seqs > MAX_SEQS_PER_REQUEST) {
+      throw new RangeError(`${call}: seqs must be from 1 to ${MAX_SEQS_PER_REQUEST}, got ${seqs}`);
+    }
+    return this.#exchange(call, encode, seqs);
   }
 
   #setLink(call: string, ifindex: number, change: LinkChange): void {
@@ -287,23 +332,31 @@ export class Netlink implements Disposable {
   /**
    * Sends the request `encode` builds for a fresh sequence number and returns the messages that
    * answer it, up to the NLMSG_ERROR that acknowledges it (NLMSG_ERROR with error 0) or the
-   * NLMSG_DONE that ends a dump. Messages with another sequence number answer an earlier
-   * request that gave up and are dropped.
+   * NLMSG_DONE that ends a dump. A request of several messages (`seqs` > 1) is numbered from
+   * `seq` on and answered by the acknowledgement of its last one. Messages with another
+   * sequence number answer an earlier request that gave up and are dropped.
    */
-  #exchange(call: string, encode: (seq: number) => Uint8Array<ArrayBuffer>): NetlinkMessage[] {
+  #exchange(
+    call: string,
+    encode: (seq: number) => Uint8Array<ArrayBuffer>,
+    seqs = 1,
+  ): NetlinkMessage[] {
     if (this.#fd < 0) throw new Error(`${call}: the netlink socket is closed`);
-    this.#seq = (this.#seq + 1) >>> 0;
-    const seq = this.#seq;
+    const seq = (this.#seq + 1) >>> 0;
+    this.#seq = (this.#seq + seqs) >>> 0;
     const request = encode(seq);
     check("send(netlink)", libc().send(this.#fd, request, request.length, 0), call);
     const replies: NetlinkMessage[] = [];
     for (let read = 0; read < MAX_READS_PER_ANSWER; read++) {
       for (const message of parseMessages(this.#buffer.subarray(0, this.#receive(call)))) {
-        if (message.seq !== seq) continue;
+        // Unsigned distance from the first number: the range may wrap past 2^32 - 1.
+        const position = (message.seq - seq) >>> 0;
+        if (position >= seqs) continue;
         if (message.type === NLMSG_ERROR || message.type === NLMSG_DONE) {
           const status = decodeStatus(message);
           if (status.errno !== 0) throw new ErrnoError(call, status.errno, status.detail);
-          return replies;
+          if (position === seqs - 1) return replies;
+          continue;
         }
         // The next recv() reuses the buffer the payload points into.
         replies.push({ ...message, payload: message.payload.slice() });
@@ -330,11 +383,22 @@ export class Netlink implements Disposable {
   }
 }
 
+/** The answer of {@linkcode Netlink.routeGet}. */
+export interface RouteLookup {
+  /** The next hop, when the destination is not on a connected network. */
+  gateway?: string;
+  /** The output link. */
+  ifindex: number;
+  /** The source address the kernel would pick (RTA_PREFSRC), when it names one. */
+  source?: string;
+}
+
 /** A route in `ip route` words, for error messages: "192.168.78.0/24 via 10.9.0.2 dev 3". */
 function describeRoute(route: RouteSpec): string {
   let text = route.destination;
   if (route.gateway !== undefined) text += ` via ${route.gateway}`;
   if (route.ifindex !== undefined) text += ` dev ${route.ifindex}`;
   if (route.metric !== undefined) text += ` metric ${route.metric}`;
+  if (route.protocol !== undefined) text += ` proto ${route.protocol}`;
   return text;
 }

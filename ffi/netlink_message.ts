@@ -72,9 +72,18 @@ export const RTA_DST = 1;
 export const RTA_OIF = 4;
 export const RTA_GATEWAY = 5;
 export const RTA_PRIORITY = 6;
+export const RTA_PREFSRC = 7;
 export const RTA_TABLE = 15;
 export const RT_TABLE_MAIN = 254;
 export const RTPROT_STATIC = 4;
+/**
+ * The rtm_protocol of the routes a vpn client adds outside its TUN (the host route to the
+ * server), so that `ip route show proto 0x76` finds them and a removal matches only them.
+ * <linux/rtnetlink.h> says values above RTPROT_STATIC are not interpreted by the kernel and
+ * are for routing daemons; 0x76 (118) is in none of the assigned ones (iproute2's rt_protos:
+ * 8-18, 42, 99, 186-192), and is "v" for vpn.
+ */
+export const RTPROT_VPN = 0x76;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
 export const RT_SCOPE_NOWHERE = 255;
@@ -280,6 +289,11 @@ export interface RouteSpec {
   ifindex?: number;
   /** Route priority, `metric` in `ip route`; the kernel's default is 0 (IPv4) or 1024 (IPv6). */
   metric?: number;
+  /**
+   * rtm_protocol, `proto` in `ip route`: who added the route. A new route is RTPROT_STATIC
+   * unless this says otherwise; a removal with it only matches a route of that protocol.
+   */
+  protocol?: number;
 }
 
 /** What one RTM_SETLINK request changes; fields left out stay as they are. */
@@ -304,6 +318,14 @@ function u32Attribute(type: number, value: number): Attribute {
   const data = new Uint8Array(4);
   view(data).setUint32(0, value, HOST_LITTLE_ENDIAN);
   return { type, data };
+}
+
+/** Throws a RangeError unless `value` fits an unsigned char field named `what`. */
+function checkByte(what: string, value: number): number {
+  if (!Number.isInteger(value) || value < 0 || value > 255) {
+    throw new RangeError(`${what} must be an integer from 0 to 255, got ${value}`);
+  }
+  return value;
 }
 
 /** Throws a RangeError unless `value` fits the C integer `kind` of a field named `what`. */
@@ -420,9 +442,10 @@ export function encodeAddressRequest(
 /**
  * RTM_NEWROUTE (create, fail if it exists) or RTM_DELROUTE for `route` in the main table.
  *
- * A new route is RTPROT_STATIC, RTN_UNICAST, scope link without a gateway and universe with
- * one (IPv6 ignores rtm_scope). A deletion, like `ip route del`, leaves protocol and type 0 and
- * scope RT_SCOPE_NOWHERE, which the kernel reads as "any". RTA_DST is left out for a /0.
+ * A new route is RTN_UNICAST, of `route.protocol` (default RTPROT_STATIC), scope link without
+ * a gateway and universe with one (IPv6 ignores rtm_scope). A deletion, like `ip route del`,
+ * leaves type 0 and scope RT_SCOPE_NOWHERE, which the kernel reads as "any", and the protocol
+ * too unless `route.protocol` names one. RTA_DST is left out for a /0.
  *
  * @throws {TypeError} when the destination has host bits set or the gateway's family differs.
  */
@@ -453,7 +476,9 @@ export function encodeRouteRequest(
   body[0] = destination.family === 4 ? AF_INET : AF_INET6;
   body[1] = destination.prefix;
   body[4] = RT_TABLE_MAIN;
-  body[5] = adding ? RTPROT_STATIC : 0;
+  body[5] = route.protocol === undefined
+    ? (adding ? RTPROT_STATIC : 0)
+    : checkByte("protocol", route.protocol);
   body[6] = !adding ? RT_SCOPE_NOWHERE : gateway ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK;
   body[7] = adding ? RTN_UNICAST : 0;
   const attributes: Attribute[] = [];
@@ -467,6 +492,24 @@ export function encodeRouteRequest(
   }
   const flags = NLM_F_REQUEST | NLM_F_ACK | (adding ? NLM_F_CREATE | NLM_F_EXCL : 0);
   return encodeMessage(type, flags, seq, body, attributes);
+}
+
+/**
+ * RTM_GETROUTE for the one address `destination`, like `ip route get`: the kernel answers
+ * with an RTM_NEWROUTE that says how it would send a packet there now (RTA_OIF, RTA_GATEWAY
+ * when through a gateway, RTA_PREFSRC for the source address it would pick).
+ *
+ * @throws {TypeError} when `destination` is not an IP address.
+ */
+export function encodeRouteGetRequest(seq: number, destination: string): Uint8Array<ArrayBuffer> {
+  const address = parseIpAddress(destination);
+  // struct rtmsg with only the family and a host prefix: every other field "any".
+  const body = new Uint8Array(RTMSG_LEN);
+  body[0] = address.family === 4 ? AF_INET : AF_INET6;
+  body[1] = address.bytes.length * 8;
+  return encodeMessage(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_ACK, seq, body, [
+    { type: RTA_DST, data: address.bytes },
+  ]);
 }
 
 /**
@@ -673,6 +716,10 @@ export interface RouteInfo {
   table: number;
   /** RTA_PRIORITY. */
   metric?: number;
+  /** rtm_protocol: RTPROT_KERNEL (2) for a connected network, RTPROT_STATIC (4), ... */
+  protocol: number;
+  /** RTA_PREFSRC: the source address the kernel prefers for this route, when it names one. */
+  source?: string;
 }
 
 /** Decodes the payload of an RTM_NEWROUTE; undefined for families other than IPv4 and IPv6. */
@@ -687,6 +734,7 @@ export function decodeRoute(payload: Uint8Array): RouteInfo | undefined {
   const route: RouteInfo = {
     destination: `${formatIpAddress(destination)}/${payload[1]}`,
     table: u32Of(attributes.get(RTA_TABLE)) ?? payload[4]!,
+    protocol: payload[5]!,
   };
   const gateway = attributes.get(RTA_GATEWAY);
   if (gateway !== undefined) route.gateway = formatIpAddress(gateway);
@@ -694,5 +742,7 @@ export function decodeRoute(payload: Uint8Array): RouteInfo | undefined {
   if (ifindex !== undefined) route.ifindex = ifindex;
   const metric = u32Of(attributes.get(RTA_PRIORITY));
   if (metric !== undefined) route.metric = metric;
+  const source = attributes.get(RTA_PREFSRC);
+  if (source !== undefined) route.source = formatIpAddress(source);
   return route;
 }

@@ -539,6 +539,7 @@ Deno.test("decodeRoute() reads an RTM_NEWROUTE dump message", () => {
     ifindex: 3,
     table: RT_TABLE_MAIN,
     metric: 50,
+    protocol: RTPROT_STATIC,
   });
 });
 
@@ -551,6 +552,7 @@ Deno.test("decodeRoute() reads a default route without RTA_DST and a table above
   assert.deepEqual(decodeRoute(parseMessages(datagram)[0]!.payload), {
     destination: "::/0",
     table: 1000,
+    protocol: 0,
   });
   assert.equal(decodeRoute(new Uint8Array([7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])), undefined); // AF_BRIDGE
 });
