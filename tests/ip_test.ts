@@ -5,7 +5,11 @@ import {
   ipv4InCidr,
   ipv4Netmask,
   ipv4Source,
+  IPV6_DESTINATION_OFFSET,
+  IPV6_SOURCE_OFFSET,
   ipv6DestinationEquals,
+  ipv6Equals,
+  ipv6HostKey,
   ipv6SourceEquals,
   packetVersion,
   parseCidr,
@@ -154,4 +158,34 @@ Deno.test("ipv6SourceEquals() and ipv6DestinationEquals() compare header address
   assert(!ipv6SourceEquals(packet, 4, parseIPv6("fd00::1")));
   assert(ipv6DestinationEquals(packet, 4, parseIPv6("fd00::1")));
   assert(!ipv6DestinationEquals(packet, 4, parseIPv6("fd00::3")));
+});
+
+Deno.test("IPV6_SOURCE_OFFSET and IPV6_DESTINATION_OFFSET are where RFC 8200 puts the addresses", () => {
+  // Version/class/flow (4), payload length (2), next header (1), hop limit (1), then 16 + 16.
+  assertEquals(IPV6_SOURCE_OFFSET, 4 + 2 + 1 + 1);
+  assertEquals(IPV6_DESTINATION_OFFSET, IPV6_SOURCE_OFFSET + 16);
+});
+
+Deno.test("ipv6HostKey() is the address's low 32 bits, unsigned, at any offset", () => {
+  const buf = new Uint8Array(3 + 16);
+  buf.set(parseIPv6("fd00:1:2:3:4:5:a08:5"), 3);
+  assertEquals(ipv6HostKey(buf, 3), 0x0a080005);
+  buf.set(parseIPv6("fd00::ffff:fffe"), 3);
+  assertEquals(ipv6HostKey(buf, 3), 0xfffffffe, "unsigned above 2^31");
+  // Only the low 32 bits: the key is for a Map, and ipv6Equals confirms the whole address.
+  buf.set(parseIPv6("fd99::ffff:fffe"), 3);
+  assertEquals(ipv6HostKey(buf, 3), 0xfffffffe);
+});
+
+Deno.test("ipv6Equals() compares all 16 bytes at an offset", () => {
+  const address = parseIPv6("fd00:1:2:3::9");
+  const buf = new Uint8Array(5 + 16);
+  buf.set(address, 5);
+  assert(ipv6Equals(buf, 5, address));
+  assert(!ipv6Equals(buf, 4, address));
+  for (const i of [0, 7, 15]) {
+    const other = address.slice();
+    other[i]! ^= 1;
+    assert(!ipv6Equals(buf, 5, other), `differs in byte ${i}`);
+  }
 });

@@ -272,8 +272,42 @@ export function ipv4Destination(buf: Uint8Array, offset = 0): number {
   return readU32(buf, offset + 16);
 }
 
-/** Whether the 16 bytes at `at` equal `address`. */
-function equals16(buf: Uint8Array, at: number, address: Uint8Array): boolean {
+/** Where the source address starts in an IPv6 header. */
+export const IPV6_SOURCE_OFFSET = 8;
+/** Where the destination address starts in an IPv6 header. */
+export const IPV6_DESTINATION_OFFSET = 24;
+
+/**
+ * A number key for the IPv6 address at `buf[at, at+16)`: its low 32 bits, unsigned. Addresses
+ * in one /96 or longer subnet get distinct keys, so a Map from this key finds a tunnel address
+ * without allocating; the caller confirms the whole address with {@linkcode ipv6Equals}. The
+ * caller checks that the buffer holds the 16 bytes.
+ *
+ * @example
+ * ```ts
+ * import { IPV6_DESTINATION_OFFSET, ipv6HostKey, parseIPv6 } from "./ip.ts";
+ * const packet = new Uint8Array(40);
+ * packet.set(parseIPv6("fd00::a08:5"), IPV6_DESTINATION_OFFSET);
+ * ipv6HostKey(packet, IPV6_DESTINATION_OFFSET); // 0x0a080005
+ * ```
+ */
+export function ipv6HostKey(buf: Uint8Array, at: number): number {
+  return readU32(buf, at + 12);
+}
+
+/**
+ * Whether the 16 bytes at `buf[at]` equal `address` (16 bytes, from {@linkcode parseIPv6}).
+ * The caller checks that the buffer holds them.
+ *
+ * @example
+ * ```ts
+ * import { IPV6_SOURCE_OFFSET, ipv6Equals, parseIPv6 } from "./ip.ts";
+ * const packet = new Uint8Array(40);
+ * packet.set(parseIPv6("fd00::2"), IPV6_SOURCE_OFFSET);
+ * ipv6Equals(packet, IPV6_SOURCE_OFFSET, parseIPv6("fd00::2")); // true
+ * ```
+ */
+export function ipv6Equals(buf: Uint8Array, at: number, address: Uint8Array): boolean {
   for (let i = 0; i < 16; i++) {
     if (buf[at + i] !== address[i]) return false;
   }
@@ -285,7 +319,7 @@ function equals16(buf: Uint8Array, at: number, address: Uint8Array): boolean {
  * {@linkcode parseIPv6}). The caller checks that the buffer holds the 40-byte header.
  */
 export function ipv6SourceEquals(buf: Uint8Array, offset: number, address: Uint8Array): boolean {
-  return equals16(buf, offset + 8, address);
+  return ipv6Equals(buf, offset + IPV6_SOURCE_OFFSET, address);
 }
 
 /**
@@ -297,5 +331,11 @@ export function ipv6DestinationEquals(
   offset: number,
   address: Uint8Array,
 ): boolean {
-  return equals16(buf, offset + 24, address);
+  return ipv6Equals(buf, offset + IPV6_DESTINATION_OFFSET, address);
+}
+
+/** Whether `host` is an IPv6 "any" address (`::`, `[::]`, `0:0::0`): a dual-stack bind. */
+export function isUnspecified6(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, "");
+  return bare.includes(":") && /^[0:]+$/.test(bare);
 }
