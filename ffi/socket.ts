@@ -18,6 +18,8 @@
  *   while earlier data is unacknowledged: up to a delayed-ACK timeout of added latency in a
  *   tunnel. Linux copies TCP_NODELAY from a listening socket to each socket it accepts, so one
  *   lookup of the listener at start covers every connection. `tcpNoDelay` reads the option back.
+ * - `listenerIpv6Only`: Deno sets no `IPV6_V6ONLY` either way, so whether a listener on "::"
+ *   also takes IPv4 clients is up to net.ipv6.bindv6only; this reads what the socket got.
  *
  * @module
  */
@@ -28,7 +30,9 @@ import {
   AF_INET6,
   AF_NETLINK,
   ENOENT,
+  IPPROTO_IPV6,
   IPPROTO_TCP,
+  IPV6_V6ONLY,
   MSG_DONTWAIT,
   NETLINK_SOCK_DIAG,
   SHUT_RDWR,
@@ -186,6 +190,21 @@ export function setListenerNoDelay(local: SocketAddress): boolean {
 
 const flag = new Int32Array(1);
 const flagSize = new Uint32Array(1);
+
+/**
+ * Whether the listening TCP socket of this process bound to `local` takes IPv6 clients only
+ * (`IPV6_V6ONLY`). Deno gives no way to set the option, so a listener on "::" follows
+ * net.ipv6.bindv6only: where that is 1, IPv4 clients find nothing on the port, and the caller
+ * listens on "0.0.0.0" beside it. False for an IPv4 socket, and when there is no such socket.
+ * It walks the descriptors: call it once per listener, at start.
+ */
+export function listenerIpv6Only(local: SocketAddress): boolean {
+  if (bytesOf(local).length !== 16) return false;
+  const fd = findSocket((fd) => same(endOf(fd, "getsockname"), local) && accepts(fd));
+  if (fd === undefined) return false;
+  flagSize[0] = 4;
+  return libc().getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, flag, flagSize) === 0 && flag[0] === 1;
+}
 
 /** Whether `fd` is a listening socket (SO_ACCEPTCONN): not the UDP socket on the same port. */
 function accepts(fd: number): boolean {

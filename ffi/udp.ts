@@ -10,6 +10,13 @@
  * Send path: synchronous `sendmmsg(2)` for a batch, `sendto(2)` for one datagram, both with
  * `MSG_DONTWAIT`: a full socket buffer drops the datagram, as a busy NIC would.
  *
+ * Multi-homed hosts: a socket bound to a wildcard address ("0.0.0.0", "::") asks the kernel for
+ * each datagram's local destination address (IP_PKTINFO, IPV6_RECVPKTINFO) and keeps it in the
+ * datagram's address slot beside the peer; a reply sent to that slot names it as its source
+ * (an IP_PKTINFO / IPV6_PKTINFO control message), so that it leaves from the address the peer
+ * sent to, not from whichever one the route prefers, as OpenVPN's `--multihome` does. A peer
+ * (a stock OpenVPN client among them) drops replies from any other address.
+ *
  * No promise and no allocation per datagram: the caller owns slot buffers and address slots
  * and reuses them. The `struct mmsghdr` and `struct iovec` arrays that point at them are built
  * once per buffer set (cached by the identity of the `bufs` array) and only re-pointed when a
@@ -44,13 +51,23 @@ import { formatIpAddress, type IpAddress, parseIpAddress } from "./netlink_messa
 import { Readiness } from "./readiness.ts";
 
 /**
- * A socket address as stored bytes: a `Uint8Array` of {@linkcode SOCKADDR_LEN} bytes holding a
- * `struct sockaddr_in` (family 2) or `struct sockaddr_in6` (family 10).
+ * A socket address slot: a `Uint8Array` of {@linkcode SOCKADDR_SLOT_LEN} bytes. Its first
+ * {@linkcode SOCKADDR_LEN} hold a `struct sockaddr_in` (family 2) or `struct sockaddr_in6`
+ * (family 10): the peer. The rest is the local address to send to that peer from, as a
+ * wildcard-bound socket's `recv` found it (family 0 there: none, the route chooses): a u16
+ * family (host order) at {@linkcode SOCKADDR_LEN}, then 2 zero bytes, then the address (4 or
+ * 16 bytes, zero-padded to 16).
  */
 export type SockAddr = Uint8Array;
 
-/** Size of a {@linkcode SockAddr}: `sizeof(struct sockaddr_in6)`. */
+/** Bytes of a {@linkcode SockAddr}'s peer address: `sizeof(struct sockaddr_in6)`. */
 export const SOCKADDR_LEN = 28;
+
+/** Size of a {@linkcode SockAddr} slot: the peer's address, then the local one. */
+export const SOCKADDR_SLOT_LEN = SOCKADDR_LEN + 4 + 16;
+
+/** Where a slot's local address starts (its family is at {@linkcode SOCKADDR_LEN}). */
+const LOCAL_AT = SOCKADDR_LEN + 4;
 
 /** The largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header). */
 export const MAX_UDP_PAYLOAD = 65507;
@@ -79,7 +96,30 @@ const CMSG_LEN_U16 = 18;
 // UDP GRO: the kernel reports the segment size of a joined read as an int at SOL_UDP, UDP_GRO.
 const UDP_GRO = 104;
 const CMSG_LEN_INT = 20;
-const CMSG_SPACE = 24;
+/** CMSG_SPACE of a u16 or an int: the UDP_SEGMENT or UDP_GRO message. */
+const CMSG_SPACE_INT = 24;
+// The local address of a datagram: IPv4 `struct in_pktinfo { int ipi_ifindex; struct in_addr
+// ipi_spec_dst; struct in_addr ipi_addr; }` at level SOL_IP (IPPROTO_IP), type IP_PKTINFO;
+// IPv6 `struct in6_pktinfo { struct in6_addr ipi6_addr; int ipi6_ifindex; }` at IPPROTO_IPV6,
+// type IPV6_PKTINFO (asked for with IPV6_RECVPKTINFO; on a dual-stack socket an IPv4 datagram
+// reports it too, v4-mapped).
+const SOL_IP = 0;
+const IP_PKTINFO = 8;
+const IPV6_RECVPKTINFO = 49;
+const IPV6_PKTINFO = 50;
+const CMSG_HDR = 16;
+const PKTINFO_LEN = 12;
+const PKTINFO6_LEN = 20;
+/** CMSG_SPACE(sizeof(struct in6_pktinfo)), the larger of the two. */
+const CMSG_SPACE_PKTINFO = 40;
+/**
+ * A control slot per mmsghdr: to send, UDP_SEGMENT at 0 and the packet info at
+ * {@linkcode CMSG_SPACE_INT}, so that either or both form one run of control messages; to
+ * receive, room for what the kernel writes (UDP_GRO and the packet info, in either order).
+ */
+const CMSG_SLOT = CMSG_SPACE_INT + CMSG_SPACE_PKTINFO;
+/** Most control messages read of one datagram (the kernel writes 2 at most here). */
+const MAX_CONTROL_MESSAGES = 8;
 /** Most datagrams one GSO send carries (the kernel's UDP_MAX_SEGMENTS is 64 or 128). */
 export const MAX_SEGMENTS = 64;
 // A safety net only: close() wakes the poll through the eventfd.
@@ -88,7 +128,7 @@ const POLL_TIMEOUT_MS = 1000;
 /** A zeroed {@linkcode SockAddr} (family 0: no address yet). */
 export function newSockAddr(): SockAddr {
   // Its own ArrayBuffer keeps the bytes off the V8 heap, where no GC moves them (see MsgVec).
-  return new Uint8Array(new ArrayBuffer(SOCKADDR_LEN));
+  return new Uint8Array(new ArrayBuffer(SOCKADDR_SLOT_LEN));
 }
 
 /** The `sa_family` of `addr` (host byte order, little-endian on every target of this code). */
@@ -102,9 +142,9 @@ function lengthOf(addr: SockAddr): number {
 }
 
 function checkSlot(addr: SockAddr): void {
-  if (addr.length < SOCKADDR_LEN) {
+  if (addr.length < SOCKADDR_SLOT_LEN) {
     throw new RangeError(
-      `A socket address slot holds ${SOCKADDR_LEN} bytes, got ${addr.length}; use newSockAddr()`,
+      `A socket address slot holds ${SOCKADDR_SLOT_LEN} bytes, got ${addr.length}; use newSockAddr()`,
     );
   }
 }
@@ -117,6 +157,15 @@ function parseHost(host: string): IpAddress {
     throw new TypeError(`Cannot parse IP address "${host}": brackets are for IPv6 addresses`);
   }
   return address;
+}
+
+/** True for "0.0.0.0", "::" and "::ffff:0.0.0.0": every local address, not one. */
+function isWildcard(addr: SockAddr): boolean {
+  const v6 = familyOf(addr) === AF_INET6;
+  const bytes = addr.subarray(v6 ? 8 : 4, v6 ? 24 : 8);
+  const start = v6 && isV4Mapped(bytes) ? 12 : 0;
+  for (let i = start; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
 }
 
 function isV4Mapped(bytes: Uint8Array): boolean {
@@ -205,9 +254,93 @@ export function sameSockAddr(a: SockAddr, b: SockAddr): boolean {
   return true;
 }
 
-/** Copies the address in `from` into the slot `to`. */
+/**
+ * True when `a` and `b` name the same local address to reply from (or both none). Allocates
+ * nothing.
+ */
+export function sameLocalAddr(a: SockAddr, b: SockAddr): boolean {
+  for (let i = SOCKADDR_LEN; i < SOCKADDR_SLOT_LEN; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Copies the slot `from`, peer and local address, into the slot `to`. Allocates nothing. */
 export function copySockAddr(from: SockAddr, to: SockAddr): void {
-  to.set(from.subarray(0, SOCKADDR_LEN));
+  for (let i = 0; i < SOCKADDR_SLOT_LEN; i++) to[i] = from[i]!;
+}
+
+/**
+ * The local address that `recv` found the slot's datagram sent to, which replies leave from
+ * ("198.51.100.1", "2001:db8::1", "::ffff:10.0.0.1" on a dual-stack socket); undefined when
+ * it holds none (a socket bound to one address, or an address made by `encodeSockAddr`).
+ */
+export function localAddressOf(addr: SockAddr): string | undefined {
+  const family = addr[SOCKADDR_LEN]! | (addr[SOCKADDR_LEN + 1]! << 8);
+  if (family === AF_INET) return addr.subarray(LOCAL_AT, LOCAL_AT + 4).join(".");
+  if (family === AF_INET6) return formatIpAddress(addr.subarray(LOCAL_AT, LOCAL_AT + 16));
+  return undefined;
+}
+
+/**
+ * Writes a packet info control message (IP_PKTINFO for `family` 4, IPV6_PKTINFO for 6) at
+ * `at` of `bytes` naming the local address of slot `addr` as the source, interface 0 (the
+ * route chooses it). Returns its CMSG_SPACE, or 0 (nothing written) when the slot holds no
+ * local address of that family. Allocates nothing: it runs per sent message.
+ */
+export function writePacketInfo(
+  bytes: Uint8Array,
+  at: number,
+  family: 4 | 6,
+  addr: SockAddr,
+): number {
+  const local = addr[SOCKADDR_LEN]! | (addr[SOCKADDR_LEN + 1]! << 8);
+  if (local !== (family === 6 ? AF_INET6 : AF_INET)) return 0;
+  const v6 = family === 6;
+  const length = CMSG_HDR + (v6 ? PKTINFO6_LEN : PKTINFO_LEN);
+  const space = v6 ? CMSG_SPACE_PKTINFO : CMSG_HDR + 16;
+  bytes.fill(0, at, at + space);
+  // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; }, little-endian.
+  bytes[at] = length;
+  bytes[at + 8] = v6 ? IPPROTO_IPV6 : SOL_IP;
+  bytes[at + 12] = v6 ? IPV6_PKTINFO : IP_PKTINFO;
+  // IPv4: ipi_spec_dst (after ipi_ifindex) is the source; ipi_addr stays 0. IPv6: ipi6_addr.
+  const to = at + CMSG_HDR + (v6 ? 0 : 4);
+  const n = v6 ? 16 : 4;
+  for (let i = 0; i < n; i++) bytes[to + i] = addr[LOCAL_AT + i]!;
+  return space;
+}
+
+/**
+ * Reads the control messages the kernel wrote for one received datagram, `length` bytes at
+ * `at` of `view`: stores the local address of a packet info message (IP_PKTINFO's
+ * ipi_spec_dst, IPV6_PKTINFO's ipi6_addr) into slot `into` (or clears it when there is none)
+ * and returns the segment size of a UDP_GRO message, or 0: one datagram. Allocates nothing.
+ */
+export function readControl(view: DataView, at: number, length: number, into: SockAddr): number {
+  into.fill(0, SOCKADDR_LEN, SOCKADDR_SLOT_LEN);
+  let segment = 0;
+  // Each message is at least a header long, so this loop ends within length / 16 turns; and
+  // within MAX_CONTROL_MESSAGES whatever `length` says.
+  for (let off = 0, turn = 0; off + CMSG_HDR <= length && turn < MAX_CONTROL_MESSAGES; turn++) {
+    // cmsg_len is a size_t; the high half of a length that fits the slot is 0.
+    const size = view.getUint32(at + off, true);
+    if (size < CMSG_HDR || off + size > length) break;
+    const level = view.getInt32(at + off + 8, true);
+    const type = view.getInt32(at + off + 12, true);
+    const data = at + off + CMSG_HDR;
+    if (level === SOL_UDP && type === UDP_GRO && size >= CMSG_LEN_INT) {
+      segment = view.getInt32(data, true);
+    } else if (level === SOL_IP && type === IP_PKTINFO && size >= CMSG_HDR + PKTINFO_LEN) {
+      into[SOCKADDR_LEN] = AF_INET;
+      for (let i = 0; i < 4; i++) into[LOCAL_AT + i] = view.getUint8(data + 4 + i);
+    } else if (
+      level === IPPROTO_IPV6 && type === IPV6_PKTINFO && size >= CMSG_HDR + PKTINFO6_LEN
+    ) {
+      into[SOCKADDR_LEN] = AF_INET6;
+      for (let i = 0; i < 16; i++) into[LOCAL_AT + i] = view.getUint8(data + i);
+    }
+    off += (size + 7) & ~7; // CMSG_ALIGN
+  }
+  return segment;
 }
 
 /** Counters of one socket; they only grow. */
@@ -242,31 +375,40 @@ function addressOf(bytes: Uint8Array): bigint {
 }
 
 /**
- * `struct mmsghdr[size]`, then `struct iovec[size]`, then a control message slot per mmsghdr
- * (`UDP_SEGMENT` to send, `UDP_GRO` as received), for one caller's buffer set. iovec i points
- * at `bufs[i]`. To receive, mmsghdr i takes iovec i and `addrs[i]`; to send,
+ * `struct mmsghdr[size]`, then `struct iovec[size]`, then a control slot of
+ * {@linkcode CMSG_SLOT} bytes per mmsghdr (`UDP_SEGMENT` and packet info to send, `UDP_GRO`
+ * and packet info as received), for one caller's buffer set on a socket of `family`. iovec i
+ * points at `bufs[i]`. To receive, mmsghdr i takes iovec i and `addrs[i]`; to send,
  * {@linkcode MsgVec.group} lets one mmsghdr carry a run of iovecs as one GSO send. It keeps
  * references to the buffers and addresses it points at, so that they live at least as long as
  * the pointers.
  */
 class MsgVec {
   readonly size: number;
+  readonly family: 4 | 6;
   readonly view: DataView;
+  readonly #bytes: Uint8Array;
   /** `&msgvec[i]`, made once so that a call starting mid-array allocates nothing. */
   readonly pointers: Deno.PointerObject[] = [];
   /** After {@linkcode group}: how many datagrams mmsghdr i carries. */
   readonly counts: number[];
   readonly #bufs: (Uint8Array | undefined)[];
   readonly #addrs: (SockAddr | undefined)[];
-  /** The addresses of `addrs[i]`, of iovec i and of control message i, as written. */
+  /** The addresses of `addrs[i]`, of iovec i and of control slot i, as written. */
   readonly #addrPointers: bigint[];
   readonly #iovPointers: bigint[] = [];
   readonly #cmsgPointers: bigint[] = [];
+  /** `&control[i]` + {@linkcode CMSG_SPACE_INT}: the packet info alone. */
+  readonly #infoPointers: bigint[] = [];
+  /** Whether `point` asked for control messages, so that `control` reads them. */
+  #control = false;
 
-  constructor(size: number) {
+  constructor(size: number, family: 4 | 6) {
     this.size = size;
-    const bytes = new Uint8Array(new ArrayBuffer(size * (MMSGHDR_LEN + IOVEC_LEN + CMSG_SPACE)));
-    // The view keeps the memory alive as long as the pointers into it.
+    this.family = family;
+    const bytes = new Uint8Array(new ArrayBuffer(size * (MMSGHDR_LEN + IOVEC_LEN + CMSG_SLOT)));
+    // The arrays keep the memory alive as long as the pointers into it.
+    this.#bytes = bytes;
     this.view = new DataView(bytes.buffer);
     const base = addressOf(bytes);
     this.#bufs = new Array<undefined>(size);
@@ -276,8 +418,9 @@ class MsgVec {
     for (let i = 0; i < size; i++) {
       const at = i * MMSGHDR_LEN;
       this.#iovPointers.push(base + BigInt(size * MMSGHDR_LEN + i * IOVEC_LEN));
-      const cmsg = size * (MMSGHDR_LEN + IOVEC_LEN) + i * CMSG_SPACE;
+      const cmsg = this.#cmsgAt(i);
       this.#cmsgPointers.push(base + BigInt(cmsg));
+      this.#infoPointers.push(base + BigInt(cmsg + CMSG_SPACE_INT));
       // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } + a u16 segment size.
       this.view.setUint32(cmsg, CMSG_LEN_U16, true);
       this.view.setInt32(cmsg + 8, SOL_UDP, true);
@@ -333,33 +476,33 @@ class MsgVec {
 
   /**
    * To receive: mmsghdr i takes all of `bufs[i]`, an address of up to
-   * {@linkcode SOCKADDR_LEN} bytes into `addrs[i]` and, with `gro`, a control message into
-   * control slot i (msg_namelen and msg_controllen are in-out: the kernel lowers them, so this
-   * runs before every call).
+   * {@linkcode SOCKADDR_LEN} bytes into `addrs[i]` and, with `control` (GRO or packet info
+   * on), control messages into control slot i (msg_namelen and msg_controllen are in-out: the
+   * kernel lowers them, so this runs before every call).
    */
-  point(bufs: Uint8Array[], addrs: SockAddr[], count: number, gro: boolean): void {
+  point(bufs: Uint8Array[], addrs: SockAddr[], count: number, control: boolean): void {
     this.#slots(bufs, addrs, count);
+    this.#control = control;
     for (let i = 0; i < count; i++) {
       const at = i * MMSGHDR_LEN;
       this.view.setBigUint64(at, this.#addrPointers[i]!, true);
       this.view.setUint32(at + MSG_NAMELEN, SOCKADDR_LEN, true);
-      this.view.setBigUint64(at + MSG_CONTROL, gro ? this.#cmsgPointers[i]! : 0n, true);
-      this.view.setUint32(at + MSG_CONTROLLEN, gro ? CMSG_SPACE : 0, true);
+      this.view.setBigUint64(at + MSG_CONTROL, control ? this.#cmsgPointers[i]! : 0n, true);
+      this.view.setUint32(at + MSG_CONTROLLEN, control ? CMSG_SLOT : 0, true);
     }
   }
 
   /**
-   * The segment size the kernel reported for read i (a `UDP_GRO` control message), or 0: one
-   * datagram.
+   * After a receive: stores the local address of read i into `into` (none without packet
+   * info) and returns its GRO segment size, or 0: one datagram.
    */
-  groSegment(i: number): number {
-    const view = this.view;
-    if (view.getUint32(i * MMSGHDR_LEN + MSG_CONTROLLEN, true) < CMSG_LEN_INT) return 0;
-    const cmsg = this.#cmsgAt(i);
-    if (view.getInt32(cmsg + 8, true) !== SOL_UDP || view.getInt32(cmsg + 12, true) !== UDP_GRO) {
+  control(i: number, into: SockAddr): number {
+    if (!this.#control) {
+      into.fill(0, SOCKADDR_LEN, SOCKADDR_SLOT_LEN);
       return 0;
     }
-    return view.getInt32(cmsg + 16, true);
+    const length = this.view.getUint32(i * MMSGHDR_LEN + MSG_CONTROLLEN, true);
+    return readControl(this.view, this.#cmsgAt(i), Math.min(length, CMSG_SLOT), into);
   }
 
   /**
@@ -367,7 +510,8 @@ class MsgVec {
    * writes mmsghdr 0, 1, ... and returns how many. With `gso`, a run of datagrams to one
    * address, all of the first one's size but a shorter last, up to {@linkcode MAX_SEGMENTS}
    * and {@linkcode MAX_UDP_PAYLOAD} bytes, is one mmsghdr with a `UDP_SEGMENT` control message:
-   * the kernel takes it through its stack as one packet and cuts it late (UDP GSO).
+   * the kernel takes it through its stack as one packet and cuts it late (UDP GSO). With
+   * `pktinfo`, a message to a slot that holds a local address names it as the source.
    */
   group(
     bufs: Uint8Array[],
@@ -376,6 +520,7 @@ class MsgVec {
     count: number,
     lengths: number[],
     gso: boolean,
+    pktinfo: boolean,
   ): number {
     this.#slots(bufs, addrs, count, lengths);
     const view = this.view;
@@ -388,7 +533,11 @@ class MsgVec {
         for (let total = size; first + n < count && n < MAX_SEGMENTS;) {
           const next = lengths[first + n]!;
           if (next === 0 || next > size || total + next > MAX_UDP_PAYLOAD) break;
-          if (!sameSockAddr(addrs[first + n]!, addr)) break;
+          const to = addrs[first + n]!;
+          // One message has one source: a run also shares the local address.
+          if (to !== addr && !(sameSockAddr(to, addr) && (!pktinfo || sameLocalAddr(to, addr)))) {
+            break;
+          }
           total += next;
           n++;
           if (next < size) break; // only the last may be shorter
@@ -399,10 +548,18 @@ class MsgVec {
       view.setUint32(at + MSG_NAMELEN, lengthOf(addr), true);
       view.setBigUint64(at + MSG_IOV, this.#iovPointers[first]!, true);
       view.setUint32(at + MSG_IOVLEN, n, true);
+      const cmsg = this.#cmsgAt(messages);
+      const info = pktinfo
+        ? writePacketInfo(this.#bytes, cmsg + CMSG_SPACE_INT, this.family, addr)
+        : 0;
       if (n > 1) {
+        // UDP_SEGMENT, and the packet info right after it when there is one.
         view.setBigUint64(at + MSG_CONTROL, this.#cmsgPointers[messages]!, true);
-        view.setUint32(at + MSG_CONTROLLEN, CMSG_SPACE, true);
-        view.setUint16(this.#cmsgAt(messages) + 16, size, true);
+        view.setUint32(at + MSG_CONTROLLEN, CMSG_SPACE_INT + info, true);
+        view.setUint16(cmsg + CMSG_HDR, size, true);
+      } else if (info > 0) {
+        view.setBigUint64(at + MSG_CONTROL, this.#infoPointers[messages]!, true);
+        view.setUint32(at + MSG_CONTROLLEN, info, true);
       } else {
         view.setBigUint64(at + MSG_CONTROL, 0n, true);
         view.setUint32(at + MSG_CONTROLLEN, 0, true);
@@ -414,7 +571,7 @@ class MsgVec {
   }
 
   #cmsgAt(i: number): number {
-    return this.size * (MMSGHDR_LEN + IOVEC_LEN) + i * CMSG_SPACE;
+    return this.size * (MMSGHDR_LEN + IOVEC_LEN) + i * CMSG_SLOT;
   }
 }
 
@@ -441,16 +598,31 @@ export class UdpSocket implements Disposable {
   #receiving = false;
   #gso = true;
   #gro = false;
+  readonly #multihome: boolean;
   readonly #name: string;
+  /** A one-datagram batch, for `sendTo` of a reply that names its source. */
+  readonly #one = {
+    bufs: [new Uint8Array(0)] as Uint8Array[],
+    sizes: [0],
+    addrs: [newSockAddr()],
+  };
   readonly #recvVecs = new WeakMap<Uint8Array[], MsgVec>();
   readonly #sendVecs = new WeakMap<Uint8Array[], MsgVec>();
 
-  private constructor(fd: number, ready: Readiness, family: 4 | 6, port: number, name: string) {
+  private constructor(
+    fd: number,
+    ready: Readiness,
+    family: 4 | 6,
+    port: number,
+    name: string,
+    multihome: boolean,
+  ) {
     this.#fd = fd;
     this.#ready = ready;
     this.family = family;
     this.port = port;
     this.#name = name;
+    this.#multihome = multihome;
     this.receiveBufferBytes = getIntOption(fd, SO_RCVBUF);
     this.sendBufferBytes = getIntOption(fd, SO_SNDBUF);
     // The kernel doubles what it grants, for its bookkeeping overhead.
@@ -467,7 +639,8 @@ export class UdpSocket implements Disposable {
   /**
    * Binds `host:port` (port 0: one the kernel chooses, see {@linkcode UdpSocket.port}).
    * An IPv4 host makes an IPv4 socket; an IPv6 host an IPv6 one that also takes IPv4 ("::" is
-   * every address of both families).
+   * every address of both families). A wildcard address turns on packet info (see
+   * {@linkcode UdpSocket.multihome}).
    *
    * @example
    * ```ts
@@ -491,11 +664,25 @@ export class UdpSocket implements Disposable {
       growBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, "SO_RCVBUF");
       growBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, "SO_SNDBUF");
       if (c.bind(fd, address, lengthOf(address)) < 0) throw bindError(name, port, "bind", errno());
+      // On a wildcard address the kernel would pick each reply's source by its route: ask it
+      // where each datagram went instead, to reply from there (a socket bound to one address
+      // always sends from it). A dual-stack socket reports IPv4 ones v4-mapped.
+      const multihome = isWildcard(address);
+      if (multihome && v6) setIntOption(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO");
+      if (multihome && !v6) setIntOption(fd, SOL_IP, IP_PKTINFO, 1, "IP_PKTINFO");
       const local = newSockAddr();
       const length = new Uint32Array([SOCKADDR_LEN]);
       check("getsockname", c.getsockname(fd, local, length));
       const boundPort = (local[2]! << 8) | local[3]!;
-      return new UdpSocket(fd, new Readiness(fd), v6 ? 6 : 4, boundPort, formatSockAddr(local));
+      const family = v6 ? 6 : 4;
+      return new UdpSocket(
+        fd,
+        new Readiness(fd),
+        family,
+        boundPort,
+        formatSockAddr(local),
+        multihome,
+      );
     } catch (error) {
       c.close(fd);
       throw error;
@@ -505,7 +692,8 @@ export class UdpSocket implements Disposable {
   /**
    * Waits for datagrams and receives up to `bufs.length`: datagram i into `bufs[i]`, its length
    * into `sizes[i]`, its source into `addrs[i]` (on a dual-stack socket IPv4 sources arrive
-   * v4-mapped). Datagrams larger than their buffer are dropped and counted in
+   * v4-mapped) with, on a {@linkcode UdpSocket.multihome} socket, the local address it was
+   * sent to: a reply to that slot leaves from there. Datagrams larger than their buffer are dropped and counted in
    * `stats.truncated`. Resolves the count, or 0 once the socket is closed.
    *
    * After {@linkcode enableGro}, `segments` is required: `segments[i]` is the size of the
@@ -525,7 +713,7 @@ export class UdpSocket implements Disposable {
     if (this.#gro && segments === undefined) {
       throw new Error(`UDP ${this.#name}: GRO is on, so recv() needs the segments array`);
     }
-    const vec = vecFor(this.#recvVecs, bufs);
+    const vec = vecFor(this.#recvVecs, bufs, this.family);
     this.#receiving = true;
     try {
       while (!this.#ready.closed) {
@@ -564,7 +752,7 @@ export class UdpSocket implements Disposable {
     for (;;) {
       // Before every call: the kernel lowered msg_namelen and msg_controllen of the slots it
       // filled last time (msg_len and msg_flags it only writes).
-      vec.point(bufs, addrs, vec.size, this.#gro);
+      vec.point(bufs, addrs, vec.size, this.#gro || this.#multihome);
       const n = libc().recvmmsg(this.#fd, vec.pointers[0]!, vec.size, MSG_DONTWAIT, null);
       if (n < 0) {
         const code = errno();
@@ -616,7 +804,7 @@ export class UdpSocket implements Disposable {
         to.set(bufs[i]!.subarray(0, length));
         copySockAddr(addrs[i]!, addrs[kept]!);
       }
-      const segment = this.#gro ? vec.groSegment(i) : 0;
+      const segment = vec.control(i, addrs[kept]!);
       this.stats.received += segment > 0 ? Math.ceil(length / segment) : 1;
       if (segments !== undefined) segments[kept] = segment;
       sizes[kept++] = length;
@@ -625,8 +813,9 @@ export class UdpSocket implements Disposable {
   }
 
   /**
-   * Sends one datagram, `buf[0..length)`, to `addr` now. Returns false, and counts it in
-   * `stats.sendErrors`, when the kernel refuses it: socket buffer full (it drops, as a NIC
+   * Sends one datagram, `buf[0..length)`, to `addr` now (from its local address, when the slot
+   * holds one and the socket is {@linkcode UdpSocket.multihome}). Returns false, and counts it
+   * in `stats.sendErrors`, when the kernel refuses it: socket buffer full (it drops, as a NIC
    * would), no route, or the socket closed.
    */
   sendTo(buf: Uint8Array, length: number, addr: SockAddr): boolean {
@@ -634,6 +823,14 @@ export class UdpSocket implements Disposable {
       throw new RangeError(`Datagram is ${length} bytes, its buffer holds ${buf.length}`);
     }
     checkSlot(addr);
+    if (this.#multihome && addr[SOCKADDR_LEN] !== 0) {
+      // sendto(2) takes no control message: a batch of one does.
+      const one = this.#one;
+      one.bufs[0] = buf;
+      one.sizes[0] = length;
+      one.addrs[0] = addr;
+      return this.sendBatch(one.bufs, one.sizes, one.addrs, 1) === 1;
+    }
     const n = this.#ready.closed
       ? -1
       : libc().sendto(this.#fd, buf, length, MSG_DONTWAIT, addr, lengthOf(addr));
@@ -662,12 +859,12 @@ export class UdpSocket implements Disposable {
       this.stats.sendErrors += count;
       return 0;
     }
-    const vec = vecFor(this.#sendVecs, bufs);
+    const vec = vecFor(this.#sendVecs, bufs, this.family);
     const sendmmsg = libc().sendmmsg;
     let sent = 0;
     let done = 0;
     sending: while (done < count) {
-      const messages = vec.group(bufs, addrs, done, count, sizes, this.#gso);
+      const messages = vec.group(bufs, addrs, done, count, sizes, this.#gso, this.#multihome);
       for (let next = 0; next < messages;) {
         const n = sendmmsg(this.#fd, vec.pointers[next]!, messages - next, MSG_DONTWAIT);
         if (n > 0) {
@@ -698,6 +895,15 @@ export class UdpSocket implements Disposable {
     return sent;
   }
 
+  /**
+   * True when the socket is bound to a wildcard address and so reports each datagram's local
+   * address in its slot, and replies from it (IP_PKTINFO, IPV6_PKTINFO); false when bound to
+   * one address, which is always the source.
+   */
+  get multihome(): boolean {
+    return this.#multihome;
+  }
+
   /** True while sends may use UDP GSO; false once the kernel refused it on this socket. */
   get segmentationOffload(): boolean {
     return this.#gso;
@@ -717,11 +923,11 @@ export class UdpSocket implements Disposable {
 }
 
 /** The cached structs for `bufs`, built on first use or when the array changed length. */
-function vecFor(cache: WeakMap<Uint8Array[], MsgVec>, bufs: Uint8Array[]): MsgVec {
+function vecFor(cache: WeakMap<Uint8Array[], MsgVec>, bufs: Uint8Array[], family: 4 | 6): MsgVec {
   let vec = cache.get(bufs);
   if (vec === undefined || vec.size !== bufs.length) {
     if (bufs.length === 0) throw new RangeError("A batch needs at least one buffer");
-    vec = new MsgVec(bufs.length);
+    vec = new MsgVec(bufs.length, family);
     cache.set(bufs, vec);
   }
   return vec;

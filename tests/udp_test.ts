@@ -17,12 +17,18 @@ import {
   copySockAddr,
   encodeSockAddr,
   formatSockAddr,
+  localAddressOf,
   MAX_UDP_PAYLOAD,
   newSockAddr,
+  readControl,
+  sameLocalAddr,
   sameSockAddr,
   type SockAddr,
+  SOCKADDR_LEN,
+  SOCKADDR_SLOT_LEN,
   UdpError,
   UdpSocket,
+  writePacketInfo,
 } from "../ffi/udp.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -30,7 +36,7 @@ import {
 
 Deno.test("encodeSockAddr() writes a sockaddr_in: family LE, port BE, address", () => {
   const addr = encodeSockAddr("10.8.0.1", 1194);
-  assertEquals(addr.length, 28);
+  assertEquals(addr.length, SOCKADDR_SLOT_LEN);
   assertEquals([...addr.subarray(0, 16)], [2, 0, 0x04, 0xaa, 10, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
 });
 
@@ -39,7 +45,7 @@ Deno.test("encodeSockAddr() writes a sockaddr_in6 and takes brackets", () => {
   assertEquals([...addr.subarray(0, 8)], [10, 0, 0x01, 0xbb, 0, 0, 0, 0]);
   assertEquals(addr[8], 0xfd);
   assertEquals(addr[23], 1);
-  assertEquals([...addr.subarray(24)], [0, 0, 0, 0], "scope id");
+  assertEquals([...addr.subarray(24, 28)], [0, 0, 0, 0], "scope id");
   assert(sameSockAddr(addr, encodeSockAddr("fd00::1", 443)));
 });
 
@@ -56,7 +62,7 @@ Deno.test("encodeSockAddr() overwrites the slot it is given", () => {
   const slot = encodeSockAddr("fd00::ffff", 65535);
   const same = encodeSockAddr("1.2.3.4", 0, slot);
   assert(same === slot);
-  assertEquals([...slot.subarray(8)], new Array(20).fill(0));
+  assertEquals([...slot.subarray(8)], new Array(40).fill(0), "the rest, local address too");
   assertEquals(formatSockAddr(slot), "1.2.3.4:0");
 });
 
@@ -65,7 +71,7 @@ Deno.test("encodeSockAddr() refuses host names, bad brackets, bad ports and shor
   assertThrows(() => encodeSockAddr("[1.2.3.4]", 1), TypeError, /brackets are for IPv6/);
   assertThrows(() => encodeSockAddr("1.2.3.4", 65536), RangeError, /integer 0 to 65535/);
   assertThrows(() => encodeSockAddr("1.2.3.4", 1.5), RangeError, /integer 0 to 65535/);
-  assertThrows(() => encodeSockAddr("1.2.3.4", 1, new Uint8Array(16)), RangeError, /28 bytes/);
+  assertThrows(() => encodeSockAddr("1.2.3.4", 1, new Uint8Array(28)), RangeError, /48 bytes/);
 });
 
 Deno.test("formatSockAddr() prints IPv4, IPv6 with scope, and unset slots", () => {
@@ -92,10 +98,126 @@ Deno.test("sameSockAddr() compares family, port and address only", () => {
   assert(sameSockAddr(v6, flow));
 });
 
-Deno.test("copySockAddr() copies all 28 bytes", () => {
+Deno.test("copySockAddr() copies the peer and the local address", () => {
   const to = newSockAddr();
-  copySockAddr(encodeSockAddr("fd00::9", 7), to);
+  const from = encodeSockAddr("fd00::9", 7);
+  from.set([10, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8], SOCKADDR_LEN); // local 2001:db8::
+  copySockAddr(from, to);
   assertEquals(formatSockAddr(to), "[fd00::9]:7");
+  assertEquals(localAddressOf(to), "2001:db8::");
+  assert(sameLocalAddr(from, to));
+  copySockAddr(encodeSockAddr("fd00::9", 7), to);
+  assertEquals(localAddressOf(to), undefined, "an encoded address has none");
+  assert(!sameLocalAddr(from, to));
+});
+
+// ---------------------------------------------------------------------------------------------
+// Packet info control messages (multi-homed hosts)
+
+/** A control buffer as the kernel writes it: `cmsghdr`s, each padded to 8 bytes. */
+function controlMessages(...messages: { level: number; type: number; data: number[] }[]) {
+  const bytes = new Uint8Array(64);
+  const view = new DataView(bytes.buffer);
+  let at = 0;
+  for (const { level, type, data } of messages) {
+    view.setUint32(at, 16 + data.length, true); // cmsg_len, a size_t
+    view.setInt32(at + 8, level, true);
+    view.setInt32(at + 12, type, true);
+    bytes.set(data, at + 16);
+    at += (16 + data.length + 7) & ~7;
+  }
+  return { view, length: at };
+}
+
+const le32 = (n: number) => [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, n >>> 24];
+// IP_PKTINFO (SOL_IP 0, type 8): ipi_ifindex 3, ipi_spec_dst 198.51.100.1, ipi_addr 198.51.100.9.
+const PKTINFO4 = { level: 0, type: 8, data: [...le32(3), 198, 51, 100, 1, 198, 51, 100, 9] };
+// IPV6_PKTINFO (IPPROTO_IPV6 41, type 50): ipi6_addr 2001:db8::1, ipi6_ifindex 7.
+const V6 = [0x20, 0x01, 0x0d, 0xb8, ...new Array(11).fill(0), 1];
+const PKTINFO6 = { level: 41, type: 50, data: [...V6, ...le32(7)] };
+// UDP_GRO (SOL_UDP 17, type 104): an int segment size.
+const GRO = (size: number) => ({ level: 17, type: 104, data: le32(size) });
+
+Deno.test("readControl() takes IP_PKTINFO's ipi_spec_dst and UDP_GRO's size, in either order", () => {
+  for (const order of [[GRO(1400), PKTINFO4], [PKTINFO4, GRO(1400)]]) {
+    const { view, length } = controlMessages(...order);
+    const into = encodeSockAddr("10.0.0.2", 5000);
+    assertEquals(readControl(view, 0, length, into), 1400);
+    assertEquals(localAddressOf(into), "198.51.100.1");
+    assertEquals([...into.subarray(SOCKADDR_LEN, SOCKADDR_LEN + 4)], [2, 0, 0, 0], "AF_INET");
+    assertEquals(formatSockAddr(into), "10.0.0.2:5000", "the peer is untouched");
+  }
+});
+
+Deno.test("readControl() takes IPV6_PKTINFO, v4-mapped too, and clears what a read lacks", () => {
+  const into = newSockAddr();
+  const six = controlMessages(PKTINFO6);
+  assertEquals(readControl(six.view, 0, six.length, into), 0);
+  assertEquals(localAddressOf(into), "2001:db8::1");
+  const mapped = [...new Array(10).fill(0), 0xff, 0xff, 198, 51, 100, 1];
+  const v4 = controlMessages({ level: 41, type: 50, data: [...mapped, ...le32(2)] });
+  readControl(v4.view, 0, v4.length, into);
+  assertEquals(localAddressOf(into), "::ffff:198.51.100.1");
+  const gro = controlMessages(GRO(1200));
+  assertEquals(readControl(gro.view, 0, gro.length, into), 1200);
+  assertEquals(localAddressOf(into), undefined);
+  assertEquals([...into.subarray(SOCKADDR_LEN)], new Array(20).fill(0));
+});
+
+Deno.test("readControl() stops at a malformed or cut message instead of reading past it", () => {
+  const into = newSockAddr();
+  const { view, length } = controlMessages(GRO(1000), PKTINFO4);
+  // Cut inside the second message: only the first is whole.
+  assertEquals(readControl(view, 0, length - 8, into), 1000);
+  assertEquals(localAddressOf(into), undefined);
+  // A cmsg_len below the header's size: trusted, the next "message" would start inside this
+  // one (or, at 0, never move on).
+  const inner = controlMessages(PKTINFO4);
+  const nested = new Uint8Array(64);
+  nested.set(new Uint8Array(inner.view.buffer, 0, inner.length), 8);
+  const bad = new DataView(nested.buffer);
+  for (const short of [8, 0]) {
+    bad.setUint32(0, short, true);
+    assertEquals(readControl(bad, 0, 8 + inner.length, into), 0);
+    assertEquals(localAddressOf(into), undefined, `cmsg_len ${short}`);
+  }
+  // One that claims more than the buffer holds.
+  view.setUint32(0, 200, true);
+  assertEquals(readControl(view, 0, length, into), 0);
+  assertEquals(readControl(view, 0, 0, into), 0, "no control messages at all");
+});
+
+Deno.test("writePacketInfo() writes IP_PKTINFO with ipi_spec_dst and IPV6_PKTINFO, ifindex 0", () => {
+  const from = newSockAddr();
+  const four = controlMessages(PKTINFO4);
+  readControl(four.view, 0, four.length, from);
+  const out = new Uint8Array(64).fill(0xee);
+  assertEquals(writePacketInfo(out, 8, 4, from), 32, "CMSG_SPACE(12)");
+  assertEquals([...out.subarray(0, 8)], new Array(8).fill(0xee), "nothing before `at`");
+  assertEquals([...out.subarray(8, 40)], [
+    ...[28, 0, 0, 0, 0, 0, 0, 0], // cmsg_len 16 + 12
+    ...le32(0), // SOL_IP
+    ...le32(8), // IP_PKTINFO
+    ...le32(0), // ipi_ifindex: the route chooses
+    ...[198, 51, 100, 1], // ipi_spec_dst: the source
+    ...[0, 0, 0, 0], // ipi_addr
+    ...[0, 0, 0, 0], // padding
+  ]);
+  assertEquals(out[40], 0xee, "nothing past its space");
+  assertEquals(writePacketInfo(out, 0, 6, from), 0, "an IPv4 address for an IPv6 socket: none");
+
+  const six = controlMessages(PKTINFO6);
+  readControl(six.view, 0, six.length, from);
+  assertEquals(writePacketInfo(out, 0, 6, from), 40, "CMSG_SPACE(20)");
+  assertEquals([...out.subarray(0, 40)], [
+    ...[36, 0, 0, 0, 0, 0, 0, 0], // cmsg_len 16 + 20
+    ...le32(41), // IPPROTO_IPV6
+    ...le32(50), // IPV6_PKTINFO
+    ...V6, // ipi6_addr: the source
+    ...le32(0), // ipi6_ifindex
+    ...[0, 0, 0, 0], // padding
+  ]);
+  assertEquals(writePacketInfo(out, 0, 6, encodeSockAddr("::1", 1)), 0, "no local address");
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +504,85 @@ Deno.test("UdpSocket.sendBatch() skips a datagram the kernel refuses and sends t
   assertEquals([into.bufs[0]![0], into.bufs[1]![0]], [1, 3]);
 });
 
+/**
+ * A datagram from a socket on 127.0.0.1 to `to` (an address of `lo` the kernel would not pick
+ * as the source of a reply to 127.0.0.1), received on `server`; returns its slots.
+ */
+async function requestTo(server: UdpSocket, client: UdpSocket, to: string): Promise<Slots> {
+  assert(client.sendTo(new Uint8Array([1, 2, 3]), 3, encodeSockAddr(to, server.port)));
+  const into = slots(4, 1500);
+  assertEquals(await recvWithin(server, into), 1);
+  return into;
+}
+
+/** The sources of `count` datagrams that `client` receives. */
+async function sourcesOf(client: UdpSocket, count: number): Promise<string[]> {
+  const sources: string[] = [];
+  const back = slots(8, 1500);
+  while (sources.length < count) {
+    const n = await recvWithin(client, back);
+    for (let i = 0; i < n; i++) sources.push(formatSockAddr(back.addrs[i]!));
+  }
+  return sources;
+}
+
+for (const [host, local] of [["0.0.0.0", "127.0.0.2"], ["::", "::ffff:127.0.0.2"]] as const) {
+  Deno.test(`UdpSocket on ${host} replies from the address a datagram came to (${local})`, async () => {
+    using server = UdpSocket.bind(host, 0);
+    using client = UdpSocket.bind("127.0.0.1", 0);
+    assert(server.multihome);
+    const into = await requestTo(server, client, "127.0.0.2");
+    const peer = into.addrs[0]!;
+    assertEquals(localAddressOf(peer), local);
+    // Both send paths, and GSO (a run of equal datagrams) with the packet info after it.
+    assert(server.sendTo(into.bufs[0]!, 3, peer));
+    const run = slots(3, 100);
+    for (let i = 0; i < 3; i++) copySockAddr(peer, run.addrs[i]!);
+    run.sizes.fill(50);
+    assertEquals(server.sendBatch(run.bufs, run.sizes, run.addrs, 3), 3);
+    assertEquals(server.stats.offloaded, 3, "one GSO message, UDP_SEGMENT then the packet info");
+    const from = `127.0.0.2:${server.port}`;
+    assertEquals(await sourcesOf(client, 4), [from, from, from, from]);
+    // Without a local address the route picks the source, as before.
+    const plain = encodeSockAddr("127.0.0.1", client.port, undefined, server.family);
+    assert(server.sendTo(into.bufs[0]!, 3, plain));
+    assertEquals(await sourcesOf(client, 1), [`127.0.0.1:${server.port}`]);
+  });
+}
+
+Deno.test("UdpSocket.sendBatch() keeps datagrams to one peer from two local addresses apart", async () => {
+  using server = UdpSocket.bind("0.0.0.0", 0);
+  using client = UdpSocket.bind("127.0.0.1", 0);
+  const two = (await requestTo(server, client, "127.0.0.2")).addrs[0]!;
+  const three = (await requestTo(server, client, "127.0.0.3")).addrs[0]!;
+  assert(sameSockAddr(two, three) && !sameLocalAddr(two, three));
+  // Equal sizes to one peer: GSO would join them into one message, with one source.
+  const out = slots(4, 100);
+  out.sizes.fill(60);
+  [two, two, three, three].forEach((addr, i) => copySockAddr(addr, out.addrs[i]!));
+  assertEquals(server.sendBatch(out.bufs, out.sizes, out.addrs, 4), 4);
+  const sources = await sourcesOf(client, 4);
+  assertEquals(
+    sources.toSorted(),
+    [two, two, three, three].map((a) => {
+      return `${localAddressOf(a)}:${server.port}`;
+    }),
+  );
+});
+
+Deno.test("UdpSocket bound to one address reports no local address", async () => {
+  using server = UdpSocket.bind("127.0.0.1", 0);
+  using client = UdpSocket.bind("127.0.0.1", 0);
+  assert(!server.multihome);
+  const into = await requestTo(server, client, "127.0.0.1");
+  into.addrs[0]!.fill(9, SOCKADDR_LEN); // left over from another use of the slot
+  client.sendTo(new Uint8Array(1), 1, encodeSockAddr("127.0.0.1", server.port));
+  assertEquals(await recvWithin(server, into), 1);
+  assertEquals(localAddressOf(into.addrs[0]!), undefined);
+  assert(server.sendTo(into.bufs[0]!, 1, into.addrs[0]!));
+  assertEquals(await sourcesOf(client, 1), [`127.0.0.1:${server.port}`]);
+});
+
 Deno.test("UdpSocket on :: receives from an IPv4 socket and replies to the recorded address", async () => {
   using server = UdpSocket.bind("::", 0);
   using client = UdpSocket.bind("127.0.0.1", 0);
@@ -550,9 +751,13 @@ Deno.test("UdpSocket keeps the kernel pointing at the caller's slots across GCs 
   const into = {
     bufs: [new Uint8Array(48), new Uint8Array(48)],
     sizes: [0, 0],
-    addrs: [new Uint8Array(28), new Uint8Array(28)],
+    addrs: [new Uint8Array(SOCKADDR_SLOT_LEN), new Uint8Array(SOCKADDR_SLOT_LEN)],
   };
-  const out = { bufs: [new Uint8Array(48)], sizes: [0], addrs: [new Uint8Array(28)] };
+  const out = {
+    bufs: [new Uint8Array(48)],
+    sizes: [0],
+    addrs: [new Uint8Array(SOCKADDR_SLOT_LEN)],
+  };
   copySockAddr(to, out.addrs[0]!);
   for (let round = 0; round < 4; round++) {
     out.bufs[0]!.fill(round + 1);
@@ -568,7 +773,7 @@ Deno.test("UdpSocket keeps the kernel pointing at the caller's slots across GCs 
     // Swapped slots are re-pointed: the kernel must write into the new ones.
     if (round === 1) {
       into.bufs[0] = new Uint8Array(48);
-      into.addrs[0] = new Uint8Array(28);
+      into.addrs[0] = new Uint8Array(SOCKADDR_SLOT_LEN);
       out.bufs[0] = new Uint8Array(48);
     }
   }

@@ -5,7 +5,9 @@
  * session id in its header, authenticated, decrypted and checked against the replay window.
  * Anything that fails is dropped and counted, with no reply and no allocation. An accepted
  * datagram (re)sets the client's UDP address, so NAT rebinding works and a forged source
- * cannot take a session over. DATA joins the server's inbound batch, PING is answered.
+ * cannot take a session over; on a wildcard address it also (re)sets the local address that
+ * the client sent to, which replies leave from (see ffi/udp.ts on multi-homed hosts). DATA
+ * joins the server's inbound batch, PING is answered.
  *
  * Outbound (`queue`, `flush`): packets for a client whose UDP path is alive are sealed into
  * pre-allocated slots and leave in one `sendmmsg` per batch.
@@ -22,6 +24,7 @@ import {
   copySockAddr,
   formatSockAddr,
   newSockAddr,
+  sameLocalAddr,
   sameSockAddr,
   type SockAddr,
   UdpSocket,
@@ -61,7 +64,10 @@ export interface UdpClient extends TunnelSession {
 /** One client's UDP data channel on the server. */
 export class UdpState {
   readonly crypto: DatagramCrypto;
-  /** The client's UDP address, learned from authenticated datagrams only. */
+  /**
+   * The client's UDP address, learned from authenticated datagrams only, with the local
+   * address they were sent to (replies leave from it).
+   */
   readonly peer = newSockAddr();
   /** True while the client has been heard over UDP within the keepalive timeout. */
   alive = false;
@@ -355,7 +361,8 @@ export class ServerUdp {
   #heard(client: UdpClient, state: UdpState, from: Uint8Array): void {
     state.lastHeard = performance.now();
     const moved = !sameSockAddr(state.peer, from);
-    if (moved) copySockAddr(from, state.peer);
+    // The client may also have turned to another address of this host: answer from that one.
+    if (moved || !sameLocalAddr(state.peer, from)) copySockAddr(from, state.peer);
     if (moved || !state.alive) {
       const message = state.alive
         ? "{name}: UDP address changed to {addr}"

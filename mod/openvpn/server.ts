@@ -23,11 +23,14 @@ import {
   copySockAddr,
   formatSockAddr,
   newSockAddr,
+  sameLocalAddr,
   sameSockAddr,
   type SockAddr,
+  SOCKADDR_LEN,
   type UdpSocket,
 } from "../../ffi/udp.ts";
-import { formatPeer, peerHost } from "../core/ip.ts";
+import { listenerIpv6Only } from "../../ffi/socket.ts";
+import { formatPeer, isUnspecified6, peerHost } from "../core/ip.ts";
 import type { Router } from "../core/router.ts";
 import { BatchFailures, log } from "../log.ts";
 import {
@@ -92,7 +95,8 @@ export class OpenVpnServer {
   readonly #ctx: OpenVpnContext;
   readonly #udp: UdpSocket | undefined;
   readonly #batch: DataBatch | undefined;
-  readonly #listener: Deno.Listener | undefined;
+  /** The TCP listener, and one on "0.0.0.0" beside an IPv6-only one on "::". */
+  readonly #listeners: Deno.Listener[];
   /** UDP sessions by their client's address (bytes as hex), and every session by peer id. */
   readonly #byAddress = new Map<string, OpenVpnSession>();
   readonly #byPeerId = new Map<number, OpenVpnSession>();
@@ -107,10 +111,10 @@ export class OpenVpnServer {
   readonly #accepting: Promise<void>;
   #stopped = false;
 
-  private constructor(options: OpenVpnServerOptions, listener: Deno.Listener | undefined) {
+  private constructor(options: OpenVpnServerOptions, listeners: Deno.Listener[]) {
     this.#router = options.router;
     this.#udp = options.udp;
-    this.#listener = listener;
+    this.#listeners = listeners;
     const router = options.router;
     this.#ctx = {
       router,
@@ -127,33 +131,33 @@ export class OpenVpnServer {
       this.#batch = new DataBatch(options.udp, router.config.mtu + DATA_V2_OVERHEAD);
       router.onFlush(() => this.#batch!.flush());
     }
-    this.#accepting = listener ? this.#acceptLoop(listener) : Promise.resolve();
+    this.#accepting = Promise.all(listeners.map((l) => this.#acceptLoop(l))).then(() => {});
   }
 
   /** Starts the endpoints; throws a clear error when the TCP port is taken. */
   static start(options: OpenVpnServerOptions): OpenVpnServer {
-    let listener: Deno.Listener | undefined;
+    const listeners: Deno.Listener[] = [];
     if (options.tcp) {
       const { host, port } = options.tcp;
-      try {
-        listener = Deno.listen({ hostname: host, port, transport: "tcp" });
-      } catch (error) {
-        if (error instanceof Deno.errors.AddrInUse) {
-          throw new Error(
-            `Cannot listen for OpenVPN over TCP on ${formatPeer(host, port)}: the port is in ` +
-              "use; stop the program holding it, choose another openvpn.tcp_port, or set " +
-              "openvpn.tcp: false",
-          );
+      const first = listenTcp(host, port);
+      listeners.push(first);
+      // "::" takes IPv4 clients too, as the UDP socket does (ffi/udp.ts), also where
+      // net.ipv6.bindv6only makes Deno's socket IPv6-only: then IPv4 gets a listener of its own.
+      if (isUnspecified6(host) && listenerIpv6Only(first.addr as Deno.NetAddr)) {
+        try {
+          listeners.push(listenTcp("0.0.0.0", (first.addr as Deno.NetAddr).port));
+        } catch (error) {
+          first.close();
+          throw error;
         }
-        throw error;
       }
     }
-    return new OpenVpnServer(options, listener);
+    return new OpenVpnServer(options, listeners);
   }
 
   /** The TCP port, when OpenVPN over TCP is on. */
   get tcpPort(): number | undefined {
-    return (this.#listener?.addr as Deno.NetAddr | undefined)?.port;
+    return (this.#listeners[0]?.addr as Deno.NetAddr | undefined)?.port;
   }
 
   /** Sessions in their handshake now. */
@@ -164,7 +168,7 @@ export class OpenVpnServer {
   /** Closes the TCP listener and every connection still in its handshake. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#listener?.close();
+    for (const listener of this.#listeners) listener.close();
     await this.#accepting;
     for (const conn of this.#silent) conn.close();
     for (const session of [...this.#byPeerId.values()]) {
@@ -227,11 +231,10 @@ export class OpenVpnServer {
     }
     const { tag, body } = this.#viewsOf(datagram);
     // Opened in place: the slot is not reused before the router's flush at the end of the batch.
-    if (
-      session.receiveData(datagram, length, tag, body, body) && !sameSockAddr(link.address, from)
-    ) {
-      this.#float(session, link, from);
-    }
+    if (!session.receiveData(datagram, length, tag, body, body)) return;
+    if (!sameSockAddr(link.address, from)) this.#float(session, link, from);
+    // The client turned to another address of this host: answer from that one (ffi/udp.ts).
+    else if (!sameLocalAddr(link.address, from)) link.moveTo(from);
   }
 
   /** A session's data authenticated from a new address: the client moved (NAT rebinding). */
@@ -455,8 +458,26 @@ export class OpenVpnServer {
   }
 }
 
+/** A TCP listener on `host:port`, or an error that says what to do when the port is taken. */
+function listenTcp(host: string, port: number): Deno.Listener {
+  try {
+    return Deno.listen({ hostname: host, port, transport: "tcp" });
+  } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) {
+      throw new Error(
+        `Cannot listen for OpenVPN over TCP on ${formatPeer(host, port)}: the port is in ` +
+          "use; stop the program holding it, choose another openvpn.tcp_port, or set " +
+          "openvpn.tcp: false",
+      );
+    }
+    throw error;
+  }
+}
+
+/** Whether `host` is the IPv6 "any" address ("::", "[::]", "0::0", ...). */
+/** The client's address and port, not the local address of the slot: one session a client. */
 function addressKey(addr: SockAddr): string {
-  return addr.toHex();
+  return addr.subarray(0, SOCKADDR_LEN).toHex();
 }
 
 /** An all-zero session id means "none" (OPENVPN.md 1.4): no session may have it. */
@@ -464,7 +485,10 @@ function isZero(id: Uint8Array): boolean {
   return id.every((b) => b === 0);
 }
 
-/** A UDP client: its address on the shared socket. */
+/**
+ * A UDP client: its address on the shared socket, with the local address it sent to, which
+ * replies leave from (a wildcard socket's slot holds both, see ffi/udp.ts).
+ */
 class UdpLink implements OpenVpnLink {
   readonly protocol = "openvpn/udp";
   readonly address = newSockAddr();
