@@ -11,6 +11,7 @@ import {
   clientAdd,
   clientList,
   clientRevoke,
+  clientSet,
   connect,
   DEFAULT_DIR,
   exitCodeOf,
@@ -18,8 +19,8 @@ import {
   OVPN_PROTOS,
   type OvpnProto,
   serve,
-  UsageError,
 } from "./mod/commands.ts";
+import { UsageError } from "./mod/usage_error.ts";
 import { CLIENT_FORMATS, type ClientFormat } from "./mod/pki.ts";
 import type { LogLevel } from "./mod/log.ts";
 import { type Proto, PROTOS } from "./mod/config.ts";
@@ -154,8 +155,10 @@ before OpenVPN support gets its tls-crypt.key here.`,
 };
 
 const INIT: Command = {
-  usage: "vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]",
-  help: `Usage: vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--port N] [--force]
+  usage: "vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--subnet6 CIDR|none] " +
+    "[--port N] [--force]",
+  help: `Usage: vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR]
+         [--subnet6 CIDR|none] [--port N] [--force]
 
 Creates DIR (mode 0700) with a CA, a server certificate, their private keys (0600), the
 tls-crypt key of OpenVPN profiles (tls-crypt.key, 0600), an empty client registry and
@@ -167,6 +170,8 @@ ${DIR_HELP}
                    "vpn client add" writes into profiles (default: this machine's name and
                    addresses, public ones first)
   --subnet CIDR    the VPN's IPv4 subnet (default 10.8.0.0/24)
+  --subnet6 CIDR   the VPN's IPv6 subnet, /64 to /120, or none for IPv4 only (default a
+                   random unique local /64, fdXX:XXXX:XXXX:XXXX::/64)
   --port N         the port to listen on (default 1194); OpenVPN clients over TCP get
                    N+1 (openvpn.tcp_port)
   --force          replace an existing PKI (every client profile issued from it stops
@@ -177,6 +182,7 @@ ${HELP_HELP}`,
       ...DIR,
       host: { type: "string", multiple: true },
       subnet: { type: "string" },
+      subnet6: { type: "string" },
       port: { type: "string" },
       force: { type: "boolean", default: false },
     });
@@ -189,6 +195,7 @@ ${HELP_HELP}`,
       hosts: values.host ?? [],
       force: values.force,
       ...(values.subnet ? { subnet: values.subnet } : {}),
+      ...(values.subnet6 ? { subnet6: values.subnet6 } : {}),
       ...(listenPort ? { port: listenPort } : {}),
     });
   },
@@ -279,8 +286,10 @@ const CLIENT_LIST: Command = {
   usage: "vpn client list [--dir DIR]",
   help: `Usage: vpn client list [--dir DIR]
 
-Lists every client issued: name, serial, status (valid, revoked, expired), expiry and the
-format of its profile (vpn or ovpn).
+Lists every client issued: name, serial, status (valid, revoked, expired), expiry, the
+format of its profile (vpn or ovpn), and what "vpn client set" gave it: ADDRESS (its fixed
+addresses), ROUTES (the networks behind it) and FULL-TUNNEL (yes, no, or - for the server's
+push.redirect_gateway).
 
 Options:
 ${DIR_HELP}
@@ -293,10 +302,96 @@ ${HELP_HELP}`,
   },
 };
 
+const CLIENT_SET_USAGE = "vpn client set NAME [--address A|--no-address] " +
+  "[--address6 A6|--no-address6] [--route CIDR]... [--no-routes] " +
+  "[--redirect-gateway|--no-redirect-gateway|--default-redirect-gateway] [--dir DIR]";
+
+const CLIENT_SET: Command = {
+  usage: CLIENT_SET_USAGE,
+  help: `Usage: vpn client set NAME [--address A|--no-address] [--address6 A6|--no-address6]
+         [--route CIDR]... [--no-routes]
+         [--redirect-gateway|--no-redirect-gateway|--default-redirect-gateway] [--dir DIR]
+
+Changes what the server gives one client, recorded in DIR/clients.json; an option left out
+leaves that setting as it is. Each value is checked against DIR/server.yaml (subnet,
+subnet6) and the other clients. A running server applies it at the client's next connection.
+
+Options:
+  --address A      a fixed IPv4 address inside subnet, never given to another client
+  --no-address     an address from the pool again
+  --address6 A6    a fixed IPv6 address inside subnet6. Host numbers 2 to N follow the IPv4
+                   addresses (10.8.0.50 gets ::32, host number 50 in hex), so take the one
+                   of this client's --address, or a host number above them
+  --no-address6    the IPv6 address that follows the IPv4 one again
+  --route CIDR     a network behind this client (a branch LAN), repeatable; the list given
+                   replaces the recorded one. The server routes it to this client, takes it
+                   as this client's source, and pushes it to the others when
+                   client_to_client is on (at most 64; IPv6 needs subnet6)
+  --no-routes      no networks behind this client
+  --redirect-gateway     send all of this client's traffic through the VPN (full tunnel)
+  --no-redirect-gateway  only the VPN's networks and the pushed routes
+  --default-redirect-gateway  as push.redirect_gateway in server.yaml says
+${DIR_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(CLIENT_SET, args, {
+      ...DIR,
+      address: { type: "string" },
+      "no-address": { type: "boolean", default: false },
+      address6: { type: "string" },
+      "no-address6": { type: "boolean", default: false },
+      route: { type: "string", multiple: true },
+      "no-routes": { type: "boolean", default: false },
+      "redirect-gateway": { type: "boolean", default: false },
+      "no-redirect-gateway": { type: "boolean", default: false },
+      "default-redirect-gateway": { type: "boolean", default: false },
+    });
+    if (parsed === undefined) return 0;
+    const { values, positionals: names } = parsed;
+    const [name] = positionals(CLIENT_SET, names, 1);
+    const one = <T>(choices: [string, boolean, T][]): T | undefined => {
+      const given = choices.filter(([, on]) => on);
+      if (given.length > 1) {
+        throw usageError(CLIENT_SET, `${given.map(([flag]) => flag).join(" and ")}: give one`);
+      }
+      return given[0]?.[2];
+    };
+    const address = one<string | null>([
+      ["--address", values.address !== undefined, values.address ?? null],
+      ["--no-address", values["no-address"], null],
+    ]);
+    const address6 = one<string | null>([
+      ["--address6", values.address6 !== undefined, values.address6 ?? null],
+      ["--no-address6", values["no-address6"], null],
+    ]);
+    const routes = one<string[]>([
+      ["--route", values.route !== undefined, values.route ?? []],
+      ["--no-routes", values["no-routes"], []],
+    ]);
+    const redirectGateway = one<boolean | null>([
+      ["--redirect-gateway", values["redirect-gateway"], true],
+      ["--no-redirect-gateway", values["no-redirect-gateway"], false],
+      ["--default-redirect-gateway", values["default-redirect-gateway"], null],
+    ]);
+    if ([address, address6, routes, redirectGateway].every((v) => v === undefined)) {
+      throw usageError(CLIENT_SET, "nothing to set: give at least one option");
+    }
+    return await clientSet({
+      name: name!,
+      dir: values.dir ?? DEFAULT_DIR,
+      ...(address !== undefined ? { address } : {}),
+      ...(address6 !== undefined ? { address6 } : {}),
+      ...(routes !== undefined ? { routes } : {}),
+      ...(redirectGateway !== undefined ? { redirectGateway } : {}),
+    });
+  },
+};
+
 const CLIENT_ACTIONS: Record<string, Command> = {
   add: CLIENT_ADD,
   revoke: CLIENT_REVOKE,
   list: CLIENT_LIST,
+  set: CLIENT_SET,
 };
 
 /** The client actions, a line of usage and one of what each does, in both helps that list them. */
@@ -308,11 +403,15 @@ const CLIENT_ACTIONS_HELP =
   ${CLIENT_REVOKE.usage}
         revoke a client; a running server drops it within seconds
   ${CLIENT_LIST.usage}
-        list issued clients: name, serial, status, expiry, format`;
+        list issued clients: name, serial, status, expiry, format, settings
+  vpn client set NAME [--address A|--no-address] [--address6 A6|--no-address6]
+          [--route CIDR]... [--no-routes] [--redirect-gateway|--no-redirect-gateway|
+          --default-redirect-gateway] [--dir DIR]
+        give one client a fixed address, networks behind it, or its own full-tunnel choice`;
 
 const CLIENT: Command = {
-  usage: "vpn client add|revoke|list ...",
-  help: `Usage: vpn client add|revoke|list ...
+  usage: "vpn client add|revoke|list|set ...",
+  help: `Usage: vpn client add|revoke|list|set ...
 
 ${CLIENT_ACTIONS_HELP}
 
@@ -326,7 +425,7 @@ ${CLIENT_ACTIONS_HELP}
     const command = CLIENT_ACTIONS[action ?? ""];
     if (command === undefined) {
       throw new UsageError(
-        `unknown "client" action "${action ?? ""}"; use add, revoke or list\n\n${CLIENT.help}`,
+        `unknown "client" action "${action ?? ""}"; use add, revoke, list or set\n\n${CLIENT.help}`,
       );
     }
     return command.run(rest);
@@ -334,12 +433,13 @@ ${CLIENT_ACTIONS_HELP}
 };
 
 const CONNECT_USAGE = "vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] " +
-  "[--proto auto|udp|tcp] [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]";
+  "[--proto auto|udp|tcp] [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] " +
+  "[-v|-q]";
 
 const CONNECT: Command = {
   usage: CONNECT_USAGE,
   help: `Usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]
-         [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]
+         [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [-v|-q]
 
 Joins a server and keeps the tunnel up (reconnecting after any loss) until SIGINT or SIGTERM.
 
@@ -352,6 +452,8 @@ Options:
   --no-offload     plain packets on the TUN, no segmentation offload
   --cipher C       the only AEAD to offer for UDP, aes-256-gcm or chacha20-poly1305
                    (default both, AES-256-GCM first)
+  --no-dns         keep this machine's DNS settings, ignoring the DNS servers and domains
+                   the server pushes
 ${LOGGING_HELP}
 ${HELP_HELP}`,
   async run(args) {
@@ -362,6 +464,7 @@ ${HELP_HELP}`,
       proto: { type: "string" },
       "no-offload": { type: "boolean", default: false },
       cipher: { type: "string" },
+      "no-dns": { type: "boolean", default: false },
     });
     if (parsed === undefined) return 0;
     const { values, positionals: remote } = parsed;
@@ -383,6 +486,7 @@ ${HELP_HELP}`,
       ...(proto ? { proto: proto as Proto } : {}),
       ...(values["no-offload"] ? { offload: false } : {}),
       ...(cipher ? { cipher: cipher as UdpCipher } : {}),
+      ...(values["no-dns"] ? { dns: false } : {}),
       ...(logLevel ? { level: logLevel } : {}),
     });
   },
@@ -416,11 +520,12 @@ Usage: vpn <command> [options]
 Commands:
   ${SERVE.usage}
         run the server; on its first run creates a PKI in ${DEFAULT_DIR}
-  ${INIT.usage}
+  vpn init [--dir DIR] [--host NAME_OR_IP]... [--subnet CIDR] [--subnet6 CIDR|none] [--port N]
+          [--force]
         create a CA, a server certificate and DIR/server.yaml
 ${CLIENT_ACTIONS_HELP}
   vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
-          [--cipher aes-256-gcm|chacha20-poly1305] [-v|-q]
+          [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [-v|-q]
         join a server; HOST:PORT overrides the profile's remote
   ${VERSION_COMMAND.usage}
         print the version

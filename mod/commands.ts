@@ -21,10 +21,14 @@ import {
   serverConfigYaml,
 } from "./config.ts";
 import { log, type LogLevel, setupLogging } from "./log.ts";
+import { randomSubnet6 } from "./core/subnet6.ts";
+import { type ClientSetCommand, SettingsCheck } from "./client_settings.ts";
+import { UsageError } from "./usage_error.ts";
 import {
   certificateNames,
   checkKeyPair,
   type ClientFormat,
+  type ClientListing,
   DEFAULT_HOSTS,
   ensureTlsCryptKey,
   hasPki,
@@ -37,6 +41,8 @@ import {
   pkiFilesIn,
   revokeClient,
   revokeSerial,
+  setClientSettings,
+  settingsOf,
   TLS_CRYPT_FILE,
   upgradeServerCertificate,
   writeFileAtomic,
@@ -50,14 +56,6 @@ import { Server } from "./server.ts";
 export const DEFAULT_DIR = "/etc/vpn";
 
 const logger = log("cli");
-
-/** A usage or configuration problem: exit code 2. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
 
 /** Exit code and message for an error that reached the top of a command. */
 export function exitCodeOf(error: unknown): number {
@@ -107,6 +105,8 @@ export interface InitCommand {
   dir: string;
   hosts: string[];
   subnet?: string;
+  /** An IPv6 prefix or "none"; default a random unique local /64. */
+  subnet6?: string;
   port?: number;
   force: boolean;
 }
@@ -118,20 +118,25 @@ export interface InitCommand {
 export async function init(options: InitCommand): Promise<number> {
   const config = defaultServerConfig();
   if (options.subnet !== undefined) config.subnet = options.subnet;
+  // A random prefix, as RFC 4193 asks: two sites that later join will not clash.
+  config.subnet6 = options.subnet6 ?? randomSubnet6();
   if (options.port !== undefined) {
     config.listen.port = options.port;
     // OpenVPN over TCP needs a port of its own; the next one, as 1195 follows 1194.
     config.openvpn.tcp_port = options.port < 65535 ? options.port + 1 : options.port - 1;
   }
-  // Validate before anything is written, with the same rules as the file.
-  const text = serverConfigYaml(config);
-  parseServerConfig(text, "--subnet/--port");
+  // Validated before anything is written, with the same rules as the file, and written in the
+  // canonical form the server reads it in.
+  const text = serverConfigYaml(
+    parseServerConfig(serverConfigYaml(config), "--subnet/--subnet6/--port"),
+  );
   const configPath = `${options.dir}/server.yaml`;
   const keepConfig = !options.force && await exists(configPath);
-  if (keepConfig && (options.subnet !== undefined || options.port !== undefined)) {
+  const asked = [options.subnet, options.subnet6, options.port].some((o) => o !== undefined);
+  if (keepConfig && asked) {
     throw new UsageError(
-      `${configPath} exists; edit its subnet and listen.port there, or pass --force to write ` +
-        `a new one`,
+      `${configPath} exists; edit its subnet, subnet6 and listen.port there, or pass --force ` +
+        `to write a new one`,
     );
   }
   const hosts = options.hosts.length > 0 ? options.hosts : localHosts();
@@ -426,12 +431,28 @@ export async function clientRevoke(
   return 0;
 }
 
-/** `vpn client list`: name, serial, status, expiry and profile format of every issued client. */
+/** `vpn client list`: every issued client, its status, profile format and settings. */
 export async function clientList(options: { dir: string }): Promise<number> {
   const clients = await listClients(options.dir);
-  const rows = [["NAME", "SERIAL", "STATUS", "EXPIRES", "FORMAT"]];
+  const rows = [[
+    "NAME",
+    "SERIAL",
+    "STATUS",
+    "EXPIRES",
+    "FORMAT",
+    "ADDRESS",
+    "ROUTES",
+    "FULL-TUNNEL",
+  ]];
   for (const c of clients) {
-    rows.push([c.name, c.serial, c.status, c.notAfter.slice(0, 10), c.format]);
+    rows.push([
+      c.name,
+      c.serial,
+      c.status,
+      c.notAfter.slice(0, 10),
+      c.format,
+      ...settingsColumns(c),
+    ]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const row of rows) {
@@ -440,7 +461,54 @@ export async function clientList(options: { dir: string }): Promise<number> {
   return 0;
 }
 
-/** Options of `vpn connect`. */
+/** ADDRESS, ROUTES and FULL-TUNNEL of `vpn client list`; "-" for none or the server's default. */
+function settingsColumns(c: ClientListing): string[] {
+  const addresses = [c.address, c.address6].filter((a) => a !== undefined);
+  return [
+    addresses.length > 0 ? addresses.join(",") : "-",
+    c.routes?.length ? c.routes.join(",") : "-",
+    c.redirect_gateway === undefined ? "-" : c.redirect_gateway ? "yes" : "no",
+  ];
+}
+
+/**
+ * Options of `vpn client set`: each one absent leaves that setting as it is; `null` clears it
+ * (a pool address, the address6 that follows the IPv4 one, the server's full-tunnel default).
+ */
+/** `vpn client set`: checks the settings against server.yaml and the other clients, records them. */
+export async function clientSet(options: ClientSetCommand): Promise<number> {
+  const config = await pkiServerConfig(options.dir);
+  const check = new SettingsCheck(options, config);
+  const entry = await setClientSettings(
+    options.dir,
+    options.name,
+    (current, others) => check.apply(current, others),
+  );
+  const settings = settingsOf(entry);
+  const pushed = config.push.redirect_gateway ? "yes" : "no";
+  const rows = [
+    ["address", settings.address ?? "from the pool"],
+    [
+      "address6",
+      settings.address6 ??
+        (config.subnet6 === "none" ? "none (no subnet6)" : "the one that follows the IPv4 address"),
+    ],
+    ["routes", settings.routes.length > 0 ? settings.routes.join(", ") : "none"],
+    [
+      "full tunnel",
+      settings.redirectGateway === undefined
+        ? `the server's default (${pushed})`
+        : settings.redirectGateway
+        ? "yes"
+        : "no",
+    ],
+  ];
+  console.log(`set "${options.name}":`);
+  for (const [key, value] of rows) console.log(`  ${key!.padEnd(12)} ${value}`);
+  console.log(`a running server applies it at ${options.name}'s next connection`);
+  return 0;
+}
+
 export interface ConnectCommand {
   profile: string;
   remote?: string;
@@ -450,6 +518,8 @@ export interface ConnectCommand {
   offload?: boolean;
   /** The only AEAD to offer for the UDP data channel. */
   cipher?: UdpCipher;
+  /** false: leave the host's DNS alone, whatever the server pushes. */
+  dns?: boolean;
   level?: LogLevel;
 }
 
@@ -481,6 +551,7 @@ export async function connect(options: ConnectCommand): Promise<number> {
   // Before any connection: a key that cannot sign for its certificate fails every AUTH.
   await checkKeyPair(profile.cert, profile.key, options.profile);
   setupLogging(options.level ?? "info");
+  const stateDir = Deno.env.get("VPN_STATE_DIR");
   const client = new Client({
     profile,
     host,
@@ -488,7 +559,10 @@ export async function connect(options: ConnectCommand): Promise<number> {
     proto: options.proto ?? profile.proto,
     ...(options.offload === false ? { offload: false } : {}),
     ...(options.cipher ? { cipher: options.cipher } : {}),
+    ...(options.dns === false ? { dns: false } : {}),
     ...(options.dev ? { dev: options.dev } : {}),
+    // Where the record of the host route and DNS it changed lives (README: Full tunnel).
+    ...(stateDir ? { stateDir } : {}),
   });
   const stop = () => client.stop();
   Deno.addSignalListener("SIGINT", stop);

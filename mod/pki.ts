@@ -9,9 +9,9 @@
  *   ca.key        CA private key, PKCS#8 PEM; read only to issue clients    0600
  *   server.crt    server certificate (serverAuth; --host names, identity)   0644
  *   server.key    server private key, PKCS#8 PEM                            0600
- *   clients.json  registry: every issued client, its serial, expiry and     0600
- *                 revocation time; the server admits only serials listed
- *                 there and not revoked
+ *   clients.json  registry: every issued client, its serial, expiry,        0600
+ *                 revocation time and settings (`vpn client set`); the
+ *                 server admits only serials listed there and not revoked
  *   clients.lock  held (flock) by every read-modify-write of clients.json  0600
  *   tls-crypt.key the OpenVPN tls-crypt key (static key file, OPENVPN.md   0600
  *                 section 2), inlined into every `.ovpn` profile; made by
@@ -42,6 +42,7 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { cString, errno, ErrnoError, libc } from "../ffi/libc.ts";
+import { formatIPv4, formatIPv6, parseCidr, parseIPv4, parseIPv6 } from "./core/ip.ts";
 import {
   formatStaticKey,
   generateStaticKey,
@@ -770,7 +771,33 @@ export interface ClientEntry {
   revokedAt?: string;
   /** The profile it went into; absent in entries made before OpenVPN support: "vpn". */
   format?: ClientFormat;
+  /** Fixed IPv4 address inside the server's `subnet` (`vpn client set --address`). */
+  address?: string;
+  /** Fixed IPv6 address inside the server's `subnet6` (`vpn client set --address6`). */
+  address6?: string;
+  /** Networks behind this client, canonical CIDR, IPv4 or IPv6 (`--route`); absent: none. */
+  routes?: string[];
+  /** Full tunnel for this client; absent: the server's `push.redirect_gateway`. */
+  redirect_gateway?: boolean;
 }
+
+/**
+ * A client's own settings, as `vpn client set` records them: what the server gives this client
+ * instead of, or on top of, what `server.yaml` gives every client.
+ */
+export interface ClientSettings {
+  /** Fixed IPv4 address; absent: one from the pool. */
+  address?: string;
+  /** Fixed IPv6 address; absent: the one that follows the IPv4 address. */
+  address6?: string;
+  /** Networks behind the client (canonical CIDR, IPv4 or IPv6), routed to its session. */
+  routes: string[];
+  /** Full tunnel or not; absent: the server's `push.redirect_gateway`. */
+  redirectGateway?: boolean;
+}
+
+/** Networks one client may have behind it (`vpn client set --route`). */
+export const MAX_CLIENT_ROUTES = 64;
 
 /** State of a client certificate: revocation wins over expiry. */
 export type ClientStatus = "valid" | "revoked" | "expired";
@@ -794,13 +821,60 @@ export function clientStatus(entry: ClientEntry, now: Date = new Date()): Client
   return Date.parse(entry.notAfter) < now.getTime() ? "expired" : "valid";
 }
 
-function isClientEntry(v: unknown): v is ClientEntry {
-  if (typeof v !== "object" || v === null) return false;
+/** Why `v` is not a registry entry, or undefined when it is one. */
+function entryProblem(v: unknown): string | undefined {
+  if (typeof v !== "object" || v === null) return "not an object";
   const e = v as Record<string, unknown>;
-  return typeof e.name === "string" && typeof e.serial === "string" &&
-    typeof e.notAfter === "string" &&
-    (e.revokedAt === undefined || typeof e.revokedAt === "string") &&
-    (e.format === undefined || CLIENT_FORMATS.includes(e.format as ClientFormat));
+  if (
+    typeof e.name !== "string" || typeof e.serial !== "string" ||
+    typeof e.notAfter !== "string" ||
+    (e.revokedAt !== undefined && typeof e.revokedAt !== "string") ||
+    (e.format !== undefined && !CLIENT_FORMATS.includes(e.format as ClientFormat))
+  ) {
+    return "name, serial, notAfter, revokedAt or format is missing or of the wrong type";
+  }
+  // Settings are checked here for form only; against server.yaml by `vpn client set`.
+  if (e.address !== undefined && !isCanonical(e.address, parseIPv4, formatIPv4)) {
+    return `address ${JSON.stringify(e.address)} is not an IPv4 address`;
+  }
+  if (e.address6 !== undefined && !isCanonical(e.address6, parseIPv6, formatIPv6)) {
+    return `address6 ${JSON.stringify(e.address6)} is not an IPv6 address in canonical form`;
+  }
+  if (e.routes !== undefined) {
+    if (!Array.isArray(e.routes) || e.routes.length > MAX_CLIENT_ROUTES) {
+      return `routes must be a list of at most ${MAX_CLIENT_ROUTES} CIDR blocks`;
+    }
+    const bad = e.routes.find((r) => !isCanonicalCidr(r));
+    if (bad !== undefined) return `route ${JSON.stringify(bad)} is not a network in CIDR form`;
+  }
+  if (e.redirect_gateway !== undefined && typeof e.redirect_gateway !== "boolean") {
+    return "redirect_gateway must be true or false";
+  }
+  return undefined;
+}
+
+/** Whether `text` is an address as `format(parse(text))` writes it. */
+function isCanonical<T>(
+  text: unknown,
+  parse: (text: string) => T,
+  format: (address: T) => string,
+): boolean {
+  try {
+    return typeof text === "string" && format(parse(text)) === text;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `text` is a network in canonical CIDR form (`192.168.60.0/24`, `fd00:60::/64`). */
+function isCanonicalCidr(text: unknown): boolean {
+  try {
+    if (typeof text !== "string") return false;
+    const cidr = parseCidr(text);
+    return `${cidr.network}/${cidr.prefix}` === text;
+  } catch {
+    return false;
+  }
 }
 
 async function readRegistry(dir: string): Promise<ClientEntry[]> {
@@ -816,9 +890,13 @@ async function readRegistry(dir: string): Promise<ClientEntry[]> {
   if (file?.version !== REGISTRY_VERSION || !Array.isArray(file.clients)) {
     throw new PkiError(`Cannot read ${path}: not a version ${REGISTRY_VERSION} client registry`);
   }
-  const bad = file.clients.findIndex((e) => !isClientEntry(e));
-  if (bad >= 0) throw new PkiError(`Cannot read ${path}: entry ${bad} is malformed`);
-  return file.clients;
+  for (const [i, entry] of file.clients.entries()) {
+    const problem = entryProblem(entry);
+    if (problem !== undefined) {
+      throw new PkiError(`Cannot read ${path}: entry ${i} is malformed: ${problem}`);
+    }
+  }
+  return file.clients as ClientEntry[];
 }
 
 async function writeRegistry(dir: string, clients: ClientEntry[]): Promise<void> {
@@ -974,6 +1052,28 @@ export async function issueClient(
 }
 
 /**
+ * The non-revoked entry called `name`, or a {@linkcode PkiError} saying what to run: `revoked`
+ * says how a revoked one is named, `then` what comes after issuing it again.
+ */
+function liveEntry(
+  clients: ClientEntry[],
+  name: string,
+  dir: string,
+  revoked: string,
+  then: string,
+): ClientEntry {
+  const entry = clients.find((c) => c.name === name && c.revokedAt === undefined);
+  if (entry) return entry;
+  const known = clients.some((c) => c.name === name);
+  throw new PkiError(
+    known
+      ? `Client "${name}" ${revoked}; "vpn client add ${name} --dir ${dir}" issues a new ` +
+        `profile under that name${then}`
+      : `No client named "${name}" in ${dir}; "vpn client list --dir ${dir}" shows the names`,
+  );
+}
+
+/**
  * Revokes the non-revoked client called `name`. Servers pick it up through
  * `readRegistrySerials()`.
  *
@@ -983,16 +1083,7 @@ export async function issueClient(
 export async function revokeClient(dir: string, name: string): Promise<ClientEntry> {
   return await withRegistry(dir, async () => {
     const clients = await readRegistry(dir);
-    const entry = clients.find((c) => c.name === name && c.revokedAt === undefined);
-    if (!entry) {
-      const known = clients.some((c) => c.name === name);
-      throw new PkiError(
-        known
-          ? `Client "${name}" is already revoked; "vpn client add ${name} --dir ${dir}" issues ` +
-            `a new profile under that name`
-          : `No client named "${name}" in ${dir}; "vpn client list --dir ${dir}" shows the names`,
-      );
-    }
+    const entry = liveEntry(clients, name, dir, "is already revoked", "");
     return await markRevoked(dir, clients, entry);
   });
 }
@@ -1038,25 +1129,81 @@ export async function listClients(dir: string, now: Date = new Date()): Promise<
   return clients.map((c) => ({ ...c, format: c.format ?? "vpn", status: clientStatus(c, now) }));
 }
 
-/** The serial numbers (lowercase hex) in the registry, for `verifyClient()`. */
+/** The serial numbers (lowercase hex) in the registry, for `verifyClient()`, and settings. */
 export interface RegistrySerials {
   /** Issued and not revoked: the only ones a server admits (expiry is the certificate's). */
   valid: Set<string>;
   /** Revoked. */
   revoked: Set<string>;
+  /** The settings of every serial in `valid` (routes empty and the rest absent where none). */
+  settings: Map<string, ClientSettings>;
 }
 
 /**
- * The registry's serials, valid and revoked. A missing or corrupt registry throws rather than
- * returning empty sets, and a certificate the registry does not list is refused: revocation
- * fails closed.
+ * The registry's serials, valid and revoked, and the valid ones' settings. A missing or
+ * corrupt registry throws rather than returning empty sets, and a certificate the registry does
+ * not list is refused: revocation fails closed.
  */
 export async function readRegistrySerials(dir: string): Promise<RegistrySerials> {
-  const serials: RegistrySerials = { valid: new Set(), revoked: new Set() };
+  const serials: RegistrySerials = { valid: new Set(), revoked: new Set(), settings: new Map() };
   for (const c of await readRegistry(dir)) {
-    (c.revokedAt === undefined ? serials.valid : serials.revoked).add(c.serial.toLowerCase());
+    const serial = c.serial.toLowerCase();
+    if (c.revokedAt !== undefined) {
+      serials.revoked.add(serial);
+      continue;
+    }
+    serials.valid.add(serial);
+    serials.settings.set(serial, settingsOf(c));
   }
   return serials;
+}
+
+/** The settings recorded in `entry`. */
+export function settingsOf(entry: ClientEntry): ClientSettings {
+  return {
+    ...(entry.address !== undefined ? { address: entry.address } : {}),
+    ...(entry.address6 !== undefined ? { address6: entry.address6 } : {}),
+    routes: [...(entry.routes ?? [])],
+    ...(entry.redirect_gateway !== undefined ? { redirectGateway: entry.redirect_gateway } : {}),
+  };
+}
+
+/**
+ * Replaces the settings of the non-revoked client called `name`. `decide` runs under the
+ * registry lock, given that client's settings and every other non-revoked client's (by name),
+ * so that a check against the others (a fixed address given twice) cannot race another
+ * update; it returns the new settings or throws to change nothing.
+ *
+ * @returns the updated registry entry.
+ * @throws {PkiError} if there is no such client or it is revoked; whatever `decide` throws.
+ */
+export async function setClientSettings(
+  dir: string,
+  name: string,
+  decide: (current: ClientSettings, others: Map<string, ClientSettings>) => ClientSettings,
+): Promise<ClientEntry> {
+  return await withRegistry(dir, async () => {
+    const clients = await readRegistry(dir);
+    const entry = liveEntry(clients, name, dir, "is revoked", ", then set its settings");
+    const others = new Map(
+      clients.filter((c) => c !== entry && c.revokedAt === undefined)
+        .map((c) => [c.name, settingsOf(c)]),
+    );
+    const next = decide(settingsOf(entry), others);
+    delete entry.address;
+    delete entry.address6;
+    delete entry.routes;
+    delete entry.redirect_gateway;
+    if (next.address !== undefined) entry.address = next.address;
+    if (next.address6 !== undefined) entry.address6 = next.address6;
+    if (next.routes.length > 0) entry.routes = [...next.routes];
+    if (next.redirectGateway !== undefined) entry.redirect_gateway = next.redirectGateway;
+    // Checked as a read would: what is written here must read back.
+    const problem = entryProblem(entry);
+    if (problem !== undefined) throw new PkiError(`Cannot set "${name}": ${problem}`);
+    await writeRegistry(dir, clients);
+    return entry;
+  });
 }
 
 /** The revoked serials of `readRegistrySerials()`. */

@@ -86,6 +86,57 @@ Deno.test("vpn init writes a PKI with private keys 0600 and refuses to overwrite
   }
 });
 
+Deno.test("vpn init writes a random unique local subnet6, or the one --subnet6 names, or none", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const subnet6Of = async (dir: string) =>
+      /^subnet6: (.+)$/m.exec(await Deno.readTextFile(`${dir}/server.yaml`))?.[1];
+    const seen = new Set<string | undefined>();
+    for (const name of ["a", "b"]) {
+      const init = await vpn("init", "--dir", `${root}/${name}`, "--host", "vpn.example.org");
+      assertEquals(init.code, 0, init.stderr);
+      const subnet6 = await subnet6Of(`${root}/${name}`);
+      assertMatch(subnet6 ?? "", /^fd[0-9a-f]{2}(:[0-9a-f]{1,4}){0,3}::\/64$/);
+      seen.add(subnet6);
+    }
+    assertEquals(seen.size, 2, "each server a prefix of its own");
+    const chosen = await vpn(
+      "init",
+      ...["--dir", `${root}/c`, "--host", "vpn.example.org", "--subnet6", "FD00:8:0:0::/64"],
+    );
+    assertEquals(chosen.code, 0, chosen.stderr);
+    assertEquals(await subnet6Of(`${root}/c`), "fd00:8::/64", "canonical, as the server reads it");
+    const off = await vpn("init", "--dir", `${root}/d`, "--host", "h.example", "--subnet6", "none");
+    assertEquals(off.code, 0, off.stderr);
+    assertEquals(await subnet6Of(`${root}/d`), "none");
+    const bad = await vpn("init", "--dir", `${root}/e`, "--subnet6", "fd00:8::/48");
+    assertEquals(bad.code, 2);
+    assertMatch(bad.stderr, /subnet6.*fd00:8::\/48.*\/64 to \/120/);
+    assertEquals(await exists(`${root}/e`), false, "nothing written for a refused --subnet6");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("vpn connect takes --no-dns", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await vpn("init", "--dir", dir, "--host", "vpn.example.org");
+    const profile = `${dir}/alice.yaml`;
+    await vpn("client", "add", "alice", "--dir", dir, "--out", profile);
+    // A TUN name of 16 bytes stops it before any network: parsed, and refused for the name only.
+    const run = await vpn("connect", "--profile", profile, "--no-dns", "--dev", "x".repeat(16));
+    assertEquals(run.code, 2, run.stderr);
+    assertEquals(run.stderr.includes("unknown option"), false, run.stderr);
+    assertMatch(run.stderr, /x{16}/);
+    const value = await vpn("connect", "--profile", profile, "--no-dns=yes");
+    assertEquals(value.code, 2);
+    assertMatch(value.stderr, /--no-dns takes no value/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("vpn client add writes a 0600 profile, refuses a duplicate name, and list shows it", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -109,9 +160,9 @@ Deno.test("vpn client add writes a 0600 profile, refuses a duplicate name, and l
     assertMatch(
       list.stdout,
       new RegExp(
-        "^NAME\\s+SERIAL\\s+STATUS\\s+EXPIRES\\s+FORMAT\\n" +
-          "alice\\s+[0-9a-f]{32}\\s+revoked\\s+\\d{4}-\\d\\d-\\d\\d\\s+vpn\\n" +
-          "bob\\s+[0-9a-f]{32}\\s+valid\\s+\\d{4}-\\d\\d-\\d\\d\\s+ovpn\\n$",
+        "^NAME\\s+SERIAL\\s+STATUS\\s+EXPIRES\\s+FORMAT\\s+ADDRESS\\s+ROUTES\\s+FULL-TUNNEL\\n" +
+          "alice\\s+[0-9a-f]{32}\\s+revoked\\s+\\d{4}-\\d\\d-\\d\\d\\s+vpn\\s+-\\s+-\\s+-\\n" +
+          "bob\\s+[0-9a-f]{32}\\s+valid\\s+\\d{4}-\\d\\d-\\d\\d\\s+ovpn\\s+-\\s+-\\s+-\\n$",
       ),
     );
   } finally {
@@ -142,14 +193,24 @@ Deno.test("vpn COMMAND --help prints that command's usage and options and exits 
   const cases: [string[], RegExp][] = [
     [["serve", "--help"], /^Usage: vpn serve \[--dir DIR\] \[--config FILE\][\s\S]*--config FILE/],
     [["init", "-h"], /^Usage: vpn init [\s\S]*--host NAME_OR_IP[\s\S]*--force/],
-    [["client", "--help"], /^Usage: vpn client add\|revoke\|list[\s\S]*vpn client list/],
+    [["client", "--help"], /^Usage: vpn client add\|revoke\|list\|set[\s\S]*vpn client set NAME/],
+    [
+      ["client", "set", "--help"],
+      /^Usage: vpn client set NAME[\s\S]*--address A[\s\S]*--route CIDR[\s\S]*--default-redirect-gateway/,
+    ],
+    [["help", "client", "set"], /^Usage: vpn client set NAME/],
+    [["init", "--help"], /--subnet6 CIDR {3}the VPN's IPv6 subnet/],
+    [["--help"], /vpn client set NAME[\s\S]*--no-dns/],
     [
       ["client", "add", "--help"],
       /^Usage: vpn client add NAME[\s\S]*--format F[\s\S]*--proto P[\s\S]*--remote HOST:PORT/,
     ],
     [["client", "revoke", "--help"], /^Usage: vpn client revoke NAME/],
     [["client", "list", "-h"], /^Usage: vpn client list/],
-    [["connect", "--help"], /^Usage: vpn connect [\s\S]*--no-offload[\s\S]*--cipher C/],
+    [
+      ["connect", "--help"],
+      /^Usage: vpn connect [\s\S]*--no-offload[\s\S]*--cipher C[\s\S]*--no-dns {9}keep/,
+    ],
     [["version", "--help"], /^Usage: vpn version/],
     [["help", "connect"], /^Usage: vpn connect /],
     [["help", "client", "revoke"], /^Usage: vpn client revoke NAME/],
@@ -176,7 +237,9 @@ Deno.test("vpn connect's usage error lists every one of its options", async () =
   const { code, stderr } = await vpn("connect");
   assertEquals(code, 2);
   assertMatch(stderr, /--profile FILE is required/);
-  for (const flag of ["--profile", "--dev", "--proto", "--no-offload", "--cipher", "-v|-q"]) {
+  for (
+    const flag of ["--profile", "--dev", "--proto", "--no-offload", "--cipher", "--no-dns", "-v|-q"]
+  ) {
     assert(stderr.includes(flag), `${flag} missing from: ${stderr}`);
   }
 });
@@ -220,7 +283,14 @@ Deno.test("vpn init keeps an existing server.yaml, and refuses --port over it wi
     await Deno.remove(`${dir}/ca.key`);
     const port = await vpn("init", "--dir", dir, "--port", "1195");
     assertEquals(port.code, 2);
-    assertMatch(port.stderr, /server\.yaml exists; edit its subnet and listen\.port there/);
+    assertMatch(
+      port.stderr,
+      /server\.yaml exists; edit its subnet, subnet6 and listen\.port there/,
+    );
+    const subnet6 = await vpn("init", "--dir", dir, "--subnet6", "none");
+    assertEquals(subnet6.code, 2);
+    assertMatch(subnet6.stderr, /server\.yaml exists; edit its subnet, subnet6/);
+    assertEquals(await Deno.readTextFile(`${dir}/server.yaml`), "mtu: 1300\n");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

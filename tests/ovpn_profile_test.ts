@@ -261,7 +261,11 @@ Deno.test("vpn client add refuses --proto without --format ovpn, and a proto ser
       assertEquals(bad.code, 2);
       assertMatch(bad.stderr, /--format wg: must be vpn or ovpn/);
       const list = await vpnIn(root, "client", "list", "--dir", dir);
-      assertEquals(list.stdout, "NAME  SERIAL  STATUS  EXPIRES  FORMAT\n", "nothing was issued");
+      assertEquals(
+        list.stdout,
+        "NAME  SERIAL  STATUS  EXPIRES  FORMAT  ADDRESS  ROUTES  FULL-TUNNEL\n",
+        "nothing was issued",
+      );
     },
     "--host",
     "vpn.example.org",

@@ -1,15 +1,24 @@
 /**
  * The client registry across processes: concurrent `vpn client add` and `vpn client revoke`
  * lose no certificate and no revocation, the lock bounds its wait, a revocation by serial,
- * and a server that admits only certificates the registry lists.
+ * a server that admits only certificates the registry lists, and the clients' settings
+ * (`vpn client set`): read back, checked for form, and old registries without them.
  */
 
-import { assert, assertEquals, assertMatch } from "./_assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
 import { denoScript, run, type RunResult } from "./_netns.ts";
 import { within } from "./_wait.ts";
 import { Lab, SHORT_MS } from "./_lab.ts";
 import { ClientError } from "../mod/native/client.ts";
-import { initPki, issueClient, listClients } from "../mod/pki.ts";
+import {
+  initPki,
+  issueClient,
+  listClients,
+  PkiError,
+  readRegistrySerials,
+  revokeClient,
+  setClientSettings,
+} from "../mod/pki.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -166,4 +175,118 @@ Deno.test("Server refuses a certificate signed by its CA that the registry does 
   } finally {
     await lab.close();
   }
+});
+
+Deno.test("readRegistrySerials gives every valid serial its settings, and a registry without any still reads", async () => {
+  await withDir(async (dir) => {
+    // Entries as every earlier version wrote them: no settings at all (and here no format).
+    const old = {
+      version: 1,
+      clients: [
+        { name: "alice", serial: "aa01", notAfter: "2099-01-01T00:00:00.000Z" },
+        { name: "bob", serial: "BB02", notAfter: "2099-01-01T00:00:00.000Z", format: "ovpn" },
+        {
+          name: "carol",
+          serial: "cc03",
+          notAfter: "2099-01-01T00:00:00.000Z",
+          revokedAt: "2024-01-01T00:00:00.000Z",
+          address: "10.8.0.7",
+        },
+      ],
+    };
+    await Deno.writeTextFile(`${dir}/clients.json`, JSON.stringify(old));
+    const read = await readRegistrySerials(dir);
+    assertEquals([...read.valid], ["aa01", "bb02"]);
+    assertEquals([...read.revoked], ["cc03"]);
+    assertEquals(
+      Object.fromEntries(read.settings),
+      { aa01: { routes: [] }, bb02: { routes: [] } },
+      "revoked clients have none",
+    );
+    await setClientSettings(dir, "bob", () => ({
+      address: "10.8.0.50",
+      address6: "fd00:8::32",
+      routes: ["192.168.60.0/24", "fd00:60::/64"],
+      redirectGateway: false,
+    }));
+    assertEquals((await readRegistrySerials(dir)).settings.get("bb02"), {
+      address: "10.8.0.50",
+      address6: "fd00:8::32",
+      routes: ["192.168.60.0/24", "fd00:60::/64"],
+      redirectGateway: false,
+    });
+    const file = JSON.parse(await Deno.readTextFile(`${dir}/clients.json`));
+    assertEquals(file.version, 1, "absent settings mean none: no new version");
+    assertEquals(file.clients[1].redirect_gateway, false);
+    assertEquals(file.clients[0], old.clients[0], "alice untouched");
+  });
+});
+
+Deno.test("setClientSettings decides under the lock with the others' settings, and changes nothing on a throw", async () => {
+  await withDir(async (dir) => {
+    await issueClient(dir, "alice");
+    await issueClient(dir, "bob");
+    await issueClient(dir, "carol");
+    await revokeClient(dir, "carol");
+    await setClientSettings(dir, "alice", (current) => ({ ...current, address: "10.8.0.9" }));
+    let seen: unknown;
+    await setClientSettings(dir, "bob", (current, others) => {
+      seen = { current, others: Object.fromEntries(others) };
+      return { routes: ["192.168.60.0/24"] };
+    });
+    assertEquals(seen, {
+      current: { routes: [] },
+      others: { alice: { address: "10.8.0.9", routes: [] } },
+    }, "itself and revoked carol are not among the others");
+    const before = await Deno.readTextFile(`${dir}/clients.json`);
+    await assertRejects(
+      () =>
+        setClientSettings(dir, "alice", () => {
+          throw new RangeError("refused by the check");
+        }),
+      RangeError,
+      /refused by the check/,
+    );
+    await assertRejects(
+      () => setClientSettings(dir, "alice", () => ({ address: "10.8.0.09", routes: [] })),
+      PkiError,
+      /Cannot set "alice": address "10\.8\.0\.09" is not an IPv4 address/,
+    );
+    await assertRejects(
+      () => setClientSettings(dir, "dave", (c) => c),
+      PkiError,
+      /No client named "dave" in .*vpn client list --dir/,
+    );
+    await assertRejects(
+      () => setClientSettings(dir, "carol", (c) => c),
+      PkiError,
+      /Client "carol" is revoked; "vpn client add carol --dir .*" issues a new profile/,
+    );
+    assertEquals(await Deno.readTextFile(`${dir}/clients.json`), before, "nothing written");
+    // No routes: the key goes, as in entries that never had any.
+    await setClientSettings(dir, "bob", () => ({ routes: [] }));
+    const bob = JSON.parse(await Deno.readTextFile(`${dir}/clients.json`)).clients[1];
+    assertEquals("routes" in bob, false, JSON.stringify(bob));
+  });
+});
+
+Deno.test("A registry whose settings are not of the right form is refused, naming the entry and field", async () => {
+  await withDir(async (dir) => {
+    const entry = { name: "alice", serial: "aa01", notAfter: "2099-01-01T00:00:00.000Z" };
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ address: "10.8.0" }, /address "10\.8\.0" is not an IPv4 address/],
+      [{ address6: "fd00:8:0::32" }, /address6 "fd00:8:0::32" is not an IPv6 address in canonical/],
+      [{ routes: "192.168.60.0/24" }, /routes must be a list of at most 64 CIDR blocks/],
+      [{ routes: Array(65).fill("192.168.60.0/24") }, /routes must be a list of at most 64/],
+      [{ routes: ["192.168.60.1/24"] }, /route "192\.168\.60\.1\/24" is not a network in CIDR/],
+      [{ routes: [7] }, /route 7 is not a network in CIDR form/],
+      [{ redirect_gateway: "yes" }, /redirect_gateway must be true or false/],
+    ];
+    for (const [fields, pattern] of cases) {
+      const file = { version: 1, clients: [{ ...entry, ...fields }] };
+      await Deno.writeTextFile(`${dir}/clients.json`, JSON.stringify(file));
+      await assertRejects(() => readRegistrySerials(dir), PkiError, pattern);
+      await assertRejects(() => readRegistrySerials(dir), PkiError, /entry 0 is malformed: /);
+    }
+  });
 });
