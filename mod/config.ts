@@ -13,7 +13,8 @@
 
 import { Document, isMap, isScalar, parseDocument, type Scalar, type YAMLSeq } from "yaml";
 import { AddressPool } from "./core/address_pool.ts";
-import { parseCidr, parseIPv4, parseIPv6 } from "./core/ip.ts";
+import { formatIPv4, formatIPv6, parseCidr, parseIPv4, parseIPv6 } from "./core/ip.ts";
+import { Subnet6 } from "./core/subnet6.ts";
 import { MAX_ROUTES } from "./native/messages.ts";
 import { DATA_CIPHERS, type DataCipher } from "./openvpn/data.ts";
 
@@ -115,7 +116,41 @@ export interface PushConfig {
    * @default []
    */
   routes: string[];
+  /**
+   * Whether clients send all their traffic through the VPN: each keeps a host route to the
+   * server via its old gateway and routes 0.0.0.0/1 and 128.0.0.0/1 (and ::/1 and 8000::/1
+   * when the tunnel has IPv6) into the tunnel. `vpn client set NAME --redirect-gateway` or
+   * `--no-redirect-gateway` overrides it for one client.
+   *
+   * @default false
+   */
+  redirect_gateway: boolean;
+  /** The DNS servers and search domains clients use while connected. */
+  dns: DnsConfig;
 }
+
+/** The DNS settings pushed to clients (`push.dns` in `server.yaml`). */
+export interface DnsConfig {
+  /**
+   * DNS servers, IPv4 or IPv6 addresses, at most {@linkcode MAX_DNS_SERVERS}. None: clients keep
+   * their own DNS.
+   *
+   * @default []
+   */
+  servers: string[];
+  /**
+   * Search domains such as `corp.example`, at most {@linkcode MAX_DNS_DOMAINS}; with DNS
+   * servers, names in these domains go to them.
+   *
+   * @default []
+   */
+  domains: string[];
+}
+
+/** DNS servers `push.dns.servers` may list (and a PUSH may carry). */
+export const MAX_DNS_SERVERS = 8;
+/** Search domains `push.dns.domains` may list (and a PUSH may carry). */
+export const MAX_DNS_DOMAINS = 8;
 
 /** What the server logs (`log` in `server.yaml`). */
 export interface LogConfig {
@@ -142,6 +177,23 @@ export interface ServerConfig {
    * @default "10.8.0.0/24"
    */
   subnet: string;
+  /**
+   * The IPv6 subnet of the VPN, a unicast prefix from /64 to /120 with at least as many
+   * addresses as `subnet`, or `none` for an IPv4-only tunnel. The server takes its first host
+   * address (`::1`); a client gets the address with the same host number as its IPv4 address
+   * (10.8.0.5 → `::5`). `vpn init` writes a random ULA /64 (RFC 4193).
+   *
+   * @default "none"
+   */
+  subnet6: string;
+  /**
+   * Whether the server masquerades clients' traffic that leaves through its other interfaces
+   * (nftables, table `inet vpn_DEV`) and turns IP forwarding on, as a full tunnel needs; it
+   * removes both on exit. Without it the host's own routing and firewall decide (README).
+   *
+   * @default false
+   */
+  nat: boolean;
   /**
    * The MTU of the tunnel, in bytes: set on the server's TUN device and pushed to clients.
    * From 576 to 65535; values above the path MTU are meant for segmentation offload, where
@@ -263,13 +315,15 @@ export function defaultServerConfig(): ServerConfig {
   return {
     listen: { host: "0.0.0.0", port: 1194, udp: true },
     subnet: "10.8.0.0/24",
+    subnet6: "none",
+    nat: false,
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
     rekey_interval: 3600,
     lease_time: 604800,
     offload: true,
     client_to_client: false,
-    push: { routes: [] },
+    push: { routes: [], redirect_gateway: false, dns: { servers: [], domains: [] } },
     dev: "vpn%d",
     log: { level: "info" },
     openvpn: { udp: true, tcp: true, tcp_port: 1195, ciphers: [...DATA_CIPHERS] },
@@ -294,6 +348,7 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
   const listen = r.mapping(top.listen, "listen", Object.keys(d.listen));
   const keepalive = r.mapping(top.keepalive, "keepalive", Object.keys(d.keepalive));
   const push = r.mapping(top.push, "push", Object.keys(d.push));
+  const dns = r.mapping(push.dns, "push.dns", Object.keys(d.push.dns));
   const log = r.mapping(top.log, "log", Object.keys(d.log));
   const openvpn = r.mapping(top.openvpn, "openvpn", Object.keys(d.openvpn));
 
@@ -339,13 +394,17 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
     );
   }
 
+  const subnet = r.subnet(top.subnet, "subnet", d.subnet);
+  const subnet6 = r.subnet6(top.subnet6, "subnet6", d.subnet6, subnet);
   return {
     listen: {
       host,
       port,
       udp: r.value(listen.udp, "listen.udp", d.listen.udp, isBoolean, BOOLEAN_RULE),
     },
-    subnet: r.subnet(top.subnet, "subnet", d.subnet),
+    subnet,
+    subnet6,
+    nat: r.value(top.nat, "nat", d.nat, isBoolean, BOOLEAN_RULE),
     mtu: r.value(
       top.mtu,
       "mtu",
@@ -376,7 +435,20 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
       isBoolean,
       BOOLEAN_RULE,
     ),
-    push: { routes: r.routes(push.routes, "push.routes") },
+    push: {
+      routes: r.routes(push.routes, "push.routes", subnet6 !== "none"),
+      redirect_gateway: r.value(
+        push.redirect_gateway,
+        "push.redirect_gateway",
+        d.push.redirect_gateway,
+        isBoolean,
+        BOOLEAN_RULE,
+      ),
+      dns: {
+        servers: r.dnsServers(dns.servers, "push.dns.servers"),
+        domains: r.dnsDomains(dns.domains, "push.dns.domains"),
+      },
+    },
     dev: r.value(top.dev, "dev", d.dev, isDeviceName, DEVICE_RULE),
     log: {
       level: r.value(log.level, "log.level", d.log.level, oneOf(LOG_LEVELS), LOG_LEVEL_RULE),
@@ -408,6 +480,9 @@ const SERVER_COMMENTS = {
   "listen.port": "Port to listen on (1-65535).",
   "listen.udp": "Also take data packets over UDP on this port (TLS over TCP is always on).",
   subnet: "IPv4 subnet of the VPN (/8 to /30). The server takes the first host address.",
+  subnet6:
+    "IPv6 subnet of the VPN (/64 to /120), or none. A client gets the host number of its IPv4 address.",
+  nat: "Masquerade client traffic leaving the server's other interfaces and turn IP forwarding on.",
   mtu: "MTU of the tunnel in bytes (576-65535), set on the TUN device and pushed to clients.",
   keepalive: "How dead peers are noticed, in seconds.",
   "keepalive.interval": "Seconds between keepalive pings from each side (1-3600).",
@@ -419,7 +494,12 @@ const SERVER_COMMENTS = {
   client_to_client:
     "Forward packets between clients inside the server. Off: they go to the server's TUN and the host decides.",
   push: "What clients are told to set up.",
-  "push.routes": "IPv4 networks clients route through the VPN, e.g. [192.168.50.0/24].",
+  "push.routes":
+    "Networks clients route through the VPN, e.g. [192.168.50.0/24]; IPv6 ones need subnet6.",
+  "push.redirect_gateway": "Send all of the clients' traffic through the VPN (full tunnel).",
+  "push.dns": "DNS the clients use while connected.",
+  "push.dns.servers": "DNS server addresses, e.g. [10.8.0.1]; none keeps the clients' own.",
+  "push.dns.domains": "Search domains, e.g. [corp.example].",
   dev: "TUN device name, at most 15 bytes; %d becomes the lowest free number.",
   log: "What the server logs.",
   "log.level": "debug, info, warning or error.",
@@ -434,6 +514,7 @@ const SERVER_COMMENTS = {
   | `listen.${keyof ListenConfig}`
   | `keepalive.${keyof KeepaliveConfig}`
   | `push.${keyof PushConfig}`
+  | `push.dns.${keyof DnsConfig}`
   | `log.${keyof LogConfig}`
   | `openvpn.${keyof OpenVpnConfig}`,
   string
@@ -700,6 +781,59 @@ class Reader {
     }
   }
 
+  /** Returns `subnet6` in canonical form or "none"; fails unless {@linkcode Subnet6} takes it. */
+  subnet6(value: unknown, key: string, fallback: string, subnet: string): string {
+    const text = this.value(value, key, fallback, isString, 'must be an IPv6 prefix or "none"');
+    if (text === "none") return text;
+    try {
+      return new Subnet6(text, Number(subnet.split("/")[1])).subnet;
+    } catch (error) {
+      return this.fail(key, text, `${reasonOf(error)}; or "none" for an IPv4-only tunnel`);
+    }
+  }
+
+  /** Returns a list of DNS server addresses in canonical form. */
+  dnsServers(value: unknown, key: string): string[] {
+    const rule = `must be a list of at most ${MAX_DNS_SERVERS} IP addresses such as 10.8.0.1`;
+    return this.list(value, key, rule, MAX_DNS_SERVERS, (item, itemKey) => {
+      const text = isString(item) ? item : this.fail(itemKey, item, "must be an IP address");
+      try {
+        return text.includes(":") ? formatIPv6(parseIPv6(text)) : formatIPv4(parseIPv4(text));
+      } catch (error) {
+        return this.fail(itemKey, text, reasonOf(error));
+      }
+    });
+  }
+
+  /** Returns a list of DNS domain names, lower case, without a trailing dot. */
+  dnsDomains(value: unknown, key: string): string[] {
+    const rule = `must be a list of at most ${MAX_DNS_DOMAINS} domain names such as corp.example`;
+    return this.list(value, key, rule, MAX_DNS_DOMAINS, (item, itemKey) => {
+      const text = isString(item) ? item.replace(/\.$/, "").toLowerCase() : "";
+      if (!isDomainName(text)) {
+        this.fail(
+          itemKey,
+          item,
+          "must be a domain name: labels of letters, digits and hyphens, joined by dots",
+        );
+      }
+      return text;
+    });
+  }
+
+  /** Each item of a list of at most `max`, checked by `item`; missing is empty. */
+  list<T>(
+    value: unknown,
+    key: string,
+    rule: string,
+    max: number,
+    item: (item: unknown, key: string) => T,
+  ): T[] {
+    if (value === null || value === undefined) return [];
+    if (!Array.isArray(value) || value.length > max) return this.fail(key, value, rule);
+    return value.map((element: unknown, i) => item(element, `${key}[${i}]`));
+  }
+
   /**
    * Returns a list of data-cipher names in canonical (upper) case, `fallback` when it is
    * missing; fails on an empty list, an unknown name or one listed twice.
@@ -722,8 +856,8 @@ class Reader {
     return seen;
   }
 
-  /** Returns a list of CIDR blocks in canonical form. */
-  routes(value: unknown, key: string): string[] {
+  /** Returns a list of CIDR blocks in canonical form; IPv6 ones only when `ipv6` is true. */
+  routes(value: unknown, key: string, ipv6: boolean): string[] {
     const rule = "must be a list of CIDR blocks such as 192.168.50.0/24";
     if (value === null || value === undefined) return [];
     if (!Array.isArray(value)) return this.fail(key, value, rule);
@@ -739,8 +873,12 @@ class Reader {
       } catch (error) {
         return this.fail(itemKey, text, reasonOf(error));
       }
-      if (cidr.family !== 4) {
-        this.fail(itemKey, text, "must be an IPv4 network: the tunnel carries IPv4 only");
+      if (cidr.family !== 4 && !ipv6) {
+        this.fail(
+          itemKey,
+          text,
+          "is an IPv6 network and the tunnel has no IPv6: set subnet6 (or remove this route)",
+        );
       }
       if (cidr.address !== cidr.network) {
         this.fail(
@@ -839,6 +977,12 @@ function wholeNumber(min: number, max: number): (value: unknown) => value is num
 
 function oneOf<T extends string>(allowed: readonly T[]): (value: unknown) => value is T {
   return (value): value is T => (allowed as readonly unknown[]).includes(value);
+}
+
+/** Whether `text` is a DNS name as resolvers take it: at most 253 bytes, labels of 1-63. */
+export function isDomainName(text: string): boolean {
+  return text.length > 0 && text.length <= 253 &&
+    text.split(".").every((label) => /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(label));
 }
 
 function isIPv6(text: string): boolean {

@@ -9,10 +9,14 @@
 
 import { LinuxTun, type TunDevice } from "../ffi/tun.ts";
 import { Netlink } from "../ffi/netlink.ts";
+import { ErrnoError } from "../ffi/libc.ts";
+import { listenerIpv6Only } from "../ffi/socket.ts";
 import { AddressPool } from "./core/address_pool.ts";
-import { formatPeer } from "./core/ip.ts";
+import { formatPeer, isUnspecified6 } from "./core/ip.ts";
 import { type Lease, LeaseError, readLeases } from "./core/leases.ts";
 import { Router, type ServerStats } from "./core/router.ts";
+import { Subnet6 } from "./core/subnet6.ts";
+import { Nat } from "./system/nat.ts";
 import type { ServerConfig } from "./config.ts";
 import { log } from "./log.ts";
 import type { ServerTrust } from "./native/handshake.ts";
@@ -61,6 +65,10 @@ export class Server {
 
   readonly #router: Router;
   readonly #native: NativeListener;
+  /** Masquerading and forwarding (`nat: true`), undone at stop. */
+  readonly #nat: Nat | undefined;
+  /** The kernel routes of the networks behind clients, on our own TUN; none for a given TUN. */
+  readonly #siteRoutes: SiteRoutes | undefined;
   readonly #rejectsTimer: ReturnType<typeof setInterval>;
   /** The counters as the last drop report saw them. */
   readonly #lastUdp: Partial<Record<RejectReason, number>> = {};
@@ -69,16 +77,25 @@ export class Server {
 
   private constructor(
     router: Router,
-    listener: Deno.TlsListener,
+    listeners: Deno.TlsListener[],
     trust: ServerTrust,
     identity: TlsIdentity,
     tlsCryptKey: Uint8Array | undefined,
+    host: HostSetup,
   ) {
     this.#router = router;
+    this.#nat = host.nat;
+    this.#siteRoutes = host.siteRoutes;
     const { listen, keepalive, rekey_interval, openvpn } = router.config;
     // OpenVPN over UDP needs the socket even when our own clients may not use it.
     const socket = listen.udp || openvpn.udp
-      ? ServerUdp.open(listen.host, listener.addr.port, router, keepalive.timeout, rekey_interval)
+      ? ServerUdp.open(
+        listen.host,
+        listeners[0]!.addr.port,
+        router,
+        keepalive.timeout,
+        rekey_interval,
+      )
       : "UDP is off on this server (listen.udp: false)";
     const udp = listen.udp ? socket : "UDP is off on this server (listen.udp: false)";
     this.udp = typeof socket === "string" ? undefined : socket;
@@ -109,30 +126,45 @@ export class Server {
       }
       if (openvpn.udp && this.udp) this.udp.foreign = this.openvpn;
     }
-    this.#native = new NativeListener(router, listener, trust, udp);
+    this.#native = new NativeListener(router, listeners, trust, udp);
     this.#rejectsTimer = setInterval(() => this.#reportRejects(), REJECTS_EVERY_MS);
   }
 
   /** Creates the TUN, listens, and serves until {@linkcode stop}. */
   static async start(options: ServerOptions): Promise<Server> {
-    const { config, dir } = options;
+    const { dir } = options;
     const loaded = await loadServerIdentity(dir);
     const trust: ServerTrust = {
       caPem: loaded.caPem,
       serverNames: new Set(certificateNames(loaded.certPem)),
       ...(await readRegistrySerials(dir)),
     };
-    const tun = options.tun ?? createServerTun(config);
-    let listener: Deno.TlsListener;
-    try {
-      listener = Deno.listenTls({
-        hostname: config.listen.host,
-        port: config.listen.port,
+    let config = options.config;
+    let tun = options.tun;
+    if (tun === undefined) {
+      const created = createServerTun(config);
+      tun = created.tun;
+      if (!created.ipv6) config = { ...config, subnet6: "none" };
+    }
+    const tls = (hostname: string, port: number) =>
+      Deno.listenTls({
+        hostname,
+        port,
         cert: loaded.certPem,
         key: loaded.keyPem,
         alpnProtocols: [ALPN],
       });
+    const listeners: Deno.TlsListener[] = [];
+    try {
+      const first = tls(config.listen.host, config.listen.port);
+      listeners.push(first);
+      // "::" takes IPv4 clients too, as the UDP socket does, also where net.ipv6.bindv6only
+      // makes Deno's socket IPv6-only: then IPv4 gets a listener of its own on the same port.
+      if (isUnspecified6(config.listen.host) && listenerIpv6Only(first.addr)) {
+        listeners.push(tls("0.0.0.0", first.addr.port));
+      }
     } catch (error) {
+      for (const listener of listeners) listener.close();
       tun.close();
       if (error instanceof Deno.errors.AddrInUse) {
         const address = formatPeer(config.listen.host, config.listen.port);
@@ -154,7 +186,29 @@ export class Server {
     }
     const router = new Router(config, dir, tun, trust, leases);
     let server: Server;
+    const host: HostSetup = {};
     try {
+      if (options.tun === undefined) {
+        const siteRoutes = new SiteRoutes(tun.name, router);
+        host.siteRoutes = siteRoutes;
+        siteRoutes.sync();
+        router.onRegistryRead(() => siteRoutes.sync());
+        if (config.nat) {
+          const subnets = [config.subnet, ...(router.subnet6 ? [router.subnet6.subnet] : [])];
+          const nat = Nat.enable(tun.name, subnets);
+          host.nat = nat;
+          logger.info(
+            "nat: table inet {table} masquerades {subnets} leaving other interfaces{more}",
+            {
+              table: nat.table,
+              subnets: subnets.join(", "),
+              more: (nat.forwardingTurnedOn.length > 0
+                ? `; turned on ${nat.forwardingTurnedOn.join(", ")}`
+                : "") + (nat.staleTableRemoved ? "; replaced the table a killed server left" : ""),
+            },
+          );
+        }
+      }
       let tlsCryptKey: Uint8Array | undefined;
       if (config.openvpn.udp || config.openvpn.tcp) {
         if (await ensureTlsCryptKey(dir)) {
@@ -165,9 +219,10 @@ export class Server {
         tlsCryptKey = await loadTlsCryptKey(dir);
       }
       const identity = { certPem: loaded.certPem, keyPem: loaded.keyPem, caPem: loaded.caPem };
-      server = new Server(router, listener, trust, identity, tlsCryptKey);
+      server = new Server(router, listeners, trust, identity, tlsCryptKey, host);
     } catch (error) {
-      listener.close();
+      host.nat?.disable();
+      for (const listener of listeners) listener.close();
       await router.stop("start failed");
       await router.close();
       throw error;
@@ -240,6 +295,8 @@ export class Server {
     await openvpn;
     await this.udp?.close();
     await this.#router.close();
+    // The TUN took its own routes with it.
+    this.#nat?.disable();
     logger.info("stopped: {reason}", { reason });
   }
 
@@ -273,6 +330,82 @@ export class Server {
   }
 }
 
+/** What the server set up on the host besides its TUN. */
+interface HostSetup {
+  nat?: Nat;
+  siteRoutes?: SiteRoutes;
+}
+
+/**
+ * The kernel routes to the networks behind clients (`vpn client set NAME --route`), on the
+ * server's TUN, for every valid client whether connected or not: traffic for a network whose
+ * client is away then ends at the router (counted unroutable) instead of leaving by the
+ * default route. Kept in step with the registry.
+ */
+class SiteRoutes {
+  readonly #tunName: string;
+  readonly #router: Router;
+  readonly #installed = new Set<string>();
+
+  constructor(tunName: string, router: Router) {
+    this.#tunName = tunName;
+    this.#router = router;
+  }
+
+  /** Adds the routes the registry has and we lack, removes those it no longer has. */
+  sync(): void {
+    const wanted = new Set<string>();
+    for (const settings of this.#router.trust.settings.values()) {
+      for (const route of settings.routes) {
+        if (!route.includes(":") || this.#router.subnet6 !== undefined) wanted.add(route);
+      }
+    }
+    if (wanted.size === this.#installed.size && [...wanted].every((r) => this.#installed.has(r))) {
+      return;
+    }
+    try {
+      using nl = Netlink.open();
+      const ifindex = nl.linkIndex(this.#tunName);
+      for (const route of this.#installed) {
+        if (wanted.has(route)) continue;
+        this.#change(route, () => nl.removeRoute({ destination: route, ifindex }), "ESRCH");
+        this.#installed.delete(route);
+      }
+      for (const route of wanted) {
+        if (this.#installed.has(route)) continue;
+        if (this.#change(route, () => nl.addRoute({ destination: route, ifindex }), "EEXIST")) {
+          this.#installed.add(route);
+          logger.info("route {route} dev {tun}: a network behind a client", {
+            route,
+            tun: this.#tunName,
+          });
+        }
+      }
+    } catch (error) {
+      // Tried again at the next registry read; the tunnel goes on.
+      logger.warn("cannot set the routes to the networks behind clients: {error}", {
+        error: String(error),
+      });
+    }
+  }
+
+  /** Runs one route change; `done` is the error that means it is in place already. */
+  #change(route: string, change: () => void, done: string): boolean {
+    try {
+      change();
+      return true;
+    } catch (error) {
+      if (error instanceof ErrnoError && error.code === done) return true;
+      logger.warn("cannot change the route {route} on {tun}: {error}", {
+        route,
+        tun: this.#tunName,
+        error: String(error),
+      });
+      return false;
+    }
+  }
+}
+
 /** How the log names each reason an OpenVPN packet is dropped, in its order. */
 const OPENVPN_DROP_WORDS = {
   unwrapFailed: "failing tls-crypt",
@@ -290,19 +423,39 @@ function prefixed(stats: DataStats): Record<`data${Capitalize<keyof DataStats>}`
   return { dataMalformed: stats.malformed, dataForged: stats.forged, dataReplayed: stats.replayed };
 }
 
-function createServerTun(config: ServerConfig): TunDevice {
+/**
+ * The server's TUN, up, with its addresses; `ipv6` false when the host refused the IPv6 one
+ * (IPv6 disabled): the tunnel then runs IPv4 only, as `vpn init` writes a subnet6 by default.
+ */
+function createServerTun(config: ServerConfig): { tun: TunDevice; ipv6: boolean } {
   const tun = LinuxTun.create({ name: config.dev, offload: config.offload });
   // The router's pool is made from the same subnet: the same server address and prefix.
   const pool = new AddressPool(config.subnet);
+  let ipv6 = config.subnet6 !== "none";
   try {
     using nl = Netlink.open();
     const index = nl.linkIndex(tun.name);
     nl.setMtu(index, config.mtu);
     nl.addAddress(index, `${pool.serverAddress}/${pool.prefix}`);
+    // A TUN has IFF_NOARP, so the kernel skips duplicate address detection: usable at once.
+    if (ipv6) {
+      const subnet6 = new Subnet6(config.subnet6, pool.prefix);
+      try {
+        nl.addAddress(index, `${subnet6.serverAddress}/${subnet6.prefix}`);
+      } catch (error) {
+        if (!(error instanceof ErrnoError && error.code === "EACCES")) throw error;
+        ipv6 = false;
+        logger.warn(
+          "IPv6 is disabled on this host ({error}); the tunnel carries IPv4 only. Turn IPv6 " +
+            "on (sysctl net.ipv6.conf.all.disable_ipv6=0), or set subnet6: none in server.yaml",
+          { error: error.message },
+        );
+      }
+    }
     nl.setLinkUp(index);
   } catch (error) {
     tun.close();
     throw error;
   }
-  return tun;
+  return { tun, ipv6 };
 }

@@ -172,9 +172,19 @@ export class Topology implements AsyncDisposable {
     return `fd00:30:${i + 1}::1`;
   }
 
+  /**
+   * The environment of every `vpn` this topology starts: clients keep the record of what they
+   * change on the host in the topology's directory, not in the host's /var/lib/vpn.
+   */
+  get env(): string[] {
+    return ["env", `VPN_STATE_DIR=${this.dir}/client-state`];
+  }
+
   /** Starts `vpn ARGS` as given in namespace `ns` (killed on dispose), e.g. without -v. */
   spawn(ns: Netns, args: string[], wrap: string[] = []): VpnProcess {
-    const process = new VpnProcess(ns.spawn([...wrap, ...denoScript(MAIN, ...args)]));
+    const process = new VpnProcess(
+      ns.spawn([...wrap, ...this.env, ...denoScript(MAIN, ...args)]),
+    );
     this.#processes.push(process);
     return process;
   }
@@ -223,7 +233,7 @@ export class Topology implements AsyncDisposable {
       profile,
       ...extra,
     );
-    const process = new VpnProcess(ns.spawn([...wrap, ...argv]));
+    const process = new VpnProcess(ns.spawn([...wrap, ...this.env, ...argv]));
     this.#processes.push(process);
     return process;
   }

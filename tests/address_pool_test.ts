@@ -192,3 +192,29 @@ Deno.test("AddressPool.restore() binds a lease without holding it; it refuses an
     new Map([["alice", "10.8.0.50"], ["bob", "10.8.0.2"]]),
   );
 });
+
+Deno.test("AddressPool.setFixed(): a fixed address goes to its owner only, also when free", () => {
+  const pool = new AddressPool("10.8.0.0/29");
+  pool.setFixed(new Map([["branch", "10.8.0.2"]]));
+  assertEquals(pool.allocate("alice"), "10.8.0.3", "the free fixed address is skipped");
+  assertEquals(pool.allocate("bob", "10.8.0.2"), "10.8.0.4", "asking for it does not help");
+  assertEquals(pool.allocate("branch"), "10.8.0.2");
+  pool.release("10.8.0.2");
+  assertEquals(pool.allocate("carol"), "10.8.0.5", "released, it stays kept for its owner");
+  assertEquals(pool.hostNumber("10.8.0.5"), 5);
+  assertEquals(pool.restore("dave", "10.8.0.2"), false, "a lease cannot take it either");
+});
+
+Deno.test("AddressPool.setFixed(): a new fixed address held by another stays theirs until released", () => {
+  const pool = new AddressPool("10.8.0.0/29");
+  assertEquals(pool.allocate("alice"), "10.8.0.2");
+  pool.setFixed(new Map([["branch", "10.8.0.2"]]));
+  assertEquals(pool.allocate("branch"), "10.8.0.3", "held by alice: branch gets another this time");
+  pool.release("10.8.0.3");
+  pool.release("10.8.0.2");
+  assertEquals(pool.allocate("alice"), "10.8.0.3", "alice's old address is branch's now");
+  assertEquals(pool.allocate("branch"), "10.8.0.2");
+  pool.setFixed(new Map());
+  pool.release("10.8.0.2");
+  assertEquals(pool.allocate("erin"), "10.8.0.2", "no longer fixed: free for anyone");
+});

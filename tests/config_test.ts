@@ -24,13 +24,15 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
   assertEquals(defaultServerConfig(), {
     listen: { host: "0.0.0.0", port: 1194, udp: true },
     subnet: "10.8.0.0/24",
+    subnet6: "none",
+    nat: false,
     mtu: 1400,
     keepalive: { interval: 10, timeout: 60 },
     rekey_interval: 3600,
     lease_time: 604800,
     offload: true,
     client_to_client: false,
-    push: { routes: [] },
+    push: { routes: [], redirect_gateway: false, dns: { servers: [], domains: [] } },
     dev: "vpn%d",
     log: { level: "info" },
     openvpn: {
@@ -54,6 +56,8 @@ Deno.test("parseServerConfig() reads every key", () => {
   const text = `
 listen: { host: "::", port: 1194, udp: false }
 subnet: 10.99.0.0/16
+subnet6: fd00:99::/64
+nat: true
 mtu: 65535
 keepalive: { interval: 5, timeout: 6 }
 rekey_interval: 60
@@ -62,6 +66,8 @@ offload: false
 client_to_client: true
 push:
   routes: [192.168.50.0/24, "172.16.0.0/12"]
+  redirect_gateway: true
+  dns: { servers: [10.99.0.1], domains: [corp.example] }
 dev: tun7
 log: { level: debug }
 openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Aes-256-Gcm] }
@@ -69,13 +75,19 @@ openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Ae
   assertEquals(parseServerConfig(text, "server.yaml"), {
     listen: { host: "::", port: 1194, udp: false },
     subnet: "10.99.0.0/16",
+    subnet6: "fd00:99::/64",
+    nat: true,
     mtu: 65535,
     keepalive: { interval: 5, timeout: 6 },
     rekey_interval: 60,
     lease_time: 120,
     offload: false,
     client_to_client: true,
-    push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
+    push: {
+      routes: ["192.168.50.0/24", "172.16.0.0/12"],
+      redirect_gateway: true,
+      dns: { servers: ["10.99.0.1"], domains: ["corp.example"] },
+    },
     dev: "tun7",
     log: { level: "debug" },
     openvpn: {
@@ -115,8 +127,30 @@ Deno.test("parseServerConfig() names file, key, value and rule for each bad valu
     [
       'push: { routes: ["fd00:50::/64"] }',
       "push.routes[0]",
-      `push.routes[0]: "fd00:50::/64" is not allowed: must be an IPv4 network: the tunnel carries IPv4 only`,
+      `push.routes[0]: "fd00:50::/64" is not allowed: is an IPv6 network and the tunnel has no IPv6: set subnet6`,
     ],
+    ["subnet6: fd00:8::/56", "subnet6", `the prefix length must be from /64 to /120`],
+    ["subnet6: fd00:8::/121", "subnet6", `the prefix length must be from /64 to /120`],
+    ["subnet6: fd00:8::1/64", "subnet6", `host bits are set (did you mean "fd00:8::/64"?)`],
+    ["subnet6: ff05::/64", "subnet6", `it is a multicast prefix`],
+    ["subnet6: fe80::/64", "subnet6", `it is link-local`],
+    ["subnet6: 10.8.0.0/24", "subnet6", `it is not an IPv6 prefix`],
+    [
+      "subnet: 10.0.0.0/16\nsubnet6: fd00:8::/120",
+      "subnet6",
+      `a /120 has fewer addresses than the IPv4 subnet (/16); use a /112 or a shorter prefix; or "none"`,
+    ],
+    ["nat: yes", "nat", `nat: "yes" is not allowed: must be true or false`],
+    ["push: {redirect_gateway: 1}", "push.redirect_gateway", `must be true or false`],
+    ["push: {dns: {servers: [10.8.0.256]}}", "push.dns.servers[0]", `is not allowed`],
+    ["push: {dns: {servers: 10.8.0.1}}", "push.dns.servers", `must be a list of at most 8`],
+    [
+      "push: {dns: {servers: [1.1.1.1, 1.1.1.2, 1.1.1.3, 1.1.1.4, 1.1.1.5, 1.1.1.6, 1.1.1.7, 1.1.1.8, 1.1.1.9]}}",
+      "push.dns.servers",
+      `must be a list of at most 8 IP addresses`,
+    ],
+    ["push: {dns: {domains: [corp..example]}}", "push.dns.domains[0]", `must be a domain name`],
+    ["push: {dns: {domains: ['-bad.example']}}", "push.dns.domains[0]", `must be a domain name`],
     [
       "subnet: [10.8.0.0/24]",
       "subnet",
@@ -315,13 +349,19 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
   const custom: ServerConfig = {
     listen: { host: "::", port: 443, udp: false },
     subnet: "10.99.0.0/16",
+    subnet6: "fd00:99::/64",
+    nat: true,
     mtu: 9000,
     keepalive: { interval: 3, timeout: 20 },
     rekey_interval: 600,
     lease_time: 3600,
     offload: false,
     client_to_client: true,
-    push: { routes: ["192.168.50.0/24", "172.16.0.0/12"] },
+    push: {
+      routes: ["192.168.50.0/24", "172.16.0.0/12", "2001:db8::/32"],
+      redirect_gateway: true,
+      dns: { servers: ["10.99.0.1", "fd00:99::1"], domains: ["corp.example"] },
+    },
     dev: "tun%d",
     log: { level: "warning" },
     openvpn: { udp: true, tcp: false, tcp_port: 443, ciphers: ["CHACHA20-POLY1305"] },
@@ -333,8 +373,8 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
-  const keyLines = lines.filter((line) => /^\s*[a-z_]+:/.test(line));
-  assertEquals(keyLines.length, 23);
+  const keyLines = lines.filter((line) => /^\s*[a-z_0-9]+:/.test(line));
+  assertEquals(keyLines.length, 29);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);
@@ -537,4 +577,19 @@ Deno.test("parseProfile() names the PEM block whose indentation broke", () => {
   const caLine = caLines.indexOf("ca: |");
   caLines[caLine + 2] = ` ${caLines[caLine + 2]!.trimStart()}`;
   assertMatch(profileError(caLines.join("\n")).message, /\(in "ca", the block that starts at/);
+});
+
+Deno.test("parseServerConfig() takes subnet6, nat, a full tunnel and DNS, in canonical form", () => {
+  const config = parseServerConfig(
+    "subnet6: FD00:8:0::/64\nnat: true\npush:\n  redirect_gateway: true\n" +
+      "  routes: [2001:db8::/32]\n  dns: {servers: [10.8.0.1, 'FD00:8::1'], domains: [Corp.Example.]}\n",
+    "server.yaml",
+  );
+  assertEquals(config.subnet6, "fd00:8::/64");
+  assertEquals(config.nat, true);
+  assertEquals(config.push.redirect_gateway, true);
+  assertEquals(config.push.routes, ["2001:db8::/32"]);
+  assertEquals(config.push.dns, { servers: ["10.8.0.1", "fd00:8::1"], domains: ["corp.example"] });
+  assertEquals(parseServerConfig("subnet6: none\n", "server.yaml").subnet6, "none");
+  assertEquals(parseServerConfig("", "server.yaml").subnet6, "none");
 });

@@ -40,7 +40,7 @@ for (const proto of ["udp", "tcp"] as const satisfies OvpnProto[]) {
       await server.waitForLog(
         new RegExp(
           `alice connected from 172\\.30\\.1\\.2:\\d+ over openvpn/${proto}, ` +
-            `cipher AES-256-GCM, address 10\\.8\\.0\\.2; client 2\\.6\\.\\d+ on linux`,
+            `cipher AES-256-GCM, address 10\\.8\\.0\\.2(, fd[0-9a-f:]+::2)?; client 2\\.6\\.\\d+ on linux`,
         ),
       );
       assert(await net.ping(net.clients[0]!, "10.8.0.1"), client.log);

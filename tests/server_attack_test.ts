@@ -202,11 +202,11 @@ Deno.test("Server takes a 65,545-byte DATA frame and ends only that session, wit
     const mallory = await rawSession(lab, keep, "mallory");
     assertEquals(lab.server.sessionCount, 2);
 
-    const notIpv4 = lab.server.stats.notIpv4;
-    // Zeros are no IPv4 packet: the server takes the frame and drops it as not IPv4.
+    const notIp = lab.server.stats.notIp;
+    // Zeros are no IPv4 packet: the server takes the frame and drops it as not IP.
     await mallory.send(FrameType.DATA, new Uint8Array(65_545));
     await mallory.ping();
-    assertEquals(lab.server.stats.notIpv4, notIpv4 + 1, "the 65,545-byte frame was taken");
+    assertEquals(lab.server.stats.notIp, notIp + 1, "the 65,545-byte frame was taken");
     assertEquals(lab.server.sessionCount, 2);
 
     await mallory.send(FrameType.DATA, new Uint8Array(65_546));

@@ -156,7 +156,9 @@ rootTest(
       "--profile",
       await net.addClient("alice"),
     ]);
-    await server.waitForLog(/alice connected from \[fd00:30:1::2\]:\d+, address 10\.8\.0\.2\n/);
+    await server.waitForLog(
+      /alice connected from \[fd00:30:1::2\]:\d+, address 10\.8\.0\.2(, fd[0-9a-f:]+::2)?\n/,
+    );
     await server.waitForLog(/alice: data over UDP from \[fd00:30:1::2\]:\d+\n/);
     const carol = net.connect(0, await net.addClient("carol"));
     await server.waitForLog(/carol connected from 172\.30\.1\.2:\d+, address 10\.8\.0\.3\n/);
@@ -215,7 +217,7 @@ rootTest(
     const [first] = [...server.log.matchAll(counters)];
     assertEquals(
       first![2],
-      "3 spoofed, 0 unroutable, 0 not IPv4, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 3 spoofed, 0 unroutable, 0 not IPv4, 0 dropped, 0 bad virtio-net header, 0 refused",
+      "3 spoofed, 0 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 3 spoofed, 0 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused",
     );
     assertEquals(Number(first![1]) % 10, 0, first![0]);
 
@@ -228,7 +230,7 @@ rootTest(
     assertEquals(all.length, 2, server.log);
     assertEquals(
       all[1]![2],
-      "2 spoofed, 2 unroutable, 0 not IPv4, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 5 spoofed, 2 unroutable, 0 not IPv4, 0 dropped, 0 bad virtio-net header, 0 refused",
+      "2 spoofed, 2 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 5 spoofed, 2 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused",
     );
   },
 );

@@ -97,7 +97,7 @@ Deno.test("Server drops and counts a packet whose source is not the client's add
   });
 });
 
-Deno.test("Server counts a client's IPv6 packet (a router solicitation) as not IPv4, not as spoofed", async () => {
+Deno.test("Server without subnet6 counts a client's IPv6 packet (a router solicitation) as not IP, not as spoofed", async () => {
   await withLab(async (lab) => {
     const alice = await lab.connected("alice");
     // An IPv6 header (version 6, no payload, hop limit 255) from fe80::1 to ff02::2.
@@ -111,7 +111,7 @@ Deno.test("Server counts a client's IPv6 packet (a router solicitation) as not I
     const good = ipv4Packet("10.8.0.2", "10.8.0.1", "genuine");
     alice.tun.inject(good);
     assertEquals(await takeFrom(lab.serverTun), [good]);
-    assertEquals(lab.server.stats.notIpv4, 1);
+    assertEquals(lab.server.stats.notIp, 1);
     assertEquals(lab.server.stats.spoofed, 0);
   });
 });

@@ -55,6 +55,12 @@ export class AddressPool {
    */
   readonly #lastOwners = new Map<number, string>();
   readonly #lastIndexes = new Map<string, number>();
+  /**
+   * Fixed addresses (`vpn client set NAME --address`), by index and by owner: their bits stay
+   * set in `#used` while they are free, so that nobody else is given one.
+   */
+  #fixedOwners = new Map<number, string>();
+  #fixedIndexes = new Map<string, number>();
 
   /**
    * Creates an empty pool over `cidr`.
@@ -113,10 +119,13 @@ export class AddressPool {
   allocate(owner: string, preferred?: string): string | undefined {
     const held = this.#indexes.get(owner);
     if (held !== undefined) return formatIPv4(this.#first + held);
-    let index = preferred === undefined ? this.#lastIndexes.get(owner) : this.#indexOf(preferred);
+    const fixed = this.#fixedIndexes.get(owner);
+    let index = fixed ??
+      (preferred === undefined ? this.#lastIndexes.get(owner) : this.#indexOf(preferred));
     if (
       index === undefined || this.#owners.has(index) ||
-      (this.#lastOwners.get(index) ?? owner) !== owner
+      (this.#fixedOwners.get(index) ?? owner) !== owner ||
+      (fixed === undefined && (this.#lastOwners.get(index) ?? owner) !== owner)
     ) {
       index = this.#lowestFree();
     }
@@ -146,6 +155,7 @@ export class AddressPool {
   restore(owner: string, address: string): boolean {
     const index = this.#indexOf(address);
     if (index === undefined || this.#owners.has(index)) return false;
+    if ((this.#fixedOwners.get(index) ?? owner) !== owner) return false;
     const last = this.#lastOwners.get(index);
     if (last !== undefined && last !== owner) return false;
     this.#bind(index, owner);
@@ -167,9 +177,34 @@ export class AddressPool {
     if (owner === undefined) return false;
     this.#owners.delete(index);
     this.#indexes.delete(owner);
+    if (!this.#fixedOwners.has(index)) this.#free(index);
+    return true;
+  }
+
+  /**
+   * Makes `fixed` (owner → address) the fixed addresses, replacing the earlier ones: each is
+   * given to its owner only. One held by someone else stays theirs until they release it.
+   * Addresses outside the pool are left out; the registry's checks keep them in.
+   */
+  setFixed(fixed: ReadonlyMap<string, string>): void {
+    for (const index of this.#fixedOwners.keys()) {
+      if (!this.#owners.has(index)) this.#free(index);
+    }
+    this.#fixedOwners = new Map();
+    this.#fixedIndexes = new Map();
+    for (const [owner, address] of fixed) {
+      const index = this.#indexOf(address);
+      if (index === undefined || this.#fixedOwners.has(index)) continue;
+      this.#fixedOwners.set(index, owner);
+      this.#fixedIndexes.set(owner, index);
+      this.#used[index >>> 5]! |= 1 << (index & 31);
+    }
+  }
+
+  /** Clears the bit of `index`. */
+  #free(index: number): void {
     this.#used[index >>> 5]! &= ~(1 << (index & 31));
     this.#firstFreeWord = Math.min(this.#firstFreeWord, index >>> 5);
-    return true;
   }
 
   /** The owner holding `address`, or undefined when nobody does. */
@@ -182,6 +217,12 @@ export class AddressPool {
   addressOf(owner: string): string | undefined {
     const index = this.#indexes.get(owner);
     return index === undefined ? undefined : formatIPv4(this.#first + index);
+  }
+
+  /** The host number of `address` in the subnet (the server's is 1), or undefined. */
+  hostNumber(address: string): number | undefined {
+    const index = this.#indexOf(address);
+    return index === undefined ? undefined : index + 2;
   }
 
   /** The index of a client address of this pool, or undefined for any other text. */

@@ -1,13 +1,16 @@
 /**
- * The core of the server: one TUN, the address pool, the table from tunnel addresses to
- * sessions, anti-spoofing, `client_to_client`, revocation, certificate expiry and keepalive.
+ * The core of the server: one TUN, the address pool, the table from tunnel addresses (and the
+ * networks behind clients) to sessions, what each client is given (`ClientNetwork`),
+ * anti-spoofing, `client_to_client`, revocation, certificate expiry and keepalive.
  * It drives every session through {@linkcode TunnelSession} and never knows which protocol a
  * session speaks: listeners (mod/native/listener.ts, mod/openvpn/server.ts) authenticate
  * clients, `admit` them here and feed their packets in.
  *
  * Outbound, server TUN → client (`#tunToClients`):
  *   1. one awaited batch read from the server TUN;
- *   2. route each IPv4 packet by destination to the session that owns that address;
+ *   2. route each packet by destination to the session that owns that address (IPv4, or IPv6
+ *      with `subnet6`: one map lookup each), else to the session with a network behind it
+ *      that holds the address (a longest-prefix match);
  *   3. hand it to the session as is when the session takes it so (same virtio-net encoding, no
  *      size limit), else cut to the session's `maxPacket` (mod/core/offload.ts); a full send
  *      buffer waits up to 2 ms for that session's write, then drops (counted), and after one
@@ -18,7 +21,8 @@
  *
  * Inbound, client → server (`fromClient`, fed by the protocols):
  *   1. one read or one batch of datagrams, every packet in it parsed in place;
- *   2. a packet whose source is not the session's address is dropped and counted;
+ *   2. a packet whose source is neither the session's address nor in a network behind that
+ *      client is dropped and counted;
  *   3. with `client_to_client`, a packet for another client goes straight out to it (step 3
  *      above); everything else is collected for the TUN, where the host routes it (like OpenVPN);
  *   4. after the read (`flush`), the collected packets go into the TUN in one batch.
@@ -29,12 +33,24 @@
 import type { TunDevice } from "../../ffi/tun.ts";
 import type { ServerConfig } from "../config.ts";
 import { BatchFailures, CounterLine, escapeText, log, RateLimit } from "../log.ts";
-import { AuthError, readRegistrySerials, REGISTRY_FILE } from "../pki.ts";
+import { AuthError, type ClientSettings, readRegistrySerials, REGISTRY_FILE } from "../pki.ts";
 import { AddressPool } from "./address_pool.ts";
-import { ipv4Destination, ipv4Source, packetVersion, peerHost } from "./ip.ts";
+import {
+  ipv4Destination,
+  ipv4Source,
+  ipv6DestinationEquals,
+  ipv6HostKey,
+  ipv6SourceEquals,
+  packetVersion,
+  parseIPv4,
+  parseIPv6,
+  peerHost,
+} from "./ip.ts";
+import { PrefixTable } from "./prefix_table.ts";
+import { Subnet6 } from "./subnet6.ts";
 import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
 import { type Lease, writeLeases } from "./leases.ts";
-import type { TunnelSession } from "./session.ts";
+import { type ClientNetwork, describeNetwork, type TunnelSession } from "./session.ts";
 
 const logger = log("server");
 
@@ -56,20 +72,27 @@ const REFUSAL_LOG_WINDOW_MS = 10_000;
 const REFUSAL_LOG_SOURCES = 1024;
 /** How often the counters line goes out (ms), when a counter moved. */
 const COUNTERS_EVERY_MS = 10_000;
+/** The IPv6 header's length, and where its source and destination addresses start. */
+const IPV6_HEADER = 40;
+const IPV6_SOURCE = 8;
+const IPV6_DESTINATION = 24;
 /** Room for the largest packet a TUN read returns (a 64 KiB super-packet and its header). */
 const MAX_TUN_PACKET = 65535 + VNET_HDR_LEN;
 
 /** Counters of the server; they only grow. */
 export interface ServerStats {
-  /** IPv4 packets from a client whose source was not that client's address. */
+  /**
+   * Packets from a client whose source was neither that client's address nor inside a network
+   * behind it.
+   */
   spoofed: number;
-  /** IPv4 packets read from the TUN for an address no session owns. */
+  /** Packets read from the TUN for an address no session owns. */
   unroutable: number;
   /**
-   * Packets either way that are not IPv4 or too short for it: mostly the kernels' own IPv6
-   * (router solicitations when a TUN comes up), which the tunnel does not carry.
+   * Packets either way that are neither IPv4 nor IPv6, or too short for their header; and IPv6
+   * ones when the tunnel has no `subnet6` (the kernels' own router solicitations, mostly).
    */
-  notIpv4: number;
+  notIp: number;
   /** Connections closed before auth: TLS failure, protocol error, timeout, or refusal. */
   refused: number;
   /** Packets for clients dropped because the session's send buffer was full. */
@@ -82,7 +105,7 @@ export interface ServerStats {
 const COUNTERS = {
   spoofed: "spoofed",
   unroutable: "unroutable",
-  notIpv4: "not IPv4",
+  notIp: "not IP",
   dropped: "dropped",
   badVnet: "bad virtio-net header",
   refused: "refused",
@@ -95,6 +118,8 @@ export interface Trust {
   revoked: Set<string>;
   /** Serials in the registry and not revoked: no other client certificate is admitted. */
   valid: Set<string>;
+  /** What `vpn client set` gave each valid client, by serial. */
+  settings: Map<string, ClientSettings>;
 }
 
 /** An authenticated client asking for a session. */
@@ -110,12 +135,14 @@ export class Router {
   readonly stats: ServerStats = {
     spoofed: 0,
     unroutable: 0,
-    notIpv4: 0,
+    notIp: 0,
     refused: 0,
     dropped: 0,
     badVnet: 0,
   };
   readonly pool: AddressPool;
+  /** The IPv6 subnet, when the tunnel has IPv6. */
+  readonly subnet6: Subnet6 | undefined;
   readonly config: ServerConfig;
   readonly trust: Trust;
   /** Whether the TUN's packets carry a virtio-net header (offload). */
@@ -126,6 +153,15 @@ export class Router {
   /** Live sessions by their tunnel address (u32) and by certificate serial. */
   readonly #byAddress = new Map<number, TunnelSession>();
   readonly #bySerial = new Map<string, TunnelSession>();
+  /** Live sessions by the low 32 bits of their IPv6 address (the host number). */
+  readonly #byAddress6 = new Map<number, TunnelSession>();
+  /** The networks behind live clients, to their sessions. */
+  readonly #sites = new PrefixTable<TunnelSession>();
+  /** Each connected client's settings as its session got them, and as last announced. */
+  readonly #applied = new Map<string, string>();
+  readonly #announced = new Map<string, string>();
+  /** Called after every read of the registry (the server keeps the sites' kernel routes). */
+  readonly #registryListeners: (() => void)[] = [];
   /** When each client with a lease was last connected (ms since the epoch), by serial. */
   readonly #seen = new Map<string, number>();
   /** The leases changed since they were last written; the write in progress. */
@@ -173,6 +209,10 @@ export class Router {
     this.#tun = tun;
     this.trust = trust;
     this.pool = new AddressPool(config.subnet);
+    this.pool.setFixed(fixedAddresses(trust.settings));
+    this.subnet6 = config.subnet6 === "none"
+      ? undefined
+      : new Subnet6(config.subnet6, this.pool.prefix);
     const oldest = Date.now() - config.lease_time * 1000;
     for (const lease of leases) {
       if (lease.seen < oldest || !trust.valid.has(lease.serial)) continue;
@@ -225,7 +265,7 @@ export class Router {
     client: Admission,
     peer: string,
     host: string,
-    create: (address: string) => TunnelSession,
+    create: (network: ClientNetwork) => TunnelSession,
   ): TunnelSession | undefined {
     const { name, serial } = client;
     // The registry may have been read again while this client was verified against the older list.
@@ -250,11 +290,93 @@ export class Router {
       }
       return undefined;
     }
-    const session = create(address);
-    this.#byAddress.set(session.addressNumber, session);
+    const settings = this.trust.settings.get(serial) ?? { routes: [] };
+    const network = this.#networkFor(name, serial, address, settings);
+    const session = create(network);
+    this.#byAddress.set(network.addressNumber, session);
+    if (network.address6Bytes !== undefined) {
+      this.#byAddress6.set(ipv6HostKey(network.address6Bytes, 0), session);
+    }
+    for (const site of network.sites) this.#sites.add(site, session);
     this.#bySerial.set(serial, session);
     this.#touchLease(serial);
+    const text = JSON.stringify(settings);
+    const before = this.#applied.get(serial);
+    if (before !== undefined && before !== text) {
+      logger.info("{name}: new settings from the registry applied: {network}", {
+        name,
+        network: describeNetwork(network),
+      });
+    }
+    this.#applied.set(serial, text);
+    this.#announced.set(serial, text);
     return session;
+  }
+
+  /** What `name` gets: its addresses, routes and DNS, from `server.yaml` and its settings. */
+  #networkFor(
+    name: string,
+    serial: string,
+    address: string,
+    settings: ClientSettings,
+  ): ClientNetwork {
+    const { config, pool } = this;
+    if (settings.address !== undefined && settings.address !== address) {
+      logger.warn(
+        "{name}: its fixed address {fixed} is still held by another client, which keeps it " +
+          "until it disconnects; {name} gets {address} this time",
+        { name, fixed: settings.address, address },
+      );
+    }
+    const routes = [...config.push.routes];
+    if (config.client_to_client) {
+      for (const [other, theirs] of this.trust.settings) {
+        if (other !== serial) routes.push(...theirs.routes.filter((r) => this.#carries(r)));
+      }
+    }
+    const network: ClientNetwork = {
+      address,
+      addressNumber: parseIPv4(address),
+      prefix: pool.prefix,
+      netmask: pool.netmask,
+      gateway: pool.serverAddress,
+      routes,
+      sites: settings.routes.filter((r) => this.#carries(r)),
+      redirectGateway: settings.redirectGateway ?? config.push.redirect_gateway,
+      dns: config.push.dns,
+      mtu: config.mtu,
+      keepalive: { interval: config.keepalive.interval, timeout: config.keepalive.timeout },
+    };
+    const subnet6 = this.subnet6;
+    if (subnet6 === undefined) return network;
+    const address6 = settings.address6 ?? subnet6.address(pool.hostNumber(address)!);
+    const bytes = parseIPv6(address6);
+    const holder = this.#byAddress6.get(ipv6HostKey(bytes, 0));
+    if (holder !== undefined && holder.serial !== serial) {
+      logger.warn("{name}: {address6} is held by {holder}; no IPv6 for {name} this time", {
+        name,
+        address6,
+        holder: holder.name,
+      });
+      return network;
+    }
+    return {
+      ...network,
+      address6,
+      address6Bytes: bytes,
+      prefix6: subnet6.prefix,
+      gateway6: subnet6.serverAddress,
+    };
+  }
+
+  /** Whether the tunnel carries `cidr`'s family: IPv6 networks need `subnet6`. */
+  #carries(cidr: string): boolean {
+    return !cidr.includes(":") || this.subnet6 !== undefined;
+  }
+
+  /** Runs `listener` after every read of the client registry. */
+  onRegistryRead(listener: () => void): void {
+    this.#registryListeners.push(listener);
   }
 
   /** Called by a session when it ends: frees its address unless a newer session has it. */
@@ -266,6 +388,14 @@ export class Router {
     if (this.#byAddress.get(session.addressNumber) === session) {
       this.#byAddress.delete(session.addressNumber);
       this.pool.release(session.address);
+    }
+    const { address6Bytes, sites } = session.network;
+    if (address6Bytes !== undefined) {
+      const key = ipv6HostKey(address6Bytes, 0);
+      if (this.#byAddress6.get(key) === session) this.#byAddress6.delete(key);
+    }
+    for (const site of sites) {
+      if (this.#sites.get(site) === session) this.#sites.delete(site);
     }
   }
 
@@ -331,12 +461,27 @@ export class Router {
    */
   fromClient(session: TunnelSession, buffer: Uint8Array, start: number, end: number): void {
     const ip = session.vnet ? start + VNET_HDR_LEN : start;
-    if (end - ip < 20 || packetVersion(buffer, ip) !== 4) {
-      this.stats.notIpv4++;
-      return;
-    }
-    if (ipv4Source(buffer, ip) !== session.addressNumber) {
-      this.stats.spoofed++;
+    const version = end - ip < 20 ? 0 : packetVersion(buffer, ip);
+    let peer: TunnelSession | undefined;
+    if (version === 4) {
+      const source = ipv4Source(buffer, ip);
+      if (source !== session.addressNumber && this.#sites.lookup4(source) !== session) {
+        this.stats.spoofed++;
+        return;
+      }
+      if (this.config.client_to_client) peer = this.#toAddress4(ipv4Destination(buffer, ip));
+    } else if (version === 6 && end - ip >= IPV6_HEADER && this.subnet6 !== undefined) {
+      const own = session.network.address6Bytes;
+      if (
+        !(own !== undefined && ipv6SourceEquals(buffer, ip, own)) &&
+        this.#sites.lookup6(buffer, ip + IPV6_SOURCE) !== session
+      ) {
+        this.stats.spoofed++;
+        return;
+      }
+      if (this.config.client_to_client) peer = this.#toAddress6(buffer, ip);
+    } else {
+      this.stats.notIp++;
       return;
     }
     // The client wrote this header, and our segmenter and kernel would cut the packet as it says.
@@ -345,15 +490,28 @@ export class Router {
       return;
     }
     const packet = buffer.subarray(start, end);
-    if (this.config.client_to_client) {
-      const peer = this.#byAddress.get(ipv4Destination(buffer, ip));
-      if (peer !== undefined && peer !== session) {
-        this.#toClient(peer, packet, packet.length, session.vnet);
-        return;
-      }
+    if (peer !== undefined && peer !== session) {
+      this.#toClient(peer, packet, packet.length, session.vnet);
+      return;
     }
     if (this.#coalescer) this.#coalescer.add(packet, session.vnet);
     else this.#toTun[this.#toTunCount++] = packet;
+  }
+
+  /** The session an IPv4 destination belongs to: a client's address, or a network behind one. */
+  #toAddress4(destination: number): TunnelSession | undefined {
+    return this.#byAddress.get(destination) ?? this.#sites.lookup4(destination);
+  }
+
+  /** The session the IPv6 packet at `ip` is for, by its destination. */
+  #toAddress6(buffer: Uint8Array, ip: number): TunnelSession | undefined {
+    const session = this.#byAddress6.get(ipv6HostKey(buffer, ip + IPV6_DESTINATION));
+    if (
+      session !== undefined && ipv6DestinationEquals(buffer, ip, session.network.address6Bytes!)
+    ) {
+      return session;
+    }
+    return this.#sites.lookup6(buffer, ip + IPV6_DESTINATION);
   }
 
   /**
@@ -446,11 +604,15 @@ export class Router {
     for (let i = 0; i < n; i++) {
       const packet = bufs[i]!;
       const size = sizes[i]!;
-      if (size < ip + 20 || packetVersion(packet, ip) !== 4) {
-        this.stats.notIpv4++;
+      const version = size < ip + 20 ? 0 : packetVersion(packet, ip);
+      let session: TunnelSession | undefined;
+      if (version === 4) session = this.#toAddress4(ipv4Destination(packet, ip));
+      else if (version === 6 && size >= ip + IPV6_HEADER && this.subnet6 !== undefined) {
+        session = this.#toAddress6(packet, ip);
+      } else {
+        this.stats.notIp++;
         continue;
       }
-      const session = this.#byAddress.get(ipv4Destination(packet, ip));
       if (session === undefined) {
         this.stats.unroutable++;
       } else if (this.vnet === session.vnet && session.maxPacket === Infinity) {
@@ -546,11 +708,33 @@ export class Router {
       logger.info("read the client registry again");
       this.#failedStamp = undefined;
     }
+    this.pool.setFixed(fixedAddresses(this.trust.settings));
     for (const session of this.sessions()) {
       if (!this.trust.valid.has(session.serial)) {
         logger.warn("{name}: certificate revoked, dropping its session", { name: session.name });
         session.end("revoked", "certificate revoked");
+        continue;
+      }
+      const text = JSON.stringify(this.trust.settings.get(session.serial) ?? { routes: [] });
+      if (text !== this.#announced.get(session.serial)) {
+        this.#announced.set(session.serial, text);
+        logger.info(
+          "{name}: its settings changed in the registry; they apply at its next connection",
+          {
+            name: session.name,
+          },
+        );
       }
     }
+    for (const listener of this.#registryListeners) listener();
   }
+}
+
+/** The fixed IPv4 addresses of `settings`, owner (serial) to address. */
+function fixedAddresses(settings: ReadonlyMap<string, ClientSettings>): Map<string, string> {
+  const fixed = new Map<string, string>();
+  for (const [serial, { address }] of settings) {
+    if (address !== undefined) fixed.set(serial, address);
+  }
+  return fixed;
 }

@@ -30,6 +30,8 @@ export interface TunnelSession {
   /** The tunnel address, dotted and as a u32. */
   readonly address: string;
   readonly addressNumber: number;
+  /** What the client was given: its addresses, routes, DNS, and the networks behind it. */
+  readonly network: ClientNetwork;
   /** How it is carried, for the log: `native/tls`, `openvpn/udp`, `openvpn/tcp`. */
   readonly protocol: string;
   /** Packets to and from this client start with a virtio-net header. */
@@ -61,4 +63,52 @@ export interface TunnelSession {
   keepalive(): void;
   /** Ends the session (its address is freed through `Router.forget`); safe to call twice. */
   end(reason: EndReason, message: string): Promise<void>;
+}
+
+/**
+ * What the router gives one client, in no protocol's words: each protocol pushes it in its own
+ * form (mod/native/listener.ts, mod/openvpn/session.ts).
+ */
+export interface ClientNetwork {
+  /** The client's IPv4 address, dotted and as a u32. */
+  address: string;
+  addressNumber: number;
+  /** The VPN subnet's prefix length and netmask, and the server's address (the gateway). */
+  prefix: number;
+  netmask: string;
+  gateway: string;
+  /** The client's IPv6 address and its 16 bytes, when the tunnel has IPv6. */
+  address6?: string;
+  address6Bytes?: Uint8Array;
+  /** `subnet6`'s prefix length and the server's IPv6 address, with `address6`. */
+  prefix6?: number;
+  gateway6?: string;
+  /**
+   * Networks the client routes into the tunnel: `push.routes`, and with `client_to_client` the
+   * networks behind the other clients. The VPN subnets themselves are not listed.
+   */
+  routes: string[];
+  /** Networks behind this client (`vpn client set NAME --route`): routed to it by the server. */
+  sites: string[];
+  /** Whether the client sends all its traffic into the tunnel. */
+  redirectGateway: boolean;
+  /** DNS servers and search domains; empty lists when the server pushes none. */
+  dns: { servers: string[]; domains: string[] };
+  /** The tunnel MTU and the keepalive, from `server.yaml`. */
+  mtu: number;
+  keepalive: { interval: number; timeout: number };
+}
+
+/**
+ * A client's settings as one log line: `address 10.8.0.2, fd00:8::2, routes 192.168.50.0/24,
+ * full tunnel, DNS 10.8.0.1, network behind it 192.168.60.0/24`.
+ */
+export function describeNetwork(network: ClientNetwork): string {
+  const parts = [`address ${network.address}`];
+  if (network.address6 !== undefined) parts[0] += `, ${network.address6}`;
+  if (network.routes.length > 0) parts.push(`routes ${network.routes.join(", ")}`);
+  if (network.redirectGateway) parts.push("full tunnel");
+  if (network.dns.servers.length > 0) parts.push(`DNS ${network.dns.servers.join(", ")}`);
+  if (network.sites.length > 0) parts.push(`networks behind it ${network.sites.join(", ")}`);
+  return parts.join("; ");
 }

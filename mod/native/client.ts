@@ -19,6 +19,10 @@
  * After a loss it reconnects with exponential backoff (1 s doubling to 60 s, with jitter) and
  * asks for its old address back. A refusal of its certificate ends the client (exit 1).
  *
+ * What a PUSH sets up beyond the TUN (a full tunnel's host route to the server, DNS) goes
+ * through mod/system/host_changes.ts, which records it so that exit, or the next start after a
+ * SIGKILL, undoes it; the split default routes live on the TUN and go with it.
+ *
  * @module
  */
 
@@ -29,11 +33,12 @@ import { Channel, type ChannelStats } from "./channel.ts";
 import type { ClientProfile, Proto } from "../config.ts";
 import { ClientUdp, type PacketSink } from "./client_udp.ts";
 import { KeyHalf } from "./datagram.ts";
-import { formatPeer } from "../core/ip.ts";
+import { formatPeer, peerHost } from "../core/ip.ts";
 import { Coalescer, Segmenter, validVnetHeader } from "../core/offload.ts";
 import { authenticate, RefusedError } from "./handshake.ts";
 import { certificateCommonName, serverIdentityName } from "../pki.ts";
 import { BatchFailures, escapeText, log } from "../log.ts";
+import { HostChanges } from "../system/host_changes.ts";
 import {
   ALPN,
   decodeBye,
@@ -124,7 +129,15 @@ export interface ClientOptions {
   offload?: boolean;
   /** The one AEAD to offer for the UDP data channel; default both, AES-256-GCM first. */
   cipher?: UdpCipher;
+  /** Apply the DNS the server pushes; false is `--no-dns`. Default true. */
+  dns?: boolean;
+  /** Where the record of host changes is kept (tests); default HostChanges' own. */
+  stateDir?: string;
 }
+
+/** The split default routes of a full tunnel: more specific than any default, so they win. */
+const SPLIT_DEFAULT4 = ["0.0.0.0/1", "128.0.0.0/1"];
+const SPLIT_DEFAULT6 = ["::/1", "8000::/1"];
 
 /** The client ended for good; `message` says why and what to do. */
 export class ClientError extends Error {
@@ -145,6 +158,16 @@ export class Client implements PacketSink {
   #tun: TunDevice | undefined;
   #tunIndex = 0;
   #push: Push | undefined;
+  /** The host changes of a Linux TUN this client made itself (none for an injected TUN). */
+  #host: HostChanges | undefined;
+  /** Routes on the TUN that this client added and that are there: a reconnect diffs them. */
+  readonly #routes = new Set<string>();
+  /** The IPv6 address on the TUN (address6/prefix6), once added. */
+  #address6: string | undefined;
+  /** The server IP the host route leads to, once added (or found on-link). */
+  #hostRoute: string | undefined;
+  /** The DNS settings applied (JSON of servers, domains and default route), once applied. */
+  #dnsApplied: string | undefined;
   /** The authenticated session's channel: where TUN packets go. */
   #channel: Channel | undefined;
   /** A channel still in its handshake. */
@@ -193,6 +216,17 @@ export class Client implements PacketSink {
     if (tun.vnetHdr) this.#coalescer = new Coalescer((p, n) => tun.write(p, n));
     this.#pump = this.#tunToServer(tun);
     try {
+      // Also undoes what a client of this TUN killed before its exit left behind.
+      if (this.#options.tun === undefined) {
+        try {
+          this.#host = HostChanges.open(
+            tun.name,
+            this.#options.stateDir === undefined ? {} : { stateDir: this.#options.stateDir },
+          );
+        } catch (error) {
+          throw new ClientError((error as Error).message);
+        }
+      }
       while (!this.#stopped) {
         try {
           const channel = await this.#connect();
@@ -231,6 +265,15 @@ export class Client implements PacketSink {
     } finally {
       this.#tun?.close();
       await this.#pump;
+      // After the TUN: its split routes are gone with it, so no packet follows the default
+      // route again before the host route is gone too.
+      try {
+        this.#host?.undo();
+      } catch (error) {
+        logger.error("could not undo the host route or DNS of this client: {error}", {
+          error: String(error),
+        });
+      }
       logger.info(`totals of {sessions} session(s): ${TRAFFIC}`, {
         sessions: this.#sessions,
         ...this.#totals,
@@ -327,36 +370,183 @@ export class Client implements PacketSink {
     this.#vnet = push.offload === true;
     this.#push = push;
     this.address = push.address;
+    const dns = push.dns?.servers.length
+      ? `, DNS ${push.dns.servers.join(" ")}` +
+        (push.dns.domains.length > 0 ? ` (${push.dns.domains.join(" ")})` : "") +
+        (this.#options.dns === false ? " not applied (--no-dns)" : "")
+      : "";
     logger.info(
-      "connected: address {address}/{prefix}, gateway {gateway}, routes {routes}, MTU {mtu}",
+      "connected: address {address}/{prefix}{address6}, gateway {gateway}, routes {routes}, " +
+        "MTU {mtu}{redirect}{dns}",
       {
         address: push.address,
         prefix: push.prefix,
+        address6: push.address6 === undefined ? "" : `, IPv6 ${push.address6}/${push.prefix6}`,
         gateway: push.gateway,
         routes: push.routes.join(", ") || "none",
         mtu: push.mtu,
+        redirect: push.redirect_gateway === true ? ", full tunnel" : "",
+        dns,
       },
     );
   }
 
+  /**
+   * The TUN's MTU and addresses, the routes, the host route and DNS of `push`. The IPv4
+   * address is the tunnel: failing it fails the session. Whatever else fails is said and
+   * left out, and the tunnel stays up without it; the next session tries it again.
+   */
   #configureLinux(push: Push): void {
     using nl = Netlink.open();
     const old = this.#push;
     if (old === undefined) this.#tunIndex = nl.linkIndex(this.#tun!.name);
     const index = this.#tunIndex;
     if (old?.mtu !== push.mtu) nl.setMtu(index, push.mtu);
-    if (old && (old.address !== push.address || old.prefix !== push.prefix)) {
-      nl.removeAddress(index, `${old.address}/${old.prefix}`);
-    }
+    // The new address before the old one goes: a TUN left without an IPv4 address for a
+    // moment loses every IPv4 route on it, which #routes would still count as there.
     if (!old || old.address !== push.address || old.prefix !== push.prefix) {
       nl.addAddress(index, `${push.address}/${push.prefix}`);
     }
-    nl.setLinkUp(index);
-    for (const route of old?.routes ?? []) {
-      if (!push.routes.includes(route)) nl.removeRoute({ destination: route, ifindex: index });
+    if (old && (old.address !== push.address || old.prefix !== push.prefix)) {
+      nl.removeAddress(index, `${old.address}/${old.prefix}`);
     }
-    for (const route of push.routes) {
-      if (!old?.routes.includes(route)) nl.addRoute({ destination: route, ifindex: index });
+    this.#configureAddress6(nl, push);
+    nl.setLinkUp(index);
+    const redirect = push.redirect_gateway === true && this.#routeToServer(push);
+    if (push.redirect_gateway !== true && this.#hostRoute !== undefined) {
+      this.#hostRoute = undefined;
+      this.#attempt(
+        "remove the host route to the server",
+        "it",
+        () => this.#host!.removeRouteToServer(),
+      );
+    }
+    const has6 = this.#address6 !== undefined;
+    const wanted = new Set([
+      ...push.routes.filter((route) => has6 || !route.includes(":")),
+      ...(redirect ? SPLIT_DEFAULT4 : []),
+      ...(redirect && has6 ? SPLIT_DEFAULT6 : []),
+    ]);
+    for (const route of this.#routes) {
+      if (wanted.has(route)) continue;
+      this.#routes.delete(route);
+      this.#attempt(
+        `remove the route to ${route} from the tunnel`,
+        "any change to it",
+        () => nl.removeRoute({ destination: route, ifindex: index }),
+      );
+    }
+    for (const route of wanted) {
+      if (this.#routes.has(route)) continue;
+      const added = this.#attempt(
+        `add the route to ${route} through the tunnel`,
+        "it",
+        () => nl.addRoute({ destination: route, ifindex: index }),
+      );
+      if (added) this.#routes.add(route);
+    }
+    this.#configureDns(push, redirect);
+  }
+
+  /** Puts the PUSH's IPv6 address on the TUN in place of the last one, or says why not. */
+  #configureAddress6(nl: Netlink, push: Push): void {
+    const address6 = push.address6 === undefined ? undefined : `${push.address6}/${push.prefix6}`;
+    if (this.#address6 === address6) return;
+    const old = this.#address6;
+    if (old !== undefined) {
+      this.#address6 = undefined;
+      this.#attempt(
+        `remove ${old} from the tunnel`,
+        "any change to it",
+        () => nl.removeAddress(this.#tunIndex, old),
+      );
+    }
+    if (address6 === undefined) return;
+    const added = this.#attempt(
+      `add the IPv6 address ${address6} to the tunnel (is IPv6 off on this machine?)`,
+      "IPv6",
+      () => nl.addAddress(this.#tunIndex, address6),
+    );
+    if (added) this.#address6 = address6;
+  }
+
+  /**
+   * The host route that keeps the server reached the old way once the split default routes
+   * take all else. False when it cannot be had: then the full tunnel is left out, as the
+   * tunnel's own packets would go into the tunnel.
+   */
+  #routeToServer(push: Push): boolean {
+    // A socket of the IPv6 family names an IPv4 server ::ffff:a.b.c.d.
+    const server = peerHost(this.#serverIp);
+    if (this.#hostRoute === server) return true;
+    const host = this.#host!;
+    if (this.#hostRoute !== undefined) {
+      this.#hostRoute = undefined;
+      this.#attempt(
+        "remove the host route to the server's former address",
+        "any change to it",
+        () => host.removeRouteToServer(),
+      );
+    }
+    return this.#attempt(
+      `add a host route to the server ${server}`,
+      `the full tunnel (only the pushed routes, ${
+        push.routes.join(", ") || "none"
+      }, go through it)`,
+      () => {
+        const how = host.routeToServer(server);
+        logger.info("host route to the server: {how}", {
+          how: how ?? `none needed, ${server} is on a link of this machine`,
+        });
+        this.#hostRoute = server;
+      },
+    );
+  }
+
+  /** Applies the pushed DNS unless `--no-dns`, after clearing what an earlier session applied. */
+  #configureDns(push: Push, defaultRoute: boolean): void {
+    const dns = this.#options.dns !== false && push.dns !== undefined &&
+        push.dns.servers.length > 0
+      ? push.dns
+      : undefined;
+    const wanted = dns === undefined ? undefined : JSON.stringify([dns, defaultRoute]);
+    if (wanted === this.#dnsApplied) return;
+    const host = this.#host!;
+    if (this.#dnsApplied !== undefined) {
+      this.#dnsApplied = undefined;
+      this.#attempt(
+        "put this machine's DNS back as it was",
+        "any change to it",
+        () => host.clearDns(),
+      );
+    }
+    if (dns === undefined) return;
+    this.#attempt(
+      `apply the pushed DNS servers ${dns.servers.join(" ")}`,
+      "them (names resolve as they did before)",
+      () => {
+        const how = host.setDns(this.#tun!.name, dns, defaultRoute);
+        logger.info("DNS: {how}", { how });
+        this.#dnsApplied = wanted;
+      },
+    );
+  }
+
+  /**
+   * Runs one host change; a failure is a warning that says `what` failed and that the tunnel
+   * stays up `without` it, and false.
+   */
+  #attempt(what: string, without: string, change: () => void): boolean {
+    try {
+      change();
+      return true;
+    } catch (error) {
+      logger.warn("could not {what}: {error}; the tunnel stays up without {without}", {
+        what,
+        error: String(error),
+        without,
+      });
+      return false;
     }
   }
 

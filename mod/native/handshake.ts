@@ -29,7 +29,13 @@ import {
   PROTOCOL_VERSION,
   type Push,
 } from "./messages.ts";
-import { authChallenge, AuthError, signChallenge, verifyClient } from "../pki.ts";
+import {
+  authChallenge,
+  AuthError,
+  type ClientSettings,
+  signChallenge,
+  verifyClient,
+} from "../pki.ts";
 import { FrameError, FrameType } from "./wire.ts";
 
 const NONCE_BYTES = 32;
@@ -86,6 +92,8 @@ export interface ServerTrust {
   revoked: Set<string>;
   /** Serials in the registry and not revoked: no other client certificate is admitted. */
   valid: Set<string>;
+  /** What `vpn client set` gave each valid client, by serial. */
+  settings: Map<string, ClientSettings>;
 }
 
 /**

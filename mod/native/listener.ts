@@ -9,6 +9,7 @@
 import { setListenerNoDelay, shutdownTcp } from "../../ffi/socket.ts";
 import { formatPeer } from "../core/ip.ts";
 import type { Router } from "../core/router.ts";
+import { describeNetwork } from "../core/session.ts";
 import { log } from "../log.ts";
 import { AuthError } from "../pki.ts";
 import { Channel } from "./channel.ts";
@@ -31,10 +32,10 @@ const PRE_AUTH_TIMEOUT_MS = 10_000;
 /** Connections still in their handshake at once; more are closed at accept. */
 const MAX_PRE_AUTH = 64;
 
-/** Accepts our protocol's clients on a TLS listener. */
+/** Accepts our protocol's clients on TLS listeners (one, or IPv6 and IPv4 on one port). */
 export class NativeListener {
   readonly #router: Router;
-  readonly #listener: Deno.TlsListener;
+  readonly #listeners: Deno.TlsListener[];
   readonly #trust: ServerTrust;
   readonly #udp: ServerUdp | string;
   /** Connections still in their handshake, each with its way to be dropped. */
@@ -43,25 +44,25 @@ export class NativeListener {
   readonly #done: Promise<void>;
 
   /**
-   * Serves `listener`; `udp` is the UDP data channel, or why there is none (told to clients
-   * that offer one).
+   * Serves `listeners`, all on one port; `udp` is the UDP data channel, or why there is none
+   * (told to clients that offer one).
    */
   constructor(
     router: Router,
-    listener: Deno.TlsListener,
+    listeners: Deno.TlsListener[],
     trust: ServerTrust,
     udp: ServerUdp | string,
   ) {
     this.#router = router;
-    this.#listener = listener;
+    this.#listeners = listeners;
     this.#trust = trust;
     this.#udp = udp;
-    this.#done = this.#acceptLoop();
+    this.#done = Promise.all(listeners.map((l) => this.#acceptLoop(l))).then(() => {});
   }
 
-  /** Where the listener is bound. */
+  /** Where the listeners are bound. */
   get port(): number {
-    return this.#listener.addr.port;
+    return this.#listeners[0]!.addr.port;
   }
 
   /** Number of connections in their handshake now (TLS or AUTH pending), at most 64. */
@@ -72,17 +73,17 @@ export class NativeListener {
   /** Closes the listener and drops every connection still in its handshake. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#listener.close();
+    for (const listener of this.#listeners) listener.close();
     for (const drop of this.#preAuth) drop();
     await this.#done;
   }
 
-  async #acceptLoop(): Promise<void> {
+  async #acceptLoop(listener: Deno.TlsListener): Promise<void> {
     // Every accepted socket inherits TCP_NODELAY from the listener: no connection needs a
     // lookup of its socket for it (ffi/socket.ts).
-    setListenerNoDelay(this.#listener.addr);
+    setListenerNoDelay(listener.addr);
     try {
-      for await (const conn of this.#listener) {
+      for await (const conn of listener) {
         if (this.#preAuth.size >= MAX_PRE_AUTH) {
           this.#router.stats.refused++;
           const { hostname, port } = conn.remoteAddr;
@@ -159,26 +160,31 @@ export class NativeListener {
       },
       peer,
       host,
-      (address) => new NativeSession(router, this.#udp, channel, client, address, vnet, peer),
+      (network) => new NativeSession(router, this.#udp, channel, client, network, vnet, peer),
     ) as NativeSession | undefined;
     if (session === undefined) {
       refuse(channel, "pool-exhausted", "address pool exhausted");
       return;
     }
-    const { config, pool } = router;
+    const network = session.network;
     sendPush(channel, {
-      address: session.address,
-      prefix: pool.prefix,
-      gateway: pool.serverAddress,
-      routes: config.push.routes,
-      mtu: config.mtu,
-      keepalive: { interval: config.keepalive.interval, timeout: config.keepalive.timeout },
+      address: network.address,
+      prefix: network.prefix,
+      gateway: network.gateway,
+      routes: network.routes,
+      mtu: network.mtu,
+      keepalive: network.keepalive,
       ...(vnet ? { offload: true } : {}),
+      ...(network.address6 !== undefined
+        ? { address6: network.address6, prefix6: network.prefix6!, gateway6: network.gateway6! }
+        : {}),
+      ...(network.redirectGateway ? { redirect_gateway: true } : {}),
+      ...(network.dns.servers.length + network.dns.domains.length > 0 ? { dns: network.dns } : {}),
     });
-    logger.info("{name} connected from {peer}, address {address}", {
+    logger.info("{name} connected from {peer}, {addresses}", {
       name: client.name,
       peer,
-      address: session.address,
+      addresses: describeNetwork(network),
     });
     session.start();
   }

@@ -6,7 +6,9 @@
  * @module
  */
 
-import { parseCidr, parseIPv4 } from "../core/ip.ts";
+import { isDomainName, MAX_DNS_DOMAINS, MAX_DNS_SERVERS } from "../config.ts";
+import { formatIPv6, parseCidr, parseIPv4, parseIPv6 } from "../core/ip.ts";
+import { SUBNET6_MAX_PREFIX, SUBNET6_MIN_PREFIX } from "../core/subnet6.ts";
 import type { AuthFailure } from "../pki.ts";
 import { FrameError } from "./wire.ts";
 
@@ -48,7 +50,7 @@ export interface Push {
   prefix: number;
   /** The server's tunnel address. */
   gateway: string;
-  /** Networks reached through the tunnel, CIDR. */
+  /** Networks reached through the tunnel, CIDR; IPv6 ones only with `address6`. */
   routes: string[];
   /** Inner MTU of the tunnel. */
   mtu: number;
@@ -56,6 +58,22 @@ export interface Push {
   keepalive: { interval: number; timeout: number };
   /** Every DATA frame and datagram, both ways, starts with a virtio-net header. */
   offload?: boolean;
+  /** The client's IPv6 tunnel address when the tunnel carries IPv6 (`subnet6`), e.g. fd00:8::2. */
+  address6?: string;
+  /** Prefix length of `subnet6`, 64 to 120; present exactly when `address6` is. */
+  prefix6?: number;
+  /** The server's IPv6 tunnel address; present exactly when `address6` is. */
+  gateway6?: string;
+  /** Send all traffic through the tunnel: split default routes and a host route to the server. */
+  redirect_gateway?: boolean;
+  /** The DNS servers and search domains to use while connected. */
+  dns?: PushDns;
+}
+
+/** The DNS part of a PUSH: IP literals and domain names, each list short (PROTOCOL.md). */
+export interface PushDns {
+  servers: string[];
+  domains: string[];
 }
 
 /** Why a session was refused or ended: a refused certificate, or one of the others. */
@@ -187,15 +205,13 @@ export function decodeAuth(payload: Uint8Array): Auth {
 /** Decodes a PUSH payload. */
 export function decodePush(payload: Uint8Array): Push {
   const f = parse(payload, "PUSH");
-  const routes = f.routes;
-  if (
-    !Array.isArray(routes) || routes.length > MAX_ROUTES ||
-    routes.some((r) => typeof r !== "string" || !isIpv4Network(r))
-  ) {
-    throw new FrameError(
-      `PUSH: "routes" must be a list of at most ${MAX_ROUTES} IPv4 networks (a.b.c.d/n)`,
-    );
+  // The three IPv6 fields come together: an address without its prefix or gateway (or the
+  // reverse) is no tunnel the client can set up.
+  const v6 = ["address6", "prefix6", "gateway6"].filter((key) => f[key] !== undefined);
+  if (v6.length !== 0 && v6.length !== 3) {
+    throw new FrameError(`PUSH: "address6", "prefix6" and "gateway6" come together or not at all`);
   }
+  const routes = pushRoutes(f.routes, v6.length === 3);
   const keepalive = f.keepalive;
   if (typeof keepalive !== "object" || keepalive === null) {
     throw new FrameError(`PUSH: "keepalive" must be an object`);
@@ -204,7 +220,7 @@ export function decodePush(payload: Uint8Array): Push {
     address: ipv4(f, "address", "PUSH"),
     prefix: integer(f, "prefix", "PUSH", 8, 30),
     gateway: ipv4(f, "gateway", "PUSH"),
-    routes: routes as string[],
+    routes,
     mtu: integer(f, "mtu", "PUSH", 576, 65535),
     keepalive: {
       interval: integer(keepalive as Fields, "interval", "PUSH keepalive", 1, 3600),
@@ -212,11 +228,63 @@ export function decodePush(payload: Uint8Array): Push {
     },
   };
   if (f.offload !== undefined) push.offload = boolean(f, "offload", "PUSH");
+  if (v6.length === 3) {
+    push.address6 = ipv6(f, "address6", "PUSH");
+    push.prefix6 = integer(f, "prefix6", "PUSH", SUBNET6_MIN_PREFIX, SUBNET6_MAX_PREFIX);
+    push.gateway6 = ipv6(f, "gateway6", "PUSH");
+  }
+  if (f.redirect_gateway !== undefined) {
+    push.redirect_gateway = boolean(f, "redirect_gateway", "PUSH");
+  }
+  if (f.dns !== undefined) push.dns = pushDns(f.dns);
   return push;
 }
 
-/** Routes one PUSH may carry (and `push.routes` may list): the client adds each one. */
+/** Routes one PUSH may carry (and `push.routes` may list), IPv4 and IPv6 in all. */
 export const MAX_ROUTES = 256;
+
+/** The `routes` of a PUSH: canonical networks, IPv6 ones only in a tunnel with IPv6. */
+function pushRoutes(routes: unknown, ipv6: boolean): string[] {
+  if (
+    !Array.isArray(routes) || routes.length > MAX_ROUTES ||
+    routes.some((r) => typeof r !== "string" || !isNetwork(r, ipv6))
+  ) {
+    throw new FrameError(
+      `PUSH: "routes" must be a list of at most ${MAX_ROUTES} IPv4 networks (a.b.c.d/n)` +
+        (ipv6
+          ? " and IPv6 networks in canonical form (fd00:1::/64)"
+          : `; IPv6 networks only with "address6"`),
+    );
+  }
+  return routes as string[];
+}
+
+/** The `dns` of a PUSH: at most MAX_DNS_SERVERS IP literals, MAX_DNS_DOMAINS domain names. */
+function pushDns(value: unknown): PushDns {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new FrameError(`PUSH: "dns" must be an object {servers, domains}`);
+  }
+  const { servers, domains } = value as Fields;
+  if (
+    !Array.isArray(servers) || servers.length > MAX_DNS_SERVERS ||
+    servers.some((s) => typeof s !== "string" || !isAddress(s))
+  ) {
+    throw new FrameError(
+      `PUSH: "dns.servers" must be a list of at most ${MAX_DNS_SERVERS} IPv4 or IPv6 ` +
+        `addresses (IPv6 in canonical form)`,
+    );
+  }
+  if (
+    !Array.isArray(domains) || domains.length > MAX_DNS_DOMAINS ||
+    domains.some((d) => typeof d !== "string" || !isDomainName(d))
+  ) {
+    throw new FrameError(
+      `PUSH: "dns.domains" must be a list of at most ${MAX_DNS_DOMAINS} domain names ` +
+        `(letters, digits, "-" and ".", at most 253 bytes)`,
+    );
+  }
+  return { servers: servers as string[], domains: domains as string[] };
+}
 
 /** The string `key`, an IPv4 address in dotted-quad form. */
 function ipv4(fields: Fields, key: string, what: string): string {
@@ -229,11 +297,42 @@ function ipv4(fields: Fields, key: string, what: string): string {
   return text;
 }
 
-/** Whether `text` is an IPv4 network in canonical form (no host bits set). */
-function isIpv4Network(text: string): boolean {
+/**
+ * The string `key`, an IPv6 address in the canonical form of RFC 5952: what the server
+ * sends, and so a reconnect's PUSH compares equal to the last one's as text.
+ */
+function ipv6(fields: Fields, key: string, what: string): string {
+  const text = string(fields, key, what, 45);
+  if (!isIpv6Canonical(text)) {
+    throw new FrameError(`${what}: "${key}" must be an IPv6 address in canonical form`);
+  }
+  return text;
+}
+
+function isIpv6Canonical(text: string): boolean {
+  try {
+    return formatIPv6(parseIPv6(text)) === text;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `text` is an IPv4 address or an IPv6 one in canonical form. */
+function isAddress(text: string): boolean {
+  if (text.includes(":")) return isIpv6Canonical(text);
+  try {
+    parseIPv4(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `text` is a network in canonical form (no host bits set), IPv6 only if `ipv6`. */
+function isNetwork(text: string, ipv6: boolean): boolean {
   try {
     const cidr = parseCidr(text);
-    return cidr.family === 4 && cidr.address === cidr.network;
+    return (cidr.family === 4 || ipv6) && text === `${cidr.network}/${cidr.prefix}`;
   } catch {
     return false;
   }

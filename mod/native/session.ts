@@ -8,8 +8,7 @@
  */
 
 import type { Router } from "../core/router.ts";
-import type { EndReason, TunnelSession } from "../core/session.ts";
-import { parseIPv4 } from "../core/ip.ts";
+import type { ClientNetwork, EndReason, TunnelSession } from "../core/session.ts";
 import { escapeText, log } from "../log.ts";
 import type { Channel } from "./channel.ts";
 import { type AuthenticatedClient, refuse } from "./handshake.ts";
@@ -27,6 +26,7 @@ export class NativeSession implements TunnelSession {
   readonly notAfter: Date;
   readonly address: string;
   readonly addressNumber: number;
+  readonly network: ClientNetwork;
   touched = false;
   stalledBatch = 0;
   stalledAt = -1;
@@ -46,7 +46,7 @@ export class NativeSession implements TunnelSession {
     udp: ServerUdp | string,
     channel: Channel,
     client: AuthenticatedClient,
-    address: string,
+    network: ClientNetwork,
     vnet: boolean,
     peer: string,
   ) {
@@ -58,8 +58,9 @@ export class NativeSession implements TunnelSession {
     this.name = client.name;
     this.serial = client.serial;
     this.notAfter = client.notAfter;
-    this.address = address;
-    this.addressNumber = parseIPv4(address);
+    this.network = network;
+    this.address = network.address;
+    this.addressNumber = network.addressNumber;
     this.#peer = peer;
   }
 

@@ -23,8 +23,12 @@
  */
 
 import type { Router } from "../core/router.ts";
-import type { EndReason, TunnelSession } from "../core/session.ts";
-import { formatIPv4, ipv4Netmask, parseCidr, parseIPv4 } from "../core/ip.ts";
+import {
+  type ClientNetwork,
+  describeNetwork,
+  type EndReason,
+  type TunnelSession,
+} from "../core/session.ts";
 import { escapeText, log } from "../log.ts";
 import { AuthError, derToPem, verifyClientCertificate } from "../pki.ts";
 import { ReplayWindow } from "../core/replay.ts";
@@ -66,6 +70,7 @@ import { Reliable } from "./reliable.ts";
 import { TlsEngine, TlsError, type TlsIdentity } from "./tls.ts";
 import type { TlsCrypt } from "./tls_crypt.ts";
 import { concat } from "./bytes.ts";
+import { pushedNetworkOptions } from "./push_options.ts";
 
 const logger = log("server");
 
@@ -77,6 +82,8 @@ const CONTROL_CHUNK = 1100;
 const IV_PROTO_DATA_V2 = 2;
 const IV_PROTO_REQUEST_PUSH = 4;
 const IV_PROTO_CC_EXIT = 128;
+/** The client takes the 2.6 `dns` option (bit 6); OpenVPN Connect announces bit 11 instead. */
+const IV_PROTO_DNS_OPTION = 64 | 2048;
 /** Repeated PUSH_REQUESTs are answered at most this often (ms). */
 const PUSH_REPLY_EVERY_MS = 5000;
 /** Packets one data key seals before the server renegotiates (ids end at 0xFF000000). */
@@ -171,6 +178,7 @@ export class OpenVpnSession implements TunnelSession {
   notAfter = new Date(0);
   address = "";
   addressNumber = 0;
+  #network: ClientNetwork | undefined;
   readonly vnet = false;
   touched = false;
   stalledBatch = 0;
@@ -224,6 +232,12 @@ export class OpenVpnSession implements TunnelSession {
         ),
       HAND_WINDOW_MS,
     );
+  }
+
+  /** What the router gave this client; set once it is admitted. */
+  get network(): ClientNetwork {
+    if (this.#network === undefined) throw new Error(`${this.name}: not admitted yet`);
+    return this.#network;
   }
 
   get protocol(): string {
@@ -483,9 +497,10 @@ export class OpenVpnSession implements TunnelSession {
         { name: this.name, serial: this.serial },
         this.#link.peer,
         this.#link.host,
-        (address) => {
-          this.address = address;
-          this.addressNumber = parseIPv4(address);
+        (network) => {
+          this.#network = network;
+          this.address = network.address;
+          this.addressNumber = network.addressNumber;
           return this;
         },
       );
@@ -507,13 +522,13 @@ export class OpenVpnSession implements TunnelSession {
     const compression = /,comp-lzo|,compress/.test(message.options);
     this.#compression = compression;
     logger.info(
-      "{name} connected from {peer} over {protocol}, cipher {cipher}, address {address}{more}",
+      "{name} connected from {peer} over {protocol}, cipher {cipher}, {addresses}{more}",
       {
         name: this.name,
         peer: this.#link.peer,
         protocol: this.protocol,
         cipher: this.#cipher!,
-        address: this.address,
+        addresses: describeNetwork(this.network),
         more: `; client ${escapeText(info.version ?? "?")} on ${escapeText(info.platform ?? "?")}` +
           (compression
             ? "; its profile asks for compression: it gets compress stub-v2 (no compression)"
@@ -528,22 +543,15 @@ export class OpenVpnSession implements TunnelSession {
     const now = performance.now();
     if (now - this.#lastPushReply < PUSH_REPLY_EVERY_MS) return;
     this.#lastPushReply = now;
-    const { config, pool } = this.#ctx.router;
-    const mask = (prefix: number) => formatIPv4(ipv4Netmask(prefix));
+    const { config } = this.#ctx.router;
+    const info = this.#peerInfo!;
     const options = [
-      ...config.push.routes.map((route) => {
-        const { network, prefix } = parseCidr(route);
-        return `route ${network} ${mask(prefix)}`;
-      }),
-      `route-gateway ${pool.serverAddress}`,
-      "topology subnet",
+      ...pushedNetworkOptions(this.#network!, (info.proto & IV_PROTO_DNS_OPTION) !== 0),
       `ping ${config.keepalive.interval}`,
       `ping-restart ${config.keepalive.timeout}`,
-      `ifconfig ${this.address} ${mask(pool.prefix)}`,
       `peer-id ${this.peerId}`,
       `cipher ${this.#cipher}`,
     ];
-    const info = this.#peerInfo!;
     if ((info.proto & IV_PROTO_CC_EXIT) !== 0) options.push("protocol-flags cc-exit");
     // Over UDP the server hears of a client's exit only if the client says so (over TCP, the
     // connection closes): the exported profile leaves the option out for OpenVPN Connect's sake.
