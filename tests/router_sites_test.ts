@@ -68,6 +68,20 @@ Deno.test("Router routes IPv6 by destination and drops an inner IPv6 source that
       fromAlice,
     );
     assertEquals(lab.server.stats.spoofed, spoofed + 1);
+    // Each kernel's own neighbour discovery stays on its link: counted apart, not as spoofed.
+    const linkLocal = lab.server.stats.linkLocal;
+    await assertDropped(
+      alice.tun,
+      ipv6Packet("fe80::1", "ff02::2", "router solicitation"),
+      lab.serverTun,
+      fromAlice,
+    );
+    lab.serverTun.inject(ipv6Packet("fe80::2", "ff02::1", "all nodes"));
+    lab.serverTun.inject(ipv6Packet("fd00:8::1", "ff02::16", "MLD report"));
+    lab.serverTun.inject(toAlice);
+    assertEquals(await takeFrom(alice.tun), [toAlice]);
+    assertEquals(lab.server.stats.linkLocal, linkLocal + 3);
+    assertEquals(lab.server.stats.spoofed, spoofed + 1);
     // One differing bit above the 32-bit key is another address, not alice's.
     const unroutable = lab.server.stats.unroutable;
     lab.serverTun.inject(ipv6Packet("fd00:8::1", "fd00:8::1:0:0:2", "elsewhere"));

@@ -217,7 +217,7 @@ rootTest(
     const [first] = [...server.log.matchAll(counters)];
     assertEquals(
       first![2],
-      "3 spoofed, 0 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 3 spoofed, 0 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused",
+      "3 spoofed, 0 unroutable, 0 not IP, 0 IPv6 link-local, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 3 spoofed, 0 unroutable, 0 not IP, 0 IPv6 link-local, 0 dropped, 0 bad virtio-net header, 0 refused",
     );
     assertEquals(Number(first![1]) % 10, 0, first![0]);
 
@@ -230,7 +230,7 @@ rootTest(
     assertEquals(all.length, 2, server.log);
     assertEquals(
       all[1]![2],
-      "2 spoofed, 2 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 5 spoofed, 2 unroutable, 0 not IP, 0 dropped, 0 bad virtio-net header, 0 refused",
+      "2 spoofed, 2 unroutable, 0 not IP, 0 IPv6 link-local, 0 dropped, 0 bad virtio-net header, 0 refused; since start: 5 spoofed, 2 unroutable, 0 not IP, 0 IPv6 link-local, 0 dropped, 0 bad virtio-net header, 0 refused",
     );
   },
 );

@@ -93,6 +93,11 @@ export interface ServerStats {
    * ones when the tunnel has no `subnet6` (the kernels' own router solicitations, mostly).
    */
   notIp: number;
+  /**
+   * IPv6 packets either way with a link-local source or a multicast or link-local destination:
+   * each kernel's own neighbour discovery and MLD on its TUN, which stays on that link.
+   */
+  linkLocal: number;
   /** Connections closed before auth: TLS failure, protocol error, timeout, or refusal. */
   refused: number;
   /** Packets for clients dropped because the session's send buffer was full. */
@@ -106,6 +111,7 @@ const COUNTERS = {
   spoofed: "spoofed",
   unroutable: "unroutable",
   notIp: "not IP",
+  linkLocal: "IPv6 link-local",
   dropped: "dropped",
   badVnet: "bad virtio-net header",
   refused: "refused",
@@ -136,6 +142,7 @@ export class Router {
     spoofed: 0,
     unroutable: 0,
     notIp: 0,
+    linkLocal: 0,
     refused: 0,
     dropped: 0,
     badVnet: 0,
@@ -476,7 +483,8 @@ export class Router {
         !(own !== undefined && ipv6SourceEquals(buffer, ip, own)) &&
         this.#sites.lookup6(buffer, ip + IPV6_SOURCE) !== session
       ) {
-        this.stats.spoofed++;
+        if (linkLocal(buffer, ip + IPV6_SOURCE)) this.stats.linkLocal++;
+        else this.stats.spoofed++;
         return;
       }
       if (this.config.client_to_client) peer = this.#toAddress6(buffer, ip);
@@ -608,6 +616,10 @@ export class Router {
       let session: TunnelSession | undefined;
       if (version === 4) session = this.#toAddress4(ipv4Destination(packet, ip));
       else if (version === 6 && size >= ip + IPV6_HEADER && this.subnet6 !== undefined) {
+        if (linkScoped(packet, ip + IPV6_DESTINATION)) {
+          this.stats.linkLocal++;
+          continue;
+        }
         session = this.#toAddress6(packet, ip);
       } else {
         this.stats.notIp++;
@@ -728,6 +740,16 @@ export class Router {
     }
     for (const listener of this.#registryListeners) listener();
   }
+}
+
+/** Whether the IPv6 address at `at` is link-local (fe80::/10). */
+function linkLocal(buffer: Uint8Array, at: number): boolean {
+  return buffer[at] === 0xfe && (buffer[at + 1]! & 0xc0) === 0x80;
+}
+
+/** Whether the IPv6 address at `at` stays on its link: link-local, or multicast (ff00::/8). */
+function linkScoped(buffer: Uint8Array, at: number): boolean {
+  return buffer[at] === 0xff || linkLocal(buffer, at);
 }
 
 /** The fixed IPv4 addresses of `settings`, owner (serial) to address. */
