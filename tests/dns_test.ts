@@ -194,7 +194,7 @@ Deno.test("checkDns() names the bad server, a missing server and too many domain
     message: "DNS settings have no server: push.dns.servers needs at least one",
   });
   assert.throws(() => checkDns({ servers: ["10.8.0.1"], domains: new Array(9).fill("a.b") }), {
-    message: /at most 8 of each/,
+    message: /at most 8 servers and 8 domains are taken/,
   });
   assert.throws(() => checkDns({ servers: ["10.8.0.1"], domains: ["-x y"] }), /not a DNS name/);
   checkDns(DNS);

@@ -15,6 +15,7 @@
  */
 
 import { parseIpAddress } from "../../ffi/netlink_message.ts";
+import { isDomainName, MAX_DNS_DOMAINS, MAX_DNS_SERVERS } from "../config.ts";
 
 /** The DNS settings pushed for a tunnel. */
 export interface DnsSettings {
@@ -24,9 +25,6 @@ export interface DnsSettings {
   domains: string[];
 }
 
-/** The most servers and domains taken, as the native PUSH allows. */
-const MAX_SERVERS = 8;
-const MAX_DOMAINS = 8;
 /** glibc's MAXNS: a resolver reads at most this many nameserver lines. */
 const RESOLV_CONF_MAX_NAMESERVERS = 3;
 /** A resolv.conf larger than this is not a resolver configuration: it is not backed up. */
@@ -46,10 +44,10 @@ export function checkDns(dns: DnsSettings): void {
   if (dns.servers.length === 0) {
     throw new TypeError("DNS settings have no server: push.dns.servers needs at least one");
   }
-  if (dns.servers.length > MAX_SERVERS || dns.domains.length > MAX_DOMAINS) {
+  if (dns.servers.length > MAX_DNS_SERVERS || dns.domains.length > MAX_DNS_DOMAINS) {
     throw new TypeError(
       `DNS settings have ${dns.servers.length} servers and ${dns.domains.length} domains; ` +
-        `at most ${MAX_SERVERS} of each are taken`,
+        `at most ${MAX_DNS_SERVERS} servers and ${MAX_DNS_DOMAINS} domains are taken`,
     );
   }
   for (const server of dns.servers) {
@@ -60,9 +58,7 @@ export function checkDns(dns: DnsSettings): void {
     }
   }
   for (const domain of dns.domains) {
-    if (
-      domain.length > 253 || !/^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?$/.test(domain)
-    ) {
+    if (!isDomainName(domain)) {
       throw new TypeError(
         `DNS domain "${domain}" is not a DNS name (letters, digits, "-" and ".", at most 253 bytes)`,
       );
