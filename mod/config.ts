@@ -152,6 +152,27 @@ export const MAX_DNS_SERVERS = 8;
 /** Search domains `push.dns.domains` may list (and a PUSH may carry). */
 export const MAX_DNS_DOMAINS = 8;
 
+/** The operator's control socket (`control` in `server.yaml`). */
+export interface ControlConfig {
+  /**
+   * The Unix socket `vpn status`, `vpn client kill` and `vpn reload` talk to; empty for
+   * `/run/vpn/NAME.sock`, NAME being the PKI directory's name. Mode 0600.
+   *
+   * @default ""
+   */
+  socket: string;
+}
+
+/** The Prometheus endpoint (`metrics` in `server.yaml`). */
+export interface MetricsConfig {
+  /**
+   * Where `/metrics` listens, `host:port` (`127.0.0.1:9194`, `[::1]:9194`); empty: off.
+   *
+   * @default ""
+   */
+  listen: string;
+}
+
 /** What the server logs (`log` in `server.yaml`). */
 export interface LogConfig {
   /**
@@ -247,6 +268,10 @@ export interface ServerConfig {
   log: LogConfig;
   /** Where and how OpenVPN clients connect. */
   openvpn: OpenVpnConfig;
+  /** The control socket. */
+  control: ControlConfig;
+  /** The Prometheus endpoint. */
+  metrics: MetricsConfig;
 }
 
 /** A client's profile, written by `vpn client add` as `NAME.yaml`. */
@@ -327,6 +352,8 @@ export function defaultServerConfig(): ServerConfig {
     dev: "vpn%d",
     log: { level: "info" },
     openvpn: { udp: true, tcp: true, tcp_port: 1195, ciphers: [...DATA_CIPHERS] },
+    control: { socket: "" },
+    metrics: { listen: "" },
   };
 }
 
@@ -351,6 +378,8 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
   const dns = r.mapping(push.dns, "push.dns", Object.keys(d.push.dns));
   const log = r.mapping(top.log, "log", Object.keys(d.log));
   const openvpn = r.mapping(top.openvpn, "openvpn", Object.keys(d.openvpn));
+  const control = r.mapping(top.control, "control", Object.keys(d.control));
+  const metrics = r.mapping(top.metrics, "metrics", Object.keys(d.metrics));
 
   const interval = r.value(
     keepalive.interval,
@@ -459,7 +488,49 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
       tcp_port: tcpPort,
       ciphers: r.ciphers(openvpn.ciphers, "openvpn.ciphers", d.openvpn.ciphers),
     },
+    control: {
+      socket: r.value(
+        control.socket,
+        "control.socket",
+        d.control.socket,
+        (v): v is string => isString(v) && (v === "" || v.startsWith("/")),
+        'must be an absolute path, or "" for /run/vpn/NAME.sock',
+      ),
+    },
+    metrics: {
+      listen: r.value(
+        metrics.listen,
+        "metrics.listen",
+        d.metrics.listen,
+        (v): v is string => isString(v) && (v === "" || isListenAddress(v)),
+        'must be host:port such as 127.0.0.1:9194 or [::1]:9194, or "" for off',
+      ),
+    },
   };
+}
+
+/** The control socket's path: `control.socket`, or `/run/vpn/NAME.sock` for PKI dir `dir`. */
+export function controlSocketPath(config: ServerConfig, dir: string): string {
+  if (config.control.socket !== "") return config.control.socket;
+  const name = dir.replace(/\/+$/, "").split("/").pop() || "vpn";
+  return `/run/vpn/${name}.sock`;
+}
+
+/** `metrics.listen` as an address to bind: `127.0.0.1:9194`, `[::1]:9194`. */
+export function parseListen(text: string): { hostname: string; port: number } {
+  const { host, port } = parseRemote(text);
+  return { hostname: host, port };
+}
+
+/** Whether `text` is an IP address with a port. */
+function isListenAddress(text: string): boolean {
+  try {
+    const { host } = parseRemote(text);
+    if (!/:\d+$/.test(text)) return false;
+    return host.includes(":") ? isIPv6(host) : /^[0-9.]+$/.test(host) && isHost(host);
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -509,6 +580,10 @@ const SERVER_COMMENTS = {
   "openvpn.tcp": "Take them over TCP on tcp_port.",
   "openvpn.tcp_port": "TCP port for them (1-65535); not listen.port, where our own TLS listens.",
   "openvpn.ciphers": "Data ciphers, first preferred: AES-256-GCM and/or CHACHA20-POLY1305.",
+  control: "The operator's control socket (vpn status, vpn client kill, vpn reload).",
+  "control.socket": 'Its path, mode 0600; "" for /run/vpn/NAME.sock, NAME this directory\'s name.',
+  metrics: "Prometheus metrics.",
+  "metrics.listen": 'Where /metrics listens, e.g. 127.0.0.1:9194; "" for off.',
 } satisfies Record<
   | keyof ServerConfig
   | `listen.${keyof ListenConfig}`
@@ -516,7 +591,9 @@ const SERVER_COMMENTS = {
   | `push.${keyof PushConfig}`
   | `push.dns.${keyof DnsConfig}`
   | `log.${keyof LogConfig}`
-  | `openvpn.${keyof OpenVpnConfig}`,
+  | `openvpn.${keyof OpenVpnConfig}`
+  | `control.${keyof ControlConfig}`
+  | `metrics.${keyof MetricsConfig}`,
   string
 >;
 

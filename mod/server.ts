@@ -17,8 +17,11 @@ import { type Lease, LeaseError, readLeases } from "./core/leases.ts";
 import { Router, type ServerStats } from "./core/router.ts";
 import { Subnet6 } from "./core/subnet6.ts";
 import { Nat } from "./system/nat.ts";
-import type { ServerConfig } from "./config.ts";
-import { log } from "./log.ts";
+import { loadServerConfig, parseListen, type ServerConfig } from "./config.ts";
+import { MetricsServer } from "./metrics.ts";
+import type { SessionStatus, SessionTraffic } from "./core/session.ts";
+import { VERSION } from "./version.ts";
+import { log, setupLogging } from "./log.ts";
 import type { ServerTrust } from "./native/handshake.ts";
 import { NativeListener } from "./native/listener.ts";
 import { ALPN } from "./native/messages.ts";
@@ -51,6 +54,39 @@ export interface ServerOptions {
   config: ServerConfig;
   /** A TUN to use as is (tests); by default a Linux TUN is created and configured. */
   tun?: TunDevice;
+  /** The file `reload` reads again; default `DIR/server.yaml`. */
+  configPath?: string;
+}
+
+/** The server as `vpn status` shows it (PROTOCOL.md, control socket). */
+export interface ServerStatus {
+  version: string;
+  pid: number;
+  /** ISO 8601. */
+  startedAt: string;
+  uptimeSeconds: number;
+  /** `TLS 0.0.0.0:1194`, `UDP 0.0.0.0:1194`, `OpenVPN/TCP 0.0.0.0:1195`. */
+  listeners: string[];
+  subnet: string;
+  subnet6: string;
+  tun: string;
+  /** The router's counters, then `udp_*` and `openvpn_*` drop counters; they only grow. */
+  counters: Record<string, number>;
+  /** Connections in their handshake now. */
+  preAuth: number;
+  /** Handshakes since start: `ok`, and each refusal reason. */
+  handshakes: Record<string, number>;
+  /** OpenVPN renegotiations and our UDP rekeys since start. */
+  renegotiations: number;
+  /** Every session's inner packets and bytes since start, ended ones included. */
+  traffic: SessionTraffic;
+  sessions: SessionStatus[];
+}
+
+/** What `reload` did: the keys taken at once, and those that need a restart. */
+export interface ReloadResult {
+  applied: string[];
+  needRestart: string[];
 }
 
 /** The server of one VPN subnet. */
@@ -70,6 +106,15 @@ export class Server {
   /** The kernel routes of the networks behind clients, on our own TUN; none for a given TUN. */
   readonly #siteRoutes: SiteRoutes | undefined;
   readonly #rejectsTimer: ReturnType<typeof setInterval>;
+  readonly #startedAt = Date.now();
+  /** What the listeners are, for `status`. */
+  #listeners: string[] = [];
+  #tunName = "";
+  #configPath = "";
+  /** The configuration as the file had it (IPv6 may be off in force), for `reload`. */
+  #fileConfig: ServerConfig | undefined;
+  /** `/metrics`, with `metrics.listen`. */
+  #metrics: MetricsServer | undefined;
   /** The counters as the last drop report saw them. */
   readonly #lastUdp: Partial<Record<RejectReason, number>> = {};
   readonly #lastOpenVpn: Partial<Record<keyof typeof OPENVPN_DROP_WORDS, number>> = {};
@@ -234,6 +279,28 @@ export class Server {
       ...(ovpn && config.openvpn.udp && server.udp ? ["OpenVPN/UDP"] : []),
       ...(ovpn?.tcpPort !== undefined ? [`OpenVPN/TCP on port ${ovpn.tcpPort}`] : []),
     ];
+    const address = formatPeer(config.listen.host, server.port);
+    server.#listeners = [
+      `TLS ${address}`,
+      ...(server.udp ? [`UDP ${address}`] : []),
+      ...(ovpn?.tcpPort !== undefined
+        ? [`OpenVPN/TCP ${formatPeer(config.listen.host, ovpn.tcpPort)}`]
+        : []),
+    ];
+    server.#tunName = tun.name;
+    if (config.metrics.listen !== "") {
+      try {
+        server.#metrics = MetricsServer.start(
+          parseListen(config.metrics.listen),
+          () => server.status(),
+        );
+      } catch (error) {
+        await server.stop("metrics failed to start");
+        throw error;
+      }
+    }
+    server.#configPath = options.configPath ?? `${dir}/server.yaml`;
+    server.#fileConfig = options.config;
     logger.info("listening on {address} ({transports}), subnet {subnet}, TUN {tun}", {
       address: formatPeer(config.listen.host, server.port),
       transports: transports.join(", "),
@@ -283,11 +350,90 @@ export class Server {
     return this.#native.preAuthCount;
   }
 
+  /** The server and every session, for `vpn status` and `/metrics`. */
+  status(): ServerStatus {
+    const router = this.#router;
+    const counters: Record<string, number> = { ...router.stats };
+    for (const [key, value] of Object.entries(this.udp?.stats ?? {})) {
+      counters[`udp_${key}`] = value;
+    }
+    const openvpn = this.openvpn;
+    if (openvpn !== undefined) {
+      for (
+        const [key, value] of Object.entries({ ...openvpn.stats, ...prefixed(openvpn.dataStats) })
+      ) {
+        counters[`openvpn_${key}`] = value;
+      }
+    }
+    return {
+      version: VERSION,
+      pid: Deno.pid,
+      startedAt: new Date(this.#startedAt).toISOString(),
+      uptimeSeconds: Math.floor((Date.now() - this.#startedAt) / 1000),
+      listeners: this.#listeners,
+      subnet: router.config.subnet,
+      subnet6: router.subnet6?.subnet ?? "none",
+      tun: this.#tunName,
+      counters,
+      preAuth: this.preAuthCount + (openvpn?.pendingCount ?? 0),
+      handshakes: { ...router.handshakes },
+      renegotiations: router.renegotiations + (this.udp?.stats.rekeyed ?? 0),
+      traffic: router.totalTraffic(),
+      sessions: router.sessionStatus(),
+    };
+  }
+
+  /**
+   * Ends `name`'s live session without revoking it, as a server shutdown does: the client is
+   * told to come back (BYE to ours, RESTART to OpenVPN clients) and reconnects. False when
+   * `name` has no session.
+   */
+  async kill(name: string): Promise<{ killed: boolean; protocol?: string; reconnects: boolean }> {
+    const session = this.#router.sessions().find((s) => s.name === name);
+    if (session === undefined) return { killed: false, reconnects: false };
+    const protocol = session.protocol;
+    logger.info("{name}: session ended by the operator (vpn client kill)", { name });
+    await session.end("bye", "ended by the operator; reconnect");
+    return { killed: true, protocol, reconnects: true };
+  }
+
+  /**
+   * Reads `server.yaml` and the registry again. What is pushed, keepalive, `client_to_client`,
+   * `lease_time` and `log.level` change at once (for sessions from now on, where a session got
+   * them at its start); per-client settings at each client's next connection. Any other change
+   * is named as needing a restart.
+   *
+   * @throws {ConfigError} for a file that does not parse: nothing changes then.
+   */
+  async reload(): Promise<ReloadResult> {
+    const next = await loadServerConfig(this.#configPath);
+    const before = this.#fileConfig!;
+    const applied = this.#router.reconfigure(next);
+    if (next.log.level !== before.log.level) {
+      setupLogging(next.log.level);
+      applied.push("log.level");
+    }
+    const live = new Set(["push", "keepalive", "client_to_client", "lease_time", "log"]);
+    const needRestart = (Object.keys(next) as (keyof ServerConfig)[])
+      .filter((key) => !live.has(key) && JSON.stringify(next[key]) !== JSON.stringify(before[key]));
+    // What needs a restart stays as it runs, so that the next reload names it again.
+    const { push, keepalive, client_to_client, lease_time, log } = next;
+    this.#fileConfig = { ...before, push, keepalive, client_to_client, lease_time, log };
+    await this.#router.checkRevocations();
+    logger.info("reloaded {file}: applied {applied}; needs a restart: {restart}", {
+      file: this.#configPath,
+      applied: applied.join(", ") || "nothing",
+      restart: needRestart.join(", ") || "nothing",
+    });
+    return { applied, needRestart };
+  }
+
   /** Says goodbye to every client, closes the listeners and the TUN. */
   async stop(reason = "server shutting down"): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
     clearInterval(this.#rejectsTimer);
+    await this.#metrics?.stop();
     const native = this.#native.stop();
     const openvpn = this.openvpn?.stop();
     await this.#router.stop(reason);

@@ -1,9 +1,11 @@
 import {
   type ClientProfile,
   ConfigError,
+  controlSocketPath,
   defaultServerConfig,
   loadProfile,
   loadServerConfig,
+  parseListen,
   parseProfile,
   parseRemote,
   parseServerConfig,
@@ -41,6 +43,8 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
       tcp_port: 1195,
       ciphers: ["AES-256-GCM", "CHACHA20-POLY1305"],
     },
+    control: { socket: "" },
+    metrics: { listen: "" },
   });
 });
 
@@ -71,6 +75,8 @@ push:
 dev: tun7
 log: { level: debug }
 openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Aes-256-Gcm] }
+control: { socket: /srv/vpn/control.sock }
+metrics: { listen: "127.0.0.1:9194" }
 `;
   assertEquals(parseServerConfig(text, "server.yaml"), {
     listen: { host: "::", port: 1194, udp: false },
@@ -96,6 +102,8 @@ openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Ae
       tcp_port: 443,
       ciphers: ["CHACHA20-POLY1305", "AES-256-GCM"],
     },
+    control: { socket: "/srv/vpn/control.sock" },
+    metrics: { listen: "127.0.0.1:9194" },
   });
 });
 
@@ -141,6 +149,9 @@ Deno.test("parseServerConfig() names file, key, value and rule for each bad valu
       `a /120 has fewer addresses than the IPv4 subnet (/16); use a /112 or a shorter prefix; or "none"`,
     ],
     ["nat: yes", "nat", `nat: "yes" is not allowed: must be true or false`],
+    ["control: {socket: vpn.sock}", "control.socket", `must be an absolute path`],
+    ["metrics: {listen: localhost:9194}", "metrics.listen", `must be host:port such as`],
+    ["metrics: {listen: '127.0.0.1'}", "metrics.listen", `must be host:port such as`],
     ["push: {redirect_gateway: 1}", "push.redirect_gateway", `must be true or false`],
     ["push: {dns: {servers: [10.8.0.256]}}", "push.dns.servers[0]", `is not allowed`],
     ["push: {dns: {servers: 10.8.0.1}}", "push.dns.servers", `must be a list of at most 8`],
@@ -365,6 +376,8 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     dev: "tun%d",
     log: { level: "warning" },
     openvpn: { udp: true, tcp: false, tcp_port: 443, ciphers: ["CHACHA20-POLY1305"] },
+    control: { socket: "/run/vpn/office.sock" },
+    metrics: { listen: "[::1]:9194" },
   };
   for (const config of [defaultServerConfig(), custom]) {
     assertEquals(parseServerConfig(serverConfigYaml(config), "server.yaml"), config);
@@ -374,7 +387,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
   const keyLines = lines.filter((line) => /^\s*[a-z_0-9]+:/.test(line));
-  assertEquals(keyLines.length, 29);
+  assertEquals(keyLines.length, 33);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);
@@ -592,4 +605,14 @@ Deno.test("parseServerConfig() takes subnet6, nat, a full tunnel and DNS, in can
   assertEquals(config.push.dns, { servers: ["10.8.0.1", "fd00:8::1"], domains: ["corp.example"] });
   assertEquals(parseServerConfig("subnet6: none\n", "server.yaml").subnet6, "none");
   assertEquals(parseServerConfig("", "server.yaml").subnet6, "none");
+});
+
+Deno.test("controlSocketPath() is control.socket, or /run/vpn/NAME.sock after the PKI directory; parseListen() splits metrics.listen", () => {
+  const config = defaultServerConfig();
+  assertEquals(controlSocketPath(config, "/etc/vpn"), "/run/vpn/vpn.sock");
+  assertEquals(controlSocketPath(config, "/srv/office/"), "/run/vpn/office.sock");
+  config.control.socket = "/tmp/x.sock";
+  assertEquals(controlSocketPath(config, "/etc/vpn"), "/tmp/x.sock");
+  assertEquals(parseListen("127.0.0.1:9194"), { hostname: "127.0.0.1", port: 9194 });
+  assertEquals(parseListen("[::1]:9194"), { hostname: "::1", port: 9194 });
 });

@@ -50,7 +50,14 @@ import { PrefixTable } from "./prefix_table.ts";
 import { Subnet6 } from "./subnet6.ts";
 import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
 import { type Lease, writeLeases } from "./leases.ts";
-import { type ClientNetwork, describeNetwork, type TunnelSession } from "./session.ts";
+import {
+  type ClientNetwork,
+  describeNetwork,
+  newTraffic,
+  type SessionStatus,
+  type SessionTraffic,
+  type TunnelSession,
+} from "./session.ts";
 
 const logger = log("server");
 
@@ -147,6 +154,10 @@ export class Router {
     dropped: 0,
     badVnet: 0,
   };
+  /** Handshakes since start: `ok`, and each refusal reason. */
+  readonly handshakes: Record<string, number> = {};
+  /** OpenVPN renegotiations since start (our UDP rekeys are ServerUdp's). */
+  renegotiations = 0;
   readonly pool: AddressPool;
   /** The IPv6 subnet, when the tunnel has IPv6. */
   readonly subnet6: Subnet6 | undefined;
@@ -167,6 +178,10 @@ export class Router {
   /** Each connected client's settings as its session got them, and as last announced. */
   readonly #applied = new Map<string, string>();
   readonly #announced = new Map<string, string>();
+  /** What the sessions that ended moved, for the totals since start. */
+  readonly #endedTraffic = newTraffic();
+  /** When each live session was admitted (ms since the epoch), for `vpn status`. */
+  readonly #connectedAt = new Map<TunnelSession, number>();
   /** Called after every read of the registry (the server keeps the sites' kernel routes). */
   readonly #registryListeners: (() => void)[] = [];
   /** When each client with a lease was last connected (ms since the epoch), by serial. */
@@ -183,6 +198,7 @@ export class Router {
   #failedStamp: string | undefined;
   #revocationCheck: Promise<void> | undefined;
   readonly #timers: ReturnType<typeof setInterval>[];
+  #keepaliveTimer: ReturnType<typeof setInterval>;
   readonly #counters = new CounterLine(COUNTERS);
   readonly #refusals = new RateLimit(REFUSAL_LOG_WINDOW_MS, REFUSAL_LOG_SOURCES);
   #stopped = false;
@@ -233,13 +249,37 @@ export class Router {
         this.#endExpired();
         this.#saveLeases();
       }, REVOCATION_POLL_MS),
-      setInterval(() => this.#keepalive(), config.keepalive.interval * 1000),
       setInterval(() => {
         const counts = this.#counters.next(this.stats);
         if (counts !== undefined) logger.info("counters {counts}", { counts });
       }, COUNTERS_EVERY_MS),
     ];
+    this.#keepaliveTimer = setInterval(() => this.#keepalive(), config.keepalive.interval * 1000);
     this.#done = this.#tunToClients();
+  }
+
+  /**
+   * Takes the settings of `next` that can change while sessions run: what is pushed (to
+   * clients that connect from now on), keepalive, `client_to_client` and `lease_time`. Returns
+   * the keys that changed.
+   */
+  reconfigure(next: ServerConfig): string[] {
+    const config = this.config;
+    const changed: string[] = [];
+    const live = ["push", "keepalive", "client_to_client", "lease_time"] as const;
+    for (const key of live) {
+      if (JSON.stringify(config[key]) === JSON.stringify(next[key])) continue;
+      changed.push(key);
+      if (key === "keepalive" && config.keepalive.interval !== next.keepalive.interval) {
+        clearInterval(this.#keepaliveTimer);
+        this.#keepaliveTimer = setInterval(
+          () => this.#keepalive(),
+          next.keepalive.interval * 1000,
+        );
+      }
+      Object.assign(config, { [key]: structuredClone(next[key]) });
+    }
+    return changed;
   }
 
   /** Resolves once the TUN loop has ended. */
@@ -255,6 +295,49 @@ export class Router {
   /** Every live session. */
   sessions(): TunnelSession[] {
     return [...this.#bySerial.values()];
+  }
+
+  /** Counts a handshake's outcome; reasons are our own words, a bounded set. */
+  #countHandshake(result: string): void {
+    this.handshakes[result] = (this.handshakes[result] ?? 0) + 1;
+  }
+
+  /** Every session's inner packets and bytes since start, the live ones' so far included. */
+  totalTraffic(): SessionTraffic {
+    const total = { ...this.#endedTraffic };
+    for (const { traffic } of this.#bySerial.values()) {
+      total.packetsIn += traffic.packetsIn;
+      total.bytesIn += traffic.bytesIn;
+      total.packetsOut += traffic.packetsOut;
+      total.bytesOut += traffic.bytesOut;
+      total.dropped += traffic.dropped;
+    }
+    return total;
+  }
+
+  /** Every live session as `vpn status` shows it. */
+  sessionStatus(): SessionStatus[] {
+    const now = Date.now();
+    const monotonic = performance.now();
+    return this.sessions().map((session) => {
+      const { traffic, network } = session;
+      return {
+        name: session.name,
+        serial: session.serial,
+        protocol: session.protocol,
+        cipher: session.cipher,
+        peer: session.peer,
+        address: network.address,
+        ...(network.address6 !== undefined ? { address6: network.address6 } : {}),
+        connectedAt: new Date(this.#connectedAt.get(session) ?? now).toISOString(),
+        lastHeardAt: new Date(now - (monotonic - session.lastReceived)).toISOString(),
+        bytesIn: traffic.bytesIn,
+        bytesOut: traffic.bytesOut,
+        packetsIn: traffic.packetsIn,
+        packetsOut: traffic.packetsOut,
+        dropped: traffic.dropped,
+      };
+    });
   }
 
   /** Runs `flush` at the end of every batch: a transport's batched sends. */
@@ -287,6 +370,7 @@ export class Router {
     const address = this.pool.allocate(serial, previous?.address ?? client.preferred);
     if (address === undefined) {
       this.stats.refused++;
+      this.#countHandshake("pool-exhausted");
       const more = this.#refusals.admit("pool-exhausted", host);
       if (more !== undefined) {
         logger.warn(
@@ -300,6 +384,8 @@ export class Router {
     const settings = this.trust.settings.get(serial) ?? { routes: [] };
     const network = this.#networkFor(name, serial, address, settings);
     const session = create(network);
+    this.#connectedAt.set(session, Date.now());
+    this.#countHandshake("ok");
     this.#byAddress.set(network.addressNumber, session);
     if (network.address6Bytes !== undefined) {
       this.#byAddress6.set(ipv6HostKey(network.address6Bytes, 0), session);
@@ -388,6 +474,16 @@ export class Router {
 
   /** Called by a session when it ends: frees its address unless a newer session has it. */
   forget(session: TunnelSession): void {
+    // Once per session: what it moved joins the totals of the sessions that ended.
+    if (this.#connectedAt.delete(session)) {
+      const ended = this.#endedTraffic;
+      const { traffic } = session;
+      ended.packetsIn += traffic.packetsIn;
+      ended.bytesIn += traffic.bytesIn;
+      ended.packetsOut += traffic.packetsOut;
+      ended.bytesOut += traffic.bytesOut;
+      ended.dropped += traffic.dropped;
+    }
     if (this.#bySerial.get(session.serial) === session) {
       this.#bySerial.delete(session.serial);
       this.#touchLease(session.serial);
@@ -411,6 +507,7 @@ export class Router {
     if (this.#stopped) return;
     this.#stopped = true;
     for (const timer of this.#timers) clearInterval(timer);
+    clearInterval(this.#keepaliveTimer);
     await this.#revocationCheck;
     await Promise.all(this.sessions().map((s) => s.end("bye", reason)));
     await this.#leasesWrite;
@@ -497,6 +594,8 @@ export class Router {
       this.stats.badVnet++;
       return;
     }
+    session.traffic.packetsIn++;
+    session.traffic.bytesIn += end - ip;
     const packet = buffer.subarray(start, end);
     if (peer !== undefined && peer !== session) {
       this.#toClient(peer, packet, packet.length, session.vnet);
@@ -543,8 +642,15 @@ export class Router {
   }
 
   #queue(session: TunnelSession, packet: Uint8Array, length: number): void {
-    if (session.queue(packet, length)) this.#touch(session);
-    else this.stats.dropped++;
+    const traffic = session.traffic;
+    if (session.queue(packet, length)) {
+      this.#touch(session);
+      traffic.packetsOut++;
+      traffic.bytesOut += session.vnet ? length - VNET_HDR_LEN : length;
+    } else {
+      this.stats.dropped++;
+      traffic.dropped++;
+    }
   }
 
   readonly #emit = (packet: Uint8Array) => this.#queue(this.#target!, packet, packet.length);
@@ -641,10 +747,13 @@ export class Router {
           }
           if (!session.queue(packet, size)) {
             this.stats.dropped++;
+            session.traffic.dropped++;
             continue;
           }
         }
         this.#touch(session);
+        session.traffic.packetsOut++;
+        session.traffic.bytesOut += size - ip;
       } else {
         this.#toClient(session, packet, size, this.vnet);
       }
@@ -671,6 +780,7 @@ export class Router {
    * that retries, or a scan, cannot flood the log. `host` is the source as the socket has it.
    */
   logRefusal(host: string, peer: string, reason: string, detail: string): void {
+    this.#countHandshake(reason);
     const more = this.#refusals.admit(reason, peerHost(host));
     if (more === undefined) return;
     logger.warn("refused {peer}: {reason}: {detail}{more}", {

@@ -32,6 +32,12 @@ export interface TunnelSession {
   readonly addressNumber: number;
   /** What the client was given: its addresses, routes, DNS, and the networks behind it. */
   readonly network: ClientNetwork;
+  /** The client's real address, as the log prints it: `10.99.0.2:40000`, `[fd00::2]:40000`. */
+  readonly peer: string;
+  /** The data cipher in use: `AES-256-GCM`, or `TLS` for packets inside our TLS session. */
+  readonly cipher: string;
+  /** Router state: the inner packets each way, counted as they pass the router. */
+  readonly traffic: SessionTraffic;
   /** How it is carried, for the log: `native/tls`, `openvpn/udp`, `openvpn/tcp`. */
   readonly protocol: string;
   /** Packets to and from this client start with a virtio-net header. */
@@ -111,4 +117,38 @@ export function describeNetwork(network: ClientNetwork): string {
   if (network.dns.servers.length > 0) parts.push(`DNS ${network.dns.servers.join(", ")}`);
   if (network.sites.length > 0) parts.push(`networks behind it ${network.sites.join(", ")}`);
   return parts.join("; ");
+}
+
+/** A session's inner packets and their bytes, client → server (`In`) and back (`Out`). */
+export interface SessionTraffic {
+  packetsIn: number;
+  bytesIn: number;
+  packetsOut: number;
+  bytesOut: number;
+  /** Packets for the client dropped at its full send queue. */
+  dropped: number;
+}
+
+/** A fresh {@linkcode SessionTraffic}, all zero. */
+export function newTraffic(): SessionTraffic {
+  return { packetsIn: 0, bytesIn: 0, packetsOut: 0, bytesOut: 0, dropped: 0 };
+}
+
+/** One session as `vpn status` shows it (PROTOCOL.md, control socket). */
+export interface SessionStatus {
+  name: string;
+  serial: string;
+  protocol: string;
+  cipher: string;
+  peer: string;
+  address: string;
+  address6?: string;
+  /** ISO 8601. */
+  connectedAt: string;
+  lastHeardAt: string;
+  bytesIn: number;
+  bytesOut: number;
+  packetsIn: number;
+  packetsOut: number;
+  dropped: number;
 }

@@ -87,12 +87,14 @@ export class UdpState {
 export interface UdpStats extends RejectStats {
   /** Datagrams accepted. */
   accepted: number;
+  /** Rekeys completed (REKEY_DONE sent). */
+  rekeyed: number;
   /** Datagrams dropped for naming no session of this server. */
   unknown: number;
 }
 
 /** The reasons a datagram is dropped, each a counter of {@linkcode UdpStats}. */
-export type RejectReason = Exclude<keyof UdpStats, "accepted">;
+export type RejectReason = Exclude<keyof UdpStats, "accepted" | "rekeyed">;
 
 /** How the log names each reason, in the order it lists them. */
 export const REJECT_WORDS: Record<RejectReason, string> = {
@@ -122,7 +124,14 @@ export interface ForeignDatagrams {
 
 /** The server's UDP socket and the sessions that use it. */
 export class ServerUdp {
-  readonly stats: UdpStats = { accepted: 0, unknown: 0, malformed: 0, replayed: 0, forged: 0 };
+  readonly stats: UdpStats = {
+    accepted: 0,
+    unknown: 0,
+    malformed: 0,
+    replayed: 0,
+    forged: 0,
+    rekeyed: 0,
+  };
   readonly #socket: UdpSocket;
   readonly #sessions = new Map<number, UdpClient>();
   readonly #out: DatagramBatch;
@@ -246,6 +255,7 @@ export class ServerUdp {
     state.crypto.installSend(keys);
     state.pending = undefined;
     client.channel.sendControl(FrameType.REKEY_DONE, encodeMessage({ epoch: ack.epoch }));
+    this.stats.rekeyed++;
     logger.debug("{name}: UDP keys of epoch {epoch} in use", {
       name: client.name,
       epoch: ack.epoch,

@@ -8,7 +8,12 @@
  */
 
 import type { Router } from "../core/router.ts";
-import type { ClientNetwork, EndReason, TunnelSession } from "../core/session.ts";
+import {
+  type ClientNetwork,
+  type EndReason,
+  newTraffic,
+  type TunnelSession,
+} from "../core/session.ts";
 import { escapeText, log } from "../log.ts";
 import type { Channel } from "./channel.ts";
 import { type AuthenticatedClient, refuse } from "./handshake.ts";
@@ -38,7 +43,8 @@ export class NativeSession implements TunnelSession {
   readonly #udp: ServerUdp | undefined;
   /** Why there is no UDP data channel, told to a client that offers one. */
   readonly #udpOff: string;
-  readonly #peer: string;
+  readonly peer: string;
+  readonly traffic = newTraffic();
   #ended = false;
 
   constructor(
@@ -61,7 +67,11 @@ export class NativeSession implements TunnelSession {
     this.network = network;
     this.address = network.address;
     this.addressNumber = network.addressNumber;
-    this.#peer = peer;
+    this.peer = peer;
+  }
+
+  get cipher(): string {
+    return this.udp?.alive ? this.udp.crypto.cipher.toUpperCase() : "TLS";
   }
 
   get protocol(): string {
@@ -177,7 +187,7 @@ export class NativeSession implements TunnelSession {
       {
         name: this.name,
         address: this.address,
-        peer: this.#peer,
+        peer: this.peer,
         // A client's goodbye carries its own words.
         message: escapeText(message),
         bytesIn,

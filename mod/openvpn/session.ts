@@ -27,6 +27,7 @@ import {
   type ClientNetwork,
   describeNetwork,
   type EndReason,
+  newTraffic,
   type TunnelSession,
 } from "../core/session.ts";
 import { escapeText, log } from "../log.ts";
@@ -189,6 +190,7 @@ export class OpenVpnSession implements TunnelSession {
   /** The client's session id, from its HARD_RESET. */
   readonly remoteSessionId: Uint8Array;
   readonly localSessionId = crypto.getRandomValues(new Uint8Array(8));
+  readonly traffic = newTraffic();
   /** Bytes of data packets in and out, for the log. */
   bytesIn = 0;
   bytesOut = 0;
@@ -238,6 +240,15 @@ export class OpenVpnSession implements TunnelSession {
   get network(): ClientNetwork {
     if (this.#network === undefined) throw new Error(`${this.name}: not admitted yet`);
     return this.#network;
+  }
+
+  /** The client's real address. */
+  get peer(): string {
+    return this.#link.peer;
+  }
+
+  get cipher(): string {
+    return this.#cipher ?? "-";
   }
 
   get protocol(): string {
@@ -647,6 +658,7 @@ export class OpenVpnSession implements TunnelSession {
         oldData?.close();
       }
     }, LAME_DUCK_MS);
+    this.#ctx.router.renegotiations++;
     logger.info("{name}: renegotiated, key id {keyId} in use", {
       name: this.name,
       keyId: state.keyId,
