@@ -19,8 +19,10 @@ import {
   OVPN_PROTOS,
   type OvpnProto,
   serve,
+  serviceInstall,
 } from "./mod/commands.ts";
 import { UsageError } from "./mod/usage_error.ts";
+import { clientKill, reload, status } from "./mod/control/cli.ts";
 import { CLIENT_FORMATS, type ClientFormat } from "./mod/pki.ts";
 import type { LogLevel } from "./mod/log.ts";
 import { type Proto, PROTOS } from "./mod/config.ts";
@@ -387,11 +389,31 @@ ${HELP_HELP}`,
   },
 };
 
+const CLIENT_KILL: Command = {
+  usage: "vpn client kill NAME [--dir DIR]",
+  help: `Usage: vpn client kill NAME [--dir DIR]
+
+Ends NAME's session on the running server without revoking it, as a restart of the server
+would: the client is told to reconnect, and its address is free until it does. Says whether
+the client will reconnect; "vpn client revoke NAME" keeps it out for good.
+
+Options:
+${DIR_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(CLIENT_KILL, args, DIR);
+    if (parsed === undefined) return 0;
+    const [name] = positionals(CLIENT_KILL, parsed.positionals, 1);
+    return await clientKill({ name: name!, dir: parsed.values.dir ?? DEFAULT_DIR });
+  },
+};
+
 const CLIENT_ACTIONS: Record<string, Command> = {
   add: CLIENT_ADD,
   revoke: CLIENT_REVOKE,
   list: CLIENT_LIST,
   set: CLIENT_SET,
+  kill: CLIENT_KILL,
 };
 
 /** The client actions, a line of usage and one of what each does, in both helps that list them. */
@@ -407,11 +429,13 @@ const CLIENT_ACTIONS_HELP =
   vpn client set NAME [--address A|--no-address] [--address6 A6|--no-address6]
           [--route CIDR]... [--no-routes] [--redirect-gateway|--no-redirect-gateway|
           --default-redirect-gateway] [--dir DIR]
-        give one client a fixed address, networks behind it, or its own full-tunnel choice`;
+        give one client a fixed address, networks behind it, or its own full-tunnel choice
+  ${CLIENT_KILL.usage}
+        end a client's session on the running server (it reconnects)`;
 
 const CLIENT: Command = {
-  usage: "vpn client add|revoke|list|set ...",
-  help: `Usage: vpn client add|revoke|list|set ...
+  usage: "vpn client add|revoke|list|set|kill ...",
+  help: `Usage: vpn client add|revoke|list|set|kill ...
 
 ${CLIENT_ACTIONS_HELP}
 
@@ -425,7 +449,8 @@ ${CLIENT_ACTIONS_HELP}
     const command = CLIENT_ACTIONS[action ?? ""];
     if (command === undefined) {
       throw new UsageError(
-        `unknown "client" action "${action ?? ""}"; use add, revoke, list or set\n\n${CLIENT.help}`,
+        `unknown "client" action "${action ?? ""}"; use add, revoke, list, set or kill\n\n` +
+          CLIENT.help,
       );
     }
     return command.run(rest);
@@ -492,6 +517,102 @@ ${HELP_HELP}`,
   },
 };
 
+const STATUS: Command = {
+  usage: "vpn status [--json] [--dir DIR]",
+  help: `Usage: vpn status [--json] [--dir DIR]
+
+Asks the running server of DIR, through its control socket (control.socket in
+DIR/server.yaml, default /run/vpn/NAME.sock), how it is: version, uptime, listeners, subnets
+and counters, then one row per session: name, protocol, cipher, real address, VPN addresses,
+connected since, last heard, traffic in and out (bytes/packets, in = from the client) and
+packets dropped for it. Only the user who runs the server and root may ask.
+
+Options:
+  --json           print the whole status as JSON (PROTOCOL.md, Control socket)
+${DIR_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(STATUS, args, { ...DIR, json: { type: "boolean", default: false } });
+    if (parsed === undefined) return 0;
+    positionals(STATUS, parsed.positionals, 0);
+    return await status({ dir: parsed.values.dir ?? DEFAULT_DIR, json: parsed.values.json });
+  },
+};
+
+const RELOAD: Command = {
+  usage: "vpn reload [--dir DIR]",
+  help: `Usage: vpn reload [--dir DIR]
+
+Makes the running server of DIR read DIR/server.yaml and the client registry again, and
+prints what it applied (pushed options, keepalive, client_to_client, lease_time, log.level:
+for sessions from now on) and what needs a restart of vpn serve (listen, subnet, ...).
+A server.yaml with an error changes nothing and is reported.
+
+Options:
+${DIR_HELP}
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(RELOAD, args, DIR);
+    if (parsed === undefined) return 0;
+    positionals(RELOAD, parsed.positionals, 0);
+    return await reload({ dir: parsed.values.dir ?? DEFAULT_DIR });
+  },
+};
+
+const SERVICE_INSTALL: Command = {
+  usage: "vpn service install [--dir DIR] [--unit PATH] [--force]",
+  help: `Usage: vpn service install [--dir DIR] [--unit PATH] [--force]
+
+Writes a systemd unit that runs "vpn serve --dir DIR" as this vpn (the compiled binary, or
+deno on this main.ts), with only the capabilities and paths a VPN server needs, and prints
+the commands that start it and show its log. "systemctl reload" runs "vpn reload".
+
+Options:
+${DIR_HELP}
+  --unit PATH      where to write the unit (default /etc/systemd/system/vpn.service for
+                   ${DEFAULT_DIR}, else /etc/systemd/system/vpn@NAME.service, NAME the
+                   directory's name)
+  --force          replace a different unit already at PATH
+${HELP_HELP}`,
+  async run(args) {
+    const parsed = parse(SERVICE_INSTALL, args, {
+      ...DIR,
+      unit: { type: "string" },
+      force: { type: "boolean", default: false },
+    });
+    if (parsed === undefined) return 0;
+    positionals(SERVICE_INSTALL, parsed.positionals, 0);
+    return await serviceInstall({
+      dir: parsed.values.dir ?? DEFAULT_DIR,
+      force: parsed.values.force,
+      ...(parsed.values.unit ? { unit: parsed.values.unit } : {}),
+    });
+  },
+};
+
+const SERVICE: Command = {
+  usage: "vpn service install ...",
+  help: `Usage: vpn service install [--dir DIR] [--unit PATH] [--force]
+
+  ${SERVICE_INSTALL.usage}
+        write a systemd unit that runs the server of DIR
+
+"vpn service install --help" explains each option.`,
+  run(args) {
+    const [action, ...rest] = args;
+    if (action === "-h" || action === "--help") {
+      console.log(SERVICE.help);
+      return Promise.resolve(0);
+    }
+    if (action !== "install") {
+      throw new UsageError(
+        `unknown "service" action "${action ?? ""}"; use install\n\n${SERVICE.help}`,
+      );
+    }
+    return SERVICE_INSTALL.run(rest);
+  },
+};
+
 const VERSION_COMMAND: Command = {
   usage: "vpn version",
   help: "Usage: vpn version\n\nPrints the version of vpn and of the Deno it runs on.",
@@ -509,6 +630,9 @@ const COMMANDS: Record<string, Command> = {
   init: INIT,
   client: CLIENT,
   connect: CONNECT,
+  status: STATUS,
+  reload: RELOAD,
+  service: SERVICE,
   version: VERSION_COMMAND,
   "--version": VERSION_COMMAND,
 };
@@ -527,6 +651,12 @@ ${CLIENT_ACTIONS_HELP}
   vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
           [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [-v|-q]
         join a server; HOST:PORT overrides the profile's remote
+  ${STATUS.usage}
+        show the running server and its sessions
+  ${RELOAD.usage}
+        make the running server reread server.yaml and the client registry
+  ${SERVICE_INSTALL.usage}
+        write a systemd unit that runs the server of DIR
   ${VERSION_COMMAND.usage}
         print the version
 
@@ -548,7 +678,11 @@ export async function main(args: string[]): Promise<number> {
       if (rest[0] !== undefined && topic === undefined) {
         throw new UsageError(`unknown command "${rest[0]}"\n\n${HELP}`);
       }
-      const sub = topic === CLIENT && rest[1] ? CLIENT_ACTIONS[rest[1]] : undefined;
+      const sub = topic === CLIENT && rest[1]
+        ? CLIENT_ACTIONS[rest[1]]
+        : topic === SERVICE && rest[1] === "install"
+        ? SERVICE_INSTALL
+        : undefined;
       console.log((sub ?? topic)?.help ?? HELP);
       return 0;
     }

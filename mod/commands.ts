@@ -10,6 +10,7 @@ import { TunError } from "../ffi/tun.ts";
 import { Client, ClientError } from "./native/client.ts";
 import {
   ConfigError,
+  controlSocketPath,
   defaultServerConfig,
   loadProfile,
   loadServerConfig,
@@ -51,6 +52,8 @@ import type { UdpCipher } from "./native/messages.ts";
 import { ovpnProfile } from "./openvpn/profile.ts";
 import { formatStaticKey } from "./openvpn/tls_crypt.ts";
 import { Server } from "./server.ts";
+import { ControlServer } from "./control/server.ts";
+import { installService } from "./service.ts";
 
 /** Where `vpn serve`, `init` and `client` keep the PKI and `server.yaml` by default. */
 export const DEFAULT_DIR = "/etc/vpn";
@@ -229,16 +232,65 @@ export async function serve(options: ServeCommand): Promise<number> {
       path: `${dir}/${TLS_CRYPT_FILE}`,
     });
   }
-  const server = await Server.start({ dir, config });
-  const stop = () => server.stop();
-  Deno.addSignalListener("SIGINT", stop);
-  Deno.addSignalListener("SIGTERM", stop);
+  // The control socket first: a second server on this directory is refused by name there,
+  // before it would fail on a port or the TUN.
+  let server: Server | undefined;
+  const running = () => {
+    if (server === undefined) throw new Error("the server is still starting; try again");
+    return server;
+  };
+  const control = await ControlServer.start(controlSocketPath(config, dir), {
+    status: () => running().status(),
+    kill: (name) => running().kill(name),
+    reload: () => running().reload(),
+  }, { dir });
   try {
-    await server.done;
+    server = await Server.start({
+      dir,
+      config,
+      ...(options.config ? { configPath: options.config } : {}),
+    });
+    const stop = () => server!.stop();
+    Deno.addSignalListener("SIGINT", stop);
+    Deno.addSignalListener("SIGTERM", stop);
+    try {
+      await server.done;
+    } finally {
+      Deno.removeSignalListener("SIGINT", stop);
+      Deno.removeSignalListener("SIGTERM", stop);
+    }
   } finally {
-    Deno.removeSignalListener("SIGINT", stop);
-    Deno.removeSignalListener("SIGTERM", stop);
+    await control.stop();
   }
+  return 0;
+}
+
+/** Options of `vpn service install`. */
+export interface ServiceInstallCommand {
+  dir: string;
+  /** Where to write the unit; default as {@linkcode installService} says. */
+  unit?: string;
+  force?: boolean;
+}
+
+/** `vpn service install`: writes the systemd unit of DIR's server and says what to run next. */
+export async function serviceInstall(options: ServiceInstallCommand): Promise<number> {
+  // The unit runs this very vpn: the compiled binary, or Deno on this checkout's main.ts.
+  const exec = Deno.build.standalone ? [Deno.execPath()] : [
+    Deno.execPath(),
+    "run",
+    "--allow-all",
+    "--unstable-net",
+    new URL("../main.ts", import.meta.url).pathname,
+  ];
+  console.log(
+    await installService({
+      dir: options.dir,
+      exec,
+      ...(options.unit ? { unitPath: options.unit } : {}),
+      ...(options.force ? { force: true } : {}),
+    }),
+  );
   return 0;
 }
 

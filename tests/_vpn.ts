@@ -8,6 +8,7 @@
  * @module
  */
 
+import { parseDocument } from "yaml";
 import { denoScript, Netns, run } from "./_netns.ts";
 import { exitOf, kill, within } from "./_wait.ts";
 
@@ -155,6 +156,9 @@ export class Topology implements AsyncDisposable {
         }
       }
       await topology.vpn(["init", "--dir", dir, ...hosts, ...initArgs]);
+      const config = parseDocument(await Deno.readTextFile(`${dir}/server.yaml`));
+      config.setIn(["control", "socket"], topology.#controlSocket);
+      await Deno.writeTextFile(`${dir}/server.yaml`, config.toString());
       return topology;
     } catch (error) {
       await topology[Symbol.asyncDispose]();
@@ -196,7 +200,20 @@ export class Topology implements AsyncDisposable {
 
   /** Writes server.yaml lines (YAML text) over the defaults. */
   async configure(yaml: string): Promise<void> {
-    await Deno.writeTextFile(`${this.dir}/server.yaml`, yaml);
+    const control = /^control:/m.test(yaml) ? "" : this.#controlYaml;
+    await Deno.writeTextFile(`${this.dir}/server.yaml`, `${yaml.replace(/\n?$/, "\n")}${control}`);
+  }
+
+  /**
+   * The control socket in the topology's directory, not the host's /run/vpn, where a server
+   * killed at dispose would leave its socket.
+   */
+  get #controlYaml(): string {
+    return `control:\n  socket: ${this.#controlSocket}\n`;
+  }
+
+  get #controlSocket(): string {
+    return `${this.dir}/control.sock`;
   }
 
   /** Starts `vpn serve` in the server namespace and waits until it listens. */

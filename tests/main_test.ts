@@ -214,6 +214,11 @@ Deno.test("vpn COMMAND --help prints that command's usage and options and exits 
     [["version", "--help"], /^Usage: vpn version/],
     [["help", "connect"], /^Usage: vpn connect /],
     [["help", "client", "revoke"], /^Usage: vpn client revoke NAME/],
+    [["status", "--help"], /^Usage: vpn status \[--json\] \[--dir DIR\][\s\S]*--json/],
+    [["reload", "-h"], /^Usage: vpn reload \[--dir DIR\][\s\S]*needs a restart/],
+    [["client", "kill", "--help"], /^Usage: vpn client kill NAME \[--dir DIR\]/],
+    [["help", "service", "install"], /^Usage: vpn service install [\s\S]*--unit PATH/],
+    [["--help"], /vpn status \[--json\][\s\S]*vpn reload[\s\S]*vpn service install/],
   ];
   for (const [args, pattern] of cases) {
     const { code, stdout, stderr } = await vpn(...args);
@@ -231,6 +236,27 @@ Deno.test("vpn with an unknown option names it, shows that command's usage and e
   const missing = await vpn("client", "add", "alice", "--dir");
   assertEquals(missing.code, 2);
   assertMatch(missing.stderr, /--dir needs a value\nusage: vpn client add NAME/);
+});
+
+Deno.test("vpn status, reload and client kill say when no server runs, and exit 1", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/server.yaml`, `control:\n  socket: ${dir}/c.sock\n`);
+    for (const args of [["status"], ["reload"], ["client", "kill", "alice"]]) {
+      const { code, stderr } = await vpn(...args, "--dir", dir);
+      assertEquals(code, 1, `vpn ${args.join(" ")}: ${stderr}`);
+      assertEquals(
+        stderr,
+        `vpn: no server runs on ${dir} (no control socket at ${dir}/c.sock); start it with ` +
+          `vpn serve --dir ${dir}\n`,
+      );
+    }
+    const usage = await vpn("client", "kill", "--dir", dir);
+    assertEquals(usage.code, 2);
+    assertMatch(usage.stderr, /missing argument NAME\nusage: vpn client kill NAME/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("vpn connect's usage error lists every one of its options", async () => {

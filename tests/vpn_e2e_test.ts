@@ -360,7 +360,11 @@ rootTest(
   async () => {
     await using net = await Topology.create(1);
     await net.startServer();
-    const second = new VpnProcess(net.server.spawn(denoScript(MAIN, "serve", "--dir", net.dir)));
+    // Another PKI (on the same directory the second server is refused by its control socket).
+    const other = `${net.dir}/other`;
+    await net.vpn(["init", "--dir", other, "--host", net.serverIp(0)]);
+    await Deno.writeTextFile(`${other}/server.yaml`, `control:\n  socket: ${other}/control.sock\n`);
+    const second = new VpnProcess(net.server.spawn(denoScript(MAIN, "serve", "--dir", other)));
     assertEquals(await second.exited(), 1);
     assertMatch(
       second.log,
