@@ -349,8 +349,8 @@ export const MUTATIONS: Mutation[] = [
     name: "sigint-ignored-serve",
     breaks: "vpn serve stops cleanly on SIGINT",
     file: "mod/commands.ts",
-    find: 'server.stop();\n  Deno.addSignalListener("SIGINT", stop);',
-    replace: "server.stop();",
+    find: 'server!.stop();\n    Deno.addSignalListener("SIGINT", stop);',
+    replace: "server!.stop();",
     tests: [CLAIMS],
   },
   {
@@ -846,6 +846,23 @@ export const MUTATIONS: Mutation[] = [
     find: "      nftables.deleteTable(this.table);",
     replace: "",
     tests: ["tests/nat_e2e_test.ts"],
+  },
+  // --- operating the server (issue 12) ---------------------------------------------------
+  {
+    name: "session-packets-in-uncounted",
+    breaks: "vpn status counts each session's packets from the client",
+    file: "mod/core/router.ts",
+    find: "    session.traffic.packetsIn++;\n",
+    replace: "",
+    tests: ["tests/server_status_test.ts"],
+  },
+  {
+    name: "metrics-label-quote-unescaped",
+    breaks: "a client name with a quote cannot break the exposition format",
+    file: "mod/metrics.ts",
+    find: 'return text.replace(/[\\\\"\\n]/g,',
+    replace: "return text.replace(/[\\\\\\n]/g,",
+    tests: ["tests/metrics_test.ts"],
   },
   // --- offload -------------------------------------------------------------------------
   {
