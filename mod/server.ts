@@ -103,8 +103,6 @@ export class Server {
   readonly #native: NativeListener;
   /** Masquerading and forwarding (`nat: true`), undone at stop. */
   readonly #nat: Nat | undefined;
-  /** The kernel routes of the networks behind clients, on our own TUN; none for a given TUN. */
-  readonly #siteRoutes: SiteRoutes | undefined;
   readonly #rejectsTimer: ReturnType<typeof setInterval>;
   readonly #startedAt = Date.now();
   /** What the listeners are, for `status`. */
@@ -126,11 +124,10 @@ export class Server {
     trust: ServerTrust,
     identity: TlsIdentity,
     tlsCryptKey: Uint8Array | undefined,
-    host: HostSetup,
+    nat: Nat | undefined,
   ) {
     this.#router = router;
-    this.#nat = host.nat;
-    this.#siteRoutes = host.siteRoutes;
+    this.#nat = nat;
     const { listen, keepalive, rekey_interval, openvpn } = router.config;
     // OpenVPN over UDP needs the socket even when our own clients may not use it.
     const socket = listen.udp || openvpn.udp
@@ -231,17 +228,16 @@ export class Server {
     }
     const router = new Router(config, dir, tun, trust, leases);
     let server: Server;
-    const host: HostSetup = {};
+    let nat: Nat | undefined;
     try {
       if (options.tun === undefined) {
+        // Kept in step with the registry through the router's listener, which holds it.
         const siteRoutes = new SiteRoutes(tun.name, router);
-        host.siteRoutes = siteRoutes;
         siteRoutes.sync();
         router.onRegistryRead(() => siteRoutes.sync());
         if (config.nat) {
           const subnets = [config.subnet, ...(router.subnet6 ? [router.subnet6.subnet] : [])];
-          const nat = Nat.enable(tun.name, subnets);
-          host.nat = nat;
+          nat = Nat.enable(tun.name, subnets);
           logger.info(
             "nat: table inet {table} masquerades {subnets} leaving other interfaces{more}",
             {
@@ -264,9 +260,9 @@ export class Server {
         tlsCryptKey = await loadTlsCryptKey(dir);
       }
       const identity = { certPem: loaded.certPem, keyPem: loaded.keyPem, caPem: loaded.caPem };
-      server = new Server(router, listeners, trust, identity, tlsCryptKey, host);
+      server = new Server(router, listeners, trust, identity, tlsCryptKey, nat);
     } catch (error) {
-      host.nat?.disable();
+      nat?.disable();
       for (const listener of listeners) listener.close();
       await router.stop("start failed");
       await router.close();
@@ -474,12 +470,6 @@ export class Server {
     });
     for (const key of keys) last[key] = stats[key];
   }
-}
-
-/** What the server set up on the host besides its TUN. */
-interface HostSetup {
-  nat?: Nat;
-  siteRoutes?: SiteRoutes;
 }
 
 /**

@@ -51,6 +51,7 @@ import { Subnet6 } from "./subnet6.ts";
 import { Coalescer, Segmenter, validVnetHeader, VNET_HDR_LEN } from "./offload.ts";
 import { type Lease, writeLeases } from "./leases.ts";
 import {
+  addTraffic,
   type ClientNetwork,
   describeNetwork,
   newTraffic,
@@ -305,13 +306,7 @@ export class Router {
   /** Every session's inner packets and bytes since start, the live ones' so far included. */
   totalTraffic(): SessionTraffic {
     const total = { ...this.#endedTraffic };
-    for (const { traffic } of this.#bySerial.values()) {
-      total.packetsIn += traffic.packetsIn;
-      total.bytesIn += traffic.bytesIn;
-      total.packetsOut += traffic.packetsOut;
-      total.bytesOut += traffic.bytesOut;
-      total.dropped += traffic.dropped;
-    }
+    for (const { traffic } of this.#bySerial.values()) addTraffic(total, traffic);
     return total;
   }
 
@@ -331,11 +326,7 @@ export class Router {
         ...(network.address6 !== undefined ? { address6: network.address6 } : {}),
         connectedAt: new Date(this.#connectedAt.get(session) ?? now).toISOString(),
         lastHeardAt: new Date(now - (monotonic - session.lastReceived)).toISOString(),
-        bytesIn: traffic.bytesIn,
-        bytesOut: traffic.bytesOut,
-        packetsIn: traffic.packetsIn,
-        packetsOut: traffic.packetsOut,
-        dropped: traffic.dropped,
+        ...traffic,
       };
     });
   }
@@ -475,15 +466,7 @@ export class Router {
   /** Called by a session when it ends: frees its address unless a newer session has it. */
   forget(session: TunnelSession): void {
     // Once per session: what it moved joins the totals of the sessions that ended.
-    if (this.#connectedAt.delete(session)) {
-      const ended = this.#endedTraffic;
-      const { traffic } = session;
-      ended.packetsIn += traffic.packetsIn;
-      ended.bytesIn += traffic.bytesIn;
-      ended.packetsOut += traffic.packetsOut;
-      ended.bytesOut += traffic.bytesOut;
-      ended.dropped += traffic.dropped;
-    }
+    if (this.#connectedAt.delete(session)) addTraffic(this.#endedTraffic, session.traffic);
     if (this.#bySerial.get(session.serial) === session) {
       this.#bySerial.delete(session.serial);
       this.#touchLease(session.serial);

@@ -134,6 +134,15 @@ export function newTraffic(): SessionTraffic {
   return { packetsIn: 0, bytesIn: 0, packetsOut: 0, bytesOut: 0, dropped: 0 };
 }
 
+/** Adds each counter of `from` to `into`. */
+export function addTraffic(into: SessionTraffic, from: SessionTraffic): void {
+  into.packetsIn += from.packetsIn;
+  into.bytesIn += from.bytesIn;
+  into.packetsOut += from.packetsOut;
+  into.bytesOut += from.bytesOut;
+  into.dropped += from.dropped;
+}
+
 /** One session as `vpn status` shows it (PROTOCOL.md, control socket). */
 export interface SessionStatus {
   name: string;
