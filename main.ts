@@ -459,12 +459,13 @@ ${CLIENT_ACTIONS_HELP}
 
 const CONNECT_USAGE = "vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] " +
   "[--proto auto|udp|tcp] [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] " +
-  "[-v|-q]";
+  "[--user NAME] [-v|-q]";
 
 const CONNECT: Command = {
   usage: CONNECT_USAGE,
   help: `Usage: vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp]
-         [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [-v|-q]
+         [--no-offload] [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [--user NAME]
+         [-v|-q]
 
 Joins a server and keeps the tunnel up (reconnecting after any loss) until SIGINT or SIGTERM.
 
@@ -479,6 +480,9 @@ Options:
                    (default both, AES-256-GCM first)
   --no-dns         keep this machine's DNS settings, ignoring the DNS servers and domains
                    the server pushes
+  --user NAME      started as root, run as NAME once connected, keeping CAP_NET_ADMIN
+                   alone (default nobody; root keeps every privilege). Not done when the
+                   client changed DNS or routes outside its TUN: it puts them back at exit
 ${LOGGING_HELP}
 ${HELP_HELP}`,
   async run(args) {
@@ -490,6 +494,7 @@ ${HELP_HELP}`,
       "no-offload": { type: "boolean", default: false },
       cipher: { type: "string" },
       "no-dns": { type: "boolean", default: false },
+      user: { type: "string" },
     });
     if (parsed === undefined) return 0;
     const { values, positionals: remote } = parsed;
@@ -512,6 +517,7 @@ ${HELP_HELP}`,
       ...(values["no-offload"] ? { offload: false } : {}),
       ...(cipher ? { cipher: cipher as UdpCipher } : {}),
       ...(values["no-dns"] ? { dns: false } : {}),
+      ...(values.user ? { user: values.user } : {}),
       ...(logLevel ? { level: logLevel } : {}),
     });
   },
@@ -649,7 +655,7 @@ Commands:
         create a CA, a server certificate and DIR/server.yaml
 ${CLIENT_ACTIONS_HELP}
   vpn connect [HOST[:PORT]] --profile FILE [--dev NAME] [--proto auto|udp|tcp] [--no-offload]
-          [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [-v|-q]
+          [--cipher aes-256-gcm|chacha20-poly1305] [--no-dns] [--user NAME] [-v|-q]
         join a server; HOST:PORT overrides the profile's remote
   ${STATUS.usage}
         show the running server and its sessions

@@ -21,6 +21,8 @@ const symbols = {
   close: { parameters: ["i32"], result: "i32" },
   /** int fchmod(int fd, mode_t mode) */
   fchmod: { parameters: ["i32", "u32"], result: "i32" },
+  /** int fchown(int fd, uid_t owner, gid_t group) */
+  fchown: { parameters: ["i32", "u32", "u32"], result: "i32" },
   /** int fsync(int fd) */
   fsync: { parameters: ["i32"], result: "i32" },
   /** int flock(int fd, int operation) */

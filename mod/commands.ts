@@ -54,6 +54,7 @@ import { formatStaticKey } from "./openvpn/tls_crypt.ts";
 import { Server } from "./server.ts";
 import { ControlServer } from "./control/server.ts";
 import { installService } from "./service.ts";
+import { becomeUser, openServerFiles, PrivilegeError, switchTarget } from "./system/privileges.ts";
 
 /** Where `vpn serve`, `init` and `client` keep the PKI and `server.yaml` by default. */
 export const DEFAULT_DIR = "/etc/vpn";
@@ -68,7 +69,7 @@ export function exitCodeOf(error: unknown): number {
   }
   const usage = error instanceof UsageError || error instanceof ConfigError ||
     error instanceof PkiError || error instanceof TunError || error instanceof TypeError ||
-    error instanceof RangeError;
+    error instanceof RangeError || error instanceof PrivilegeError;
   console.error(`vpn: ${error instanceof Error ? error.message : String(error)}`);
   return usage ? 2 : 1;
 }
@@ -218,8 +219,12 @@ export interface ServeCommand {
 export async function serve(options: ServeCommand): Promise<number> {
   const dir = options.dir ?? (options.config ? dirname(options.config) : DEFAULT_DIR);
   if (!hasPki(dir)) await firstRun(dir, options.config ?? `${dir}/server.yaml`);
-  const config = await readServerConfig(options.config ?? `${dir}/server.yaml`);
+  const configPath = options.config ?? `${dir}/server.yaml`;
+  const config = await readServerConfig(configPath);
   setupLogging(options.level ?? config.log.level);
+  // Before anything starts: an unknown user, or one that cannot reach the PKI, fails here.
+  const user = switchTarget(config.user, `user in ${configPath}`);
+  if (user !== undefined) await openServerFiles(dir, configPath, user);
   if (await upgradeServerCertificate(dir)) {
     logger.warn(
       "re-issued {path} with the name clients verify added and the key usages OpenVPN " +
@@ -250,6 +255,19 @@ export async function serve(options: ServeCommand): Promise<number> {
       config,
       ...(options.config ? { configPath: options.config } : {}),
     });
+    if (user !== undefined) {
+      try {
+        becomeUser(user, `user in ${configPath}`);
+      } catch (error) {
+        await server.stop("could not give up root");
+        throw error;
+      }
+    } else if (Deno.uid() !== 0) {
+      logger.info("running as uid {uid}, as started ({key} applies to a start as root)", {
+        uid: Deno.uid(),
+        key: `user: ${config.user}`,
+      });
+    }
     const stop = () => server!.stop();
     Deno.addSignalListener("SIGINT", stop);
     Deno.addSignalListener("SIGTERM", stop);
@@ -572,6 +590,8 @@ export interface ConnectCommand {
   cipher?: UdpCipher;
   /** false: leave the host's DNS alone, whatever the server pushes. */
   dns?: boolean;
+  /** Whom to become once connected, when started as root; default nobody. */
+  user?: string;
   level?: LogLevel;
 }
 
@@ -603,6 +623,7 @@ export async function connect(options: ConnectCommand): Promise<number> {
   // Before any connection: a key that cannot sign for its certificate fails every AUTH.
   await checkKeyPair(profile.cert, profile.key, options.profile);
   setupLogging(options.level ?? "info");
+  const user = switchTarget(options.user ?? "nobody", "--user");
   const stateDir = Deno.env.get("VPN_STATE_DIR");
   const client = new Client({
     profile,
@@ -615,6 +636,7 @@ export async function connect(options: ConnectCommand): Promise<number> {
     ...(options.dev ? { dev: options.dev } : {}),
     // Where the record of the host route and DNS it changed lives (README: Full tunnel).
     ...(stateDir ? { stateDir } : {}),
+    ...(user ? { user } : {}),
   });
   const stop = () => client.stop();
   Deno.addSignalListener("SIGINT", stop);

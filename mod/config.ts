@@ -266,6 +266,14 @@ export interface ServerConfig {
   dev: string;
   /** What the server logs. */
   log: LogConfig;
+  /**
+   * The user the server runs as once its TUN, sockets and routes are set up, when started as
+   * root; it keeps CAP_NET_ADMIN and nothing else (README: Fewer privileges). `root` keeps
+   * every privilege. Ignored when started as another user.
+   *
+   * @default "nobody"
+   */
+  user: string;
   /** Where and how OpenVPN clients connect. */
   openvpn: OpenVpnConfig;
   /** The control socket. */
@@ -351,6 +359,7 @@ export function defaultServerConfig(): ServerConfig {
     push: { routes: [], redirect_gateway: false, dns: { servers: [], domains: [] } },
     dev: "vpn%d",
     log: { level: "info" },
+    user: "nobody",
     openvpn: { udp: true, tcp: true, tcp_port: 1195, ciphers: [...DATA_CIPHERS] },
     control: { socket: "" },
     metrics: { listen: "" },
@@ -482,6 +491,13 @@ export function parseServerConfig(text: string, source: string): ServerConfig {
     log: {
       level: r.value(log.level, "log.level", d.log.level, oneOf(LOG_LEVELS), LOG_LEVEL_RULE),
     },
+    user: r.value(
+      top.user,
+      "user",
+      d.user,
+      (v): v is string => isString(v) && /^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/.test(v),
+      "must be a user name of this host such as nobody or vpn (root keeps every privilege)",
+    ),
     openvpn: {
       udp: r.value(openvpn.udp, "openvpn.udp", d.openvpn.udp, isBoolean, BOOLEAN_RULE),
       tcp: ovpnTcp,
@@ -574,6 +590,8 @@ const SERVER_COMMENTS = {
   dev: "TUN device name, at most 15 bytes; %d becomes the lowest free number.",
   log: "What the server logs.",
   "log.level": "debug, info, warning or error.",
+  user:
+    "User to run as after set-up when started as root, keeping only CAP_NET_ADMIN; root keeps every privilege.",
   openvpn:
     "Stock OpenVPN 2.6 / OpenVPN Connect clients (profiles from `vpn client add --format ovpn`).",
   "openvpn.udp": "Take them over UDP on listen.port (opened for them even with listen.udp: false).",

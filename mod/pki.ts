@@ -83,6 +83,13 @@ const LOCK_POLL_MS = 10;
 const PRIVATE_MODE = 0o600;
 const PUBLIC_MODE = 0o644;
 const DIR_MODE = 0o700;
+/**
+ * The registry: readable by the PKI directory's group, which a server started as root gives
+ * to its `user:` (mod/system/privileges.ts); it holds names, serials and settings, no secret.
+ */
+export const REGISTRY_MODE = 0o640;
+/** What the directory may grant its group: passage to the files it may read, by name. */
+const GROUP_PASSAGE = 0o010;
 
 const CA_DAYS = 3650;
 /** 825 days: the longest lifetime browsers and easy-rsa accept for a leaf certificate. */
@@ -232,14 +239,21 @@ function syncDirectory(dir: string): void {
  * temporary file is created with O_EXCL (which refuses any existing name, a symlink too) and
  * `mode`, chmod-ed through its descriptor (the umask may have removed bits), synced, renamed
  * over the target (replacing a symlink there, not its target), and the directory synced. The
- * rename replaces the inode, so an existing file's looser mode does not survive.
+ * rename replaces the inode, so an existing file's looser mode does not survive. `group`, when
+ * given, becomes the file's group before it has any content.
  */
-export async function writeFileAtomic(path: string, text: string, mode: number): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  text: string,
+  mode: number,
+  group?: number,
+): Promise<void> {
   const tmp = `${path}.tmp-${randomHex(6)}`;
   const c = libc();
   const fd = openFd(tmp, O_WRONLY | O_CREAT | O_EXCL, mode);
   try {
     try {
+      if (group !== undefined) fileCall("fchown", tmp, c.fchown(fd, -1 >>> 0, group));
       fileCall("fchmod", tmp, c.fchmod(fd, mode));
       const data = new TextEncoder().encode(text);
       for (let off = 0; off < data.length;) {
@@ -501,7 +515,8 @@ export async function initPki(dir: string, options: InitOptions): Promise<void> 
 
 /**
  * Makes `dir` (0700) if it is missing; an existing one must be this user's and closed to group
- * and others, since the private keys go there and whoever may write it may replace them.
+ * and others, since the private keys go there and whoever may write it may replace them. Its
+ * group may pass (0710): a server that ran as `user:` gave it that, to read the registry.
  */
 async function preparePkiDir(dir: string): Promise<void> {
   const created = !fileExists(dir);
@@ -526,7 +541,7 @@ async function preparePkiDir(dir: string): Promise<void> {
     );
   }
   const mode = info.mode ?? 0;
-  if (mode & 0o077) {
+  if (mode & 0o077 & ~GROUP_PASSAGE) {
     throw new PkiError(
       `${dir} is mode ${octal(mode)}: group or others could read or replace the PKI's ` +
         `private keys there; run: chmod 700 ${dir}`,
@@ -538,7 +553,7 @@ async function preparePkiDir(dir: string): Promise<void> {
  * Refuses a PKI that others could change (a directory group or others may write) or whose
  * private keys they may read: either lets them act as this server or its CA.
  */
-async function refuseUnsafePki(dir: string): Promise<void> {
+export async function refuseUnsafePki(dir: string): Promise<void> {
   const mode = (await Deno.stat(dir)).mode ?? 0;
   if (mode & 0o022) {
     throw new PkiError(
@@ -899,12 +914,15 @@ async function readRegistry(dir: string): Promise<ClientEntry[]> {
   return file.clients as ClientEntry[];
 }
 
+/** Writes the registry, with the directory's group (the server's, once it ran as `user:`). */
 async function writeRegistry(dir: string, clients: ClientEntry[]): Promise<void> {
   const file: RegistryFile = { version: REGISTRY_VERSION, clients };
+  const { gid } = await Deno.stat(dir);
   await writeFileAtomic(
     join(dir, REGISTRY_FILE),
     JSON.stringify(file, null, 2) + "\n",
-    PRIVATE_MODE,
+    REGISTRY_MODE,
+    gid !== null && gid !== Deno.gid() ? gid : undefined,
   );
 }
 

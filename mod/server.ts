@@ -13,7 +13,7 @@ import { ErrnoError } from "../ffi/libc.ts";
 import { listenerIpv6Only } from "../ffi/socket.ts";
 import { AddressPool } from "./core/address_pool.ts";
 import { formatPeer, isUnspecified6 } from "./core/ip.ts";
-import { type Lease, LeaseError, readLeases } from "./core/leases.ts";
+import { type Lease, LeaseError, prepareStateDir, readLeases } from "./core/leases.ts";
 import { Router, type ServerStats } from "./core/router.ts";
 import { Subnet6 } from "./core/subnet6.ts";
 import { Nat } from "./system/nat.ts";
@@ -219,6 +219,7 @@ export class Server {
     }
     let leases: Lease[] = [];
     try {
+      await prepareStateDir(dir);
       leases = await readLeases(dir);
     } catch (error) {
       if (!(error instanceof LeaseError)) throw error;

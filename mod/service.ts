@@ -126,8 +126,10 @@ LimitNOFILE=65536
 UMask=0077
 
 # The TUN, routes, nftables and forwarding need CAP_NET_ADMIN; ports below 1024
-# CAP_NET_BIND_SERVICE. Root keeps no other capability: no file access past permissions.
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE
+# CAP_NET_BIND_SERVICE; becoming server.yaml's user (nobody by default) once set up, and
+# giving it the registry and DIR/state, CAP_SETUID, CAP_SETGID and CAP_CHOWN. It then keeps
+# CAP_NET_ADMIN alone. Root keeps no other capability: no file access past permissions.
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_CHOWN
 AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
 

@@ -864,6 +864,47 @@ export const MUTATIONS: Mutation[] = [
     replace: "return text.replace(/[\\\\\\n]/g,",
     tests: ["tests/metrics_test.ts"],
   },
+  // --- fewer privileges (issue 12, part 5) -------------------------------------------------
+  {
+    name: "server-keeps-root",
+    breaks: "vpn serve started as root runs as user: (nobody) once set up",
+    file: "mod/commands.ts",
+    find: "        becomeUser(user, `user in ${configPath}`);\n",
+    replace: "",
+    tests: ["tests/privileges_e2e_test.ts"],
+  },
+  {
+    name: "switch-drops-net-admin",
+    breaks: "the switched server keeps CAP_NET_ADMIN for the routes to clients' networks",
+    file: "ffi/privileges.ts",
+    find: "  const data = new Uint32Array([low, low, 0, high, high, 0]);",
+    replace: "  const data = new Uint32Array([0, low, 0, 0, high, 0]);",
+    tests: ["tests/privileges_e2e_test.ts"],
+  },
+  {
+    name: "registry-private-to-root",
+    breaks: "the registry stays readable to the switched server (revocations apply)",
+    file: "mod/system/privileges.ts",
+    find: "  await give(`${pki}/${REGISTRY_FILE}`, null, REGISTRY_MODE);\n",
+    replace: "",
+    tests: ["tests/privileges_e2e_test.ts"],
+  },
+  {
+    name: "unsafe-pki-opened-first",
+    breaks: "a PKI others may write is refused, not chmod-ed safe and trusted",
+    file: "mod/system/privileges.ts",
+    find: "  await refuseUnsafePki(pki);\n",
+    replace: "",
+    tests: ["tests/pki_dir_test.ts"],
+  },
+  {
+    name: "client-keeps-root",
+    breaks: "vpn connect gives up root when it changed nothing outside its TUN",
+    file: "mod/native/client.ts",
+    find: '      becomeUser(user, "--user");\n',
+    replace: "",
+    tests: ["tests/privileges_e2e_test.ts"],
+  },
   // --- offload -------------------------------------------------------------------------
   {
     name: "checksum-odd-byte-dropped",

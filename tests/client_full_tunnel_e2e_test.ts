@@ -123,6 +123,13 @@ rootTest(
         /connected: address 10\.8\.0\.2\/24, IPv6 fd00:8::2\/64, .*, full tunnel, DNS 10\.8\.0\.1 \(corp\.example\)/,
       );
       await assertFullTunnel(ns, tun, client.log);
+      // Putting the host route and resolv.conf back at exit needs root, so it keeps it.
+      assertMatch(
+        client.log,
+        /keeps running as root: it changed a host route to the server and DNS, to put back/,
+      );
+      const status = await Deno.readTextFile(`/proc/${client.child.pid}/status`);
+      assertMatch(status, /^Uid:\t0\t/m);
       // The session still runs over the host route: data goes through the split routes.
       assert(await net.ping(ns, INTERNET), `through the full tunnel:\n${client.log}`);
       assert(await net.ping(ns, "10.8.0.1"), client.log);

@@ -37,6 +37,7 @@ Deno.test("parseServerConfig() gives every default for an empty or comment-only 
     push: { routes: [], redirect_gateway: false, dns: { servers: [], domains: [] } },
     dev: "vpn%d",
     log: { level: "info" },
+    user: "nobody",
     openvpn: {
       udp: true,
       tcp: true,
@@ -74,6 +75,7 @@ push:
   dns: { servers: [10.99.0.1], domains: [corp.example] }
 dev: tun7
 log: { level: debug }
+user: vpn
 openvpn: { udp: false, tcp: true, tcp_port: 443, ciphers: [chacha20-poly1305, Aes-256-Gcm] }
 control: { socket: /srv/vpn/control.sock }
 metrics: { listen: "127.0.0.1:9194" }
@@ -96,6 +98,7 @@ metrics: { listen: "127.0.0.1:9194" }
     },
     dev: "tun7",
     log: { level: "debug" },
+    user: "vpn",
     openvpn: {
       udp: false,
       tcp: true,
@@ -223,6 +226,9 @@ Deno.test("parseServerConfig() names file, key, value and rule for each bad valu
     ["dev: 'vpn%s'", "dev", `"vpn%s" is not allowed`],
     ["dev: 'a%d%d'", "dev", `"a%d%d" is not allowed`],
     ["dev: ''", "dev", `"" is not allowed`],
+    ["user: ''", "user", `user: "" is not allowed: must be a user name of this host`],
+    ["user: 'a b'", "user", `"a b" is not allowed`],
+    ["user: 65534", "user", `65534 is not allowed`],
     [
       "log: {level: warn}",
       "log.level",
@@ -375,6 +381,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
     },
     dev: "tun%d",
     log: { level: "warning" },
+    user: "vpn",
     openvpn: { udp: true, tcp: false, tcp_port: 443, ciphers: ["CHACHA20-POLY1305"] },
     control: { socket: "/run/vpn/office.sock" },
     metrics: { listen: "[::1]:9194" },
@@ -387,7 +394,7 @@ Deno.test("serverConfigYaml() round-trips through parseServerConfig()", () => {
 Deno.test("serverConfigYaml() writes every key with a comment above it", () => {
   const lines = serverConfigYaml(defaultServerConfig()).split("\n");
   const keyLines = lines.filter((line) => /^\s*[a-z_0-9]+:/.test(line));
-  assertEquals(keyLines.length, 33);
+  assertEquals(keyLines.length, 34);
   for (const line of keyLines) {
     const above = lines[lines.indexOf(line) - 1]!;
     assertMatch(above, /^\s*# \S/, `no comment above ${line}`);

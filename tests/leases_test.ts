@@ -1,5 +1,11 @@
 import { assertEquals, assertMatch, assertRejects } from "./_assert.ts";
-import { LeaseError, LEASES_FILE, readLeases, writeLeases } from "../mod/core/leases.ts";
+import {
+  LeaseError,
+  LEASES_FILE,
+  prepareStateDir,
+  readLeases,
+  writeLeases,
+} from "../mod/core/leases.ts";
 import { type Credentials, type Lab, withLab } from "./_lab.ts";
 import { OvpnClient } from "./_ovpn_client.ts";
 import { loadTlsCryptKey, revokeClient } from "../mod/pki.ts";
@@ -7,6 +13,8 @@ import { loadTlsCryptKey, revokeClient } from "../mod/pki.ts";
 Deno.test("writeLeases() and readLeases() keep serial, address and time, in a file of mode 0600; no file is no leases", async () => {
   const dir = await Deno.makeTempDir();
   try {
+    await prepareStateDir(dir);
+    assertEquals((await Deno.stat(`${dir}/state`)).mode! & 0o777, 0o700);
     assertEquals(await readLeases(dir), []);
     const leases = [
       { serial: "0a1b", address: "10.8.0.7", seen: Date.parse("2026-11-30T10:00:00Z") },
@@ -20,9 +28,32 @@ Deno.test("writeLeases() and readLeases() keep serial, address and time, in a fi
   }
 });
 
+Deno.test("prepareStateDir() moves the leases.json of an older version into state/, and keeps a newer one", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const old = { serial: "0a1b", address: "10.8.0.7", seen: Date.parse("2026-11-30T10:00:00Z") };
+    await Deno.writeTextFile(
+      `${dir}/leases.json`,
+      JSON.stringify({ version: 1, leases: [{ ...old, seen: new Date(old.seen).toISOString() }] }),
+    );
+    await prepareStateDir(dir);
+    assertEquals(await readLeases(dir), [old]);
+    await assertRejects(() => Deno.stat(`${dir}/leases.json`), Deno.errors.NotFound);
+    // A second start finds state/leases.json and leaves a stray old file where it is.
+    const newer = { ...old, address: "10.8.0.9" };
+    await writeLeases(dir, [newer]);
+    await Deno.writeTextFile(`${dir}/leases.json`, "{}");
+    await prepareStateDir(dir);
+    assertEquals(await readLeases(dir), [newer]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("readLeases() refuses a file that is not JSON, of another version, or with a bad entry", async () => {
   const dir = await Deno.makeTempDir();
   try {
+    await prepareStateDir(dir);
     for (
       const [text, why] of [
         ["{", /is not JSON/],

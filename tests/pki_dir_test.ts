@@ -73,7 +73,7 @@ rootTest("vpn init refuses a directory of another user, with the chown to run", 
   });
 });
 
-Deno.test("vpn init makes a new directory 0700 and its files 0600 and 0644 under any umask", async () => {
+Deno.test("vpn init makes a new directory 0700 and its files 0600, 0640 and 0644 under any umask", async () => {
   await withRoot(async (root) => {
     const dir = `${root}/a/pki`;
     const init = await run(
@@ -83,9 +83,10 @@ Deno.test("vpn init makes a new directory 0700 and its files 0600 and 0644 under
     );
     assertEquals(init.code, 0, init.stderr);
     assertEquals(mode(dir), 0o700);
-    for (const f of ["ca.key", "server.key", "clients.json"]) {
+    for (const f of ["ca.key", "server.key"]) {
       assertEquals(mode(`${dir}/${f}`), 0o600, f);
     }
+    assertEquals(mode(`${dir}/clients.json`), 0o640);
     assertEquals(mode(`${dir}/clients.lock`) & 0o077, 0, "clients.lock is this user's alone");
     for (const f of ["ca.crt", "server.crt", "server.yaml"]) {
       assertEquals(mode(`${dir}/${f}`), 0o644, f);

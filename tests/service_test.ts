@@ -83,7 +83,7 @@ Deno.test("serviceUnit() for /etc/vpn and the compiled binary: every setting", (
     "Environment=NO_COLOR=1",
     "LimitNOFILE=65536",
     "UMask=0077",
-    "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+    "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_CHOWN",
     "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",

@@ -146,7 +146,11 @@ export class ControlServer {
     try {
       if ((await Deno.lstat(this.path)).ino === this.#inode) await Deno.remove(this.path);
     } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      if (error instanceof Deno.errors.PermissionDenied) {
+        // A server that gave up root may not write the socket's directory: the socket stays,
+        // refusing connections, and the next server there replaces it.
+        logger.debug("left {path}: {error}", { path: this.path, error: error.message });
+      } else if (!(error instanceof Deno.errors.NotFound)) throw error;
     }
   }
 

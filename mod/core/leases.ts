@@ -1,16 +1,23 @@
 /**
- * Who had which tunnel address, kept in `DIR/leases.json` so that a client gets the same
+ * Who had which tunnel address, kept in `DIR/state/leases.json` so that a client gets the same
  * address after a server restart without asking for it (OpenVPN clients never ask). A lease is
  * a certificate serial, its address and when it was last connected; the router writes the file
  * atomically when a session starts or ends, and drops leases older than `lease_time`.
+ *
+ * `DIR/state` is the one directory the server writes once it runs as `user:` (README: Fewer
+ * privileges): the PKI directory itself stays closed to it, so that it cannot replace the CA.
  *
  * @module
  */
 
 import { writeFileAtomic } from "../pki.ts";
 
-/** The leases file in the PKI directory. */
-export const LEASES_FILE = "leases.json";
+/** The server's own directory in the PKI directory. */
+export const STATE_DIR = "state";
+/** The leases file, in the PKI directory. */
+export const LEASES_FILE = `${STATE_DIR}/leases.json`;
+/** Where versions before `state/` kept it. */
+const OLD_LEASES_FILE = "leases.json";
 
 /** One client's address. */
 export interface Lease {
@@ -32,6 +39,22 @@ export class LeaseError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "LeaseError";
+  }
+}
+
+/**
+ * Makes `DIR/state` (0700) if it is missing and moves a leases file of an older version there.
+ * Runs at the server's start, while it may still write the PKI directory.
+ */
+export async function prepareStateDir(dir: string): Promise<void> {
+  await Deno.mkdir(`${dir}/${STATE_DIR}`, { recursive: true, mode: 0o700 });
+  try {
+    await Deno.lstat(`${dir}/${LEASES_FILE}`);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    await Deno.rename(`${dir}/${OLD_LEASES_FILE}`, `${dir}/${LEASES_FILE}`).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
   }
 }
 

@@ -39,6 +39,7 @@ import { authenticate, RefusedError } from "./handshake.ts";
 import { certificateCommonName, serverIdentityName } from "../pki.ts";
 import { BatchFailures, escapeText, log } from "../log.ts";
 import { HostChanges } from "../system/host_changes.ts";
+import { becomeUser, type UserEntry } from "../system/privileges.ts";
 import {
   ALPN,
   decodeBye,
@@ -133,6 +134,12 @@ export interface ClientOptions {
   dns?: boolean;
   /** Where the record of host changes is kept (tests); default HostChanges' own. */
   stateDir?: string;
+  /**
+   * Whom to become once the first session is set up, when it changed nothing outside the TUN
+   * (mod/system/privileges.ts): routes and addresses on the TUN need CAP_NET_ADMIN alone,
+   * which is kept; putting back a host route or DNS at exit needs root.
+   */
+  user?: UserEntry;
 }
 
 /** The split default routes of a full tunnel: more specific than any default, so they win. */
@@ -160,6 +167,10 @@ export class Client implements PacketSink {
   #push: Push | undefined;
   /** The host changes of a Linux TUN this client made itself (none for an injected TUN). */
   #host: HostChanges | undefined;
+  /** Whom to become after the first session's set-up; cleared once that is decided. */
+  #becomeUser: UserEntry | undefined;
+  /** Who this client became: it may no longer change anything outside its TUN. */
+  #became: string | undefined;
   /** Routes on the TUN that this client added and that are there: a reconnect diffs them. */
   readonly #routes = new Set<string>();
   /** The IPv6 address on the TUN (address6/prefix6), once added. */
@@ -196,6 +207,7 @@ export class Client implements PacketSink {
 
   constructor(options: ClientOptions) {
     this.#options = options;
+    this.#becomeUser = options.user;
   }
 
   /** True while a session is up: packets read from the TUN go to the server. */
@@ -335,6 +347,7 @@ export class Client implements PacketSink {
         "authentication",
       );
       this.#configure(push);
+      this.#giveUpRoot();
       this.#channel = channel;
       return channel;
     } catch (error) {
@@ -366,7 +379,10 @@ export class Client implements PacketSink {
 
   /** Sets the TUN up from the first PUSH; later sessions only change what changed. */
   #configure(push: Push): void {
-    if (this.#options.tun === undefined) this.#configureLinux(push);
+    // Without its host route a full tunnel is left out, and the line below must not claim it.
+    const fullTunnel = this.#options.tun === undefined
+      ? this.#configureLinux(push)
+      : push.redirect_gateway === true;
     this.#vnet = push.offload === true;
     this.#push = push;
     this.address = push.address;
@@ -385,7 +401,7 @@ export class Client implements PacketSink {
         gateway: push.gateway,
         routes: push.routes.join(", ") || "none",
         mtu: push.mtu,
-        redirect: push.redirect_gateway === true ? ", full tunnel" : "",
+        redirect: fullTunnel ? ", full tunnel" : "",
         dns,
       },
     );
@@ -394,9 +410,10 @@ export class Client implements PacketSink {
   /**
    * The TUN's MTU and addresses, the routes, the host route and DNS of `push`. The IPv4
    * address is the tunnel: failing it fails the session. Whatever else fails is said and
-   * left out, and the tunnel stays up without it; the next session tries it again.
+   * left out, and the tunnel stays up without it; the next session tries it again. True when
+   * the full tunnel is in place.
    */
-  #configureLinux(push: Push): void {
+  #configureLinux(push: Push): boolean {
     using nl = Netlink.open();
     const old = this.#push;
     if (old === undefined) this.#tunIndex = nl.linkIndex(this.#tun!.name);
@@ -418,7 +435,7 @@ export class Client implements PacketSink {
       this.#attempt(
         "remove the host route to the server",
         "it",
-        () => this.#host!.removeRouteToServer(),
+        () => this.#hostChanges().removeRouteToServer(),
       );
     }
     const has6 = this.#address6 !== undefined;
@@ -446,6 +463,7 @@ export class Client implements PacketSink {
       if (added) this.#routes.add(route);
     }
     this.#configureDns(push, redirect);
+    return redirect;
   }
 
   /** Puts the PUSH's IPv6 address on the TUN in place of the last one, or says why not. */
@@ -479,13 +497,12 @@ export class Client implements PacketSink {
     // A socket of the IPv6 family names an IPv4 server ::ffff:a.b.c.d.
     const server = peerHost(this.#serverIp);
     if (this.#hostRoute === server) return true;
-    const host = this.#host!;
     if (this.#hostRoute !== undefined) {
       this.#hostRoute = undefined;
       this.#attempt(
         "remove the host route to the server's former address",
         "any change to it",
-        () => host.removeRouteToServer(),
+        () => this.#hostChanges().removeRouteToServer(),
       );
     }
     return this.#attempt(
@@ -494,7 +511,7 @@ export class Client implements PacketSink {
         push.routes.join(", ") || "none"
       }, go through it)`,
       () => {
-        const how = host.routeToServer(server);
+        const how = this.#hostChanges().routeToServer(server);
         logger.info("host route to the server: {how}", {
           how: how ?? `none needed, ${server} is on a link of this machine`,
         });
@@ -511,13 +528,12 @@ export class Client implements PacketSink {
       : undefined;
     const wanted = dns === undefined ? undefined : JSON.stringify([dns, defaultRoute]);
     if (wanted === this.#dnsApplied) return;
-    const host = this.#host!;
     if (this.#dnsApplied !== undefined) {
       this.#dnsApplied = undefined;
       this.#attempt(
         "put this machine's DNS back as it was",
         "any change to it",
-        () => host.clearDns(),
+        () => this.#hostChanges().clearDns(),
       );
     }
     if (dns === undefined) return;
@@ -525,11 +541,53 @@ export class Client implements PacketSink {
       `apply the pushed DNS servers ${dns.servers.join(" ")}`,
       "them (names resolve as they did before)",
       () => {
-        const how = host.setDns(this.#tun!.name, dns, defaultRoute);
+        const how = this.#hostChanges().setDns(this.#tun!.name, dns, defaultRoute);
         logger.info("DNS: {how}", { how });
         this.#dnsApplied = wanted;
       },
     );
+  }
+
+  /** The record of changes outside the TUN; none to be had once this client gave up root. */
+  #hostChanges(): HostChanges {
+    if (this.#became !== undefined) {
+      throw new Error(
+        `this client runs as ${this.#became} since its first session and may not change ` +
+          `this machine's routes or DNS; run vpn connect --user root where the server pushes them`,
+      );
+    }
+    return this.#host!;
+  }
+
+  /**
+   * After the first session's set-up, becomes the user asked for, unless a host route or DNS
+   * was changed: putting those back at exit (and the record of them) needs root.
+   *
+   * @throws {ClientError} when the switch fails: the client does not go on as root instead.
+   */
+  #giveUpRoot(): void {
+    const user = this.#becomeUser;
+    this.#becomeUser = undefined;
+    if (user === undefined || this.#host === undefined) return;
+    const changed = [
+      ...(this.#hostRoute !== undefined ? ["a host route to the server"] : []),
+      ...(this.#dnsApplied !== undefined ? ["DNS"] : []),
+    ];
+    if (changed.length > 0) {
+      logger.info("keeps running as root: it changed {changed}, to put back at exit", {
+        changed: changed.join(" and "),
+      });
+      return;
+    }
+    try {
+      // Nothing to put back: only the record goes, while this client may still remove it.
+      this.#host.undo();
+      this.#host = undefined;
+      becomeUser(user, "--user");
+    } catch (error) {
+      throw new ClientError((error as Error).message);
+    }
+    this.#became = user.name;
   }
 
   /**
