@@ -405,23 +405,27 @@ export class OpenVpnSession implements TunnelSession {
       cipher = negotiateCipher(this.#ctx.ciphers, this.#peerInfo.ciphers, this.#peerInfo.ncp);
     }
     // Our key-method-2 message comes first, whatever follows: a stock client reads the next
-    // plaintext as that message, and takes an AUTH_FAILED in its place for garbage.
+    // plaintext as that message, and takes an AUTH_FAILED in its place for garbage. It goes
+    // after the certificate check, with no await between it and the data key below: a client
+    // that has it sends with the new key at once, and a packet the key could not yet open
+    // would be lost (the renegotiation of a busy server).
     const random1 = crypto.getRandomValues(new Uint8Array(32));
     const random2 = crypto.getRandomValues(new Uint8Array(32));
-    state.tls.write(
-      encodeKeyMethod2(
-        {
-          random1,
-          random2,
-          options: serverOptionsString({
-            proto: this.#link.protocol === "openvpn/tcp" ? "TCPv4_SERVER" : "UDPv4",
-            tunMtu: this.#ctx.router.config.mtu,
-            cipher: cipher ?? this.#ctx.ciphers[0]!,
-          }),
-        },
-        "server",
-      ),
-    );
+    const sendKeyMethod2 = () =>
+      state.tls.write(
+        encodeKeyMethod2(
+          {
+            random1,
+            random2,
+            options: serverOptionsString({
+              proto: this.#link.protocol === "openvpn/tcp" ? "TCPv4_SERVER" : "UDPv4",
+              tunMtu: this.#ctx.router.config.mtu,
+              cipher: cipher ?? this.#ctx.ciphers[0]!,
+            }),
+          },
+          "server",
+        ),
+      );
     let client;
     try {
       await this.#ctx.router.checkRevocations();
@@ -431,10 +435,12 @@ export class OpenVpnSession implements TunnelSession {
       });
     } catch (error) {
       if (!(error instanceof AuthError)) throw error;
+      sendKeyMethod2();
       this.#authFailed(error.reason, error.message);
       return;
     }
     if (this.#ended) return;
+    sendKeyMethod2();
     if (first) {
       const info = this.#peerInfo!;
       if ((info.proto & IV_PROTO_DATA_V2) === 0) {
