@@ -78,6 +78,23 @@ const symbols = {
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   /** unsigned int if_nametoindex(const char *ifname) */
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
+  /**
+   * int getpwnam_r(const char *name, struct passwd *pwd, char *buf, size_t buflen,
+   *                struct passwd **result)
+   */
+  getpwnam_r: { parameters: ["buffer", "buffer", "buffer", "usize", "buffer"], result: "i32" },
+  /** int setgroups(size_t size, const gid_t *list) */
+  setgroups: { parameters: ["usize", "buffer"], result: "i32" },
+  /** int setresgid(gid_t rgid, gid_t egid, gid_t sgid) */
+  setresgid: { parameters: ["u32", "u32", "u32"], result: "i32" },
+  /** int setresuid(uid_t ruid, uid_t euid, uid_t suid) */
+  setresuid: { parameters: ["u32", "u32", "u32"], result: "i32" },
+  /** int prctl(int option, unsigned long arg2, unsigned long arg3, ...) */
+  prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+  /** int capget(cap_user_header_t hdrp, cap_user_data_t datap) */
+  capget: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** int capset(cap_user_header_t hdrp, const cap_user_data_t datap) */
+  capset: { parameters: ["buffer", "buffer"], result: "i32" },
   /** int *__errno_location(void) */
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;

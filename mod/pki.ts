@@ -193,7 +193,8 @@ async function readPkiFile(dir: string, file: string): Promise<string> {
   }
 }
 
-function octal(mode: number): string {
+/** A file mode as `ls -l` and chmod write it in octal: `0600`. */
+export function octal(mode: number): string {
   return (mode & 0o7777).toString(8).padStart(4, "0");
 }
 

@@ -16,7 +16,7 @@
 
 import { CAP_NET_ADMIN, dropPrivileges, lookupUser, type UserEntry } from "../../ffi/privileges.ts";
 import { prepareStateDir, STATE_DIR } from "../core/leases.ts";
-import { refuseUnsafePki, REGISTRY_FILE, REGISTRY_MODE } from "../pki.ts";
+import { octal, refuseUnsafePki, REGISTRY_FILE, REGISTRY_MODE } from "../pki.ts";
 import { log } from "../log.ts";
 
 export type { UserEntry };
@@ -80,7 +80,7 @@ export async function openServerFiles(
     }
     await Deno.chown(path, uid, user.gid);
     await Deno.chmod(path, mode);
-    changed.push(`${path} ${mode.toString(8).padStart(4, "0")}`);
+    changed.push(`${path} ${octal(mode)}`);
   };
   await give(pki, null, SERVED_DIR_MODE);
   await give(`${pki}/${REGISTRY_FILE}`, null, REGISTRY_MODE);
@@ -130,8 +130,9 @@ function refuseUnreachable(path: string, user: UserEntry, what: string, opened?:
     if (above === opened || allows(info, user, 0o1)) continue;
     throw new PrivilegeError(
       `the user ${user.name} cannot reach ${what} ${path}: ${above} is mode ` +
-        `${(info.mode! & 0o777).toString(8).padStart(4, "0")} (uid ${info.uid}, gid ` +
-        `${info.gid}); keep it where ${user.name} may pass (such as /etc/vpn), run chmod o+x ` +
+        `${
+          octal(info.mode!)
+        } (uid ${info.uid}, gid ${info.gid}); keep it where ${user.name} may pass (such as /etc/vpn), run chmod o+x ` +
         `${above}, or set user: root in server.yaml`,
     );
   }
