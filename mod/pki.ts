@@ -1003,6 +1003,12 @@ export interface IssueOptions {
   notAfter?: Date;
   /** The profile the certificate goes into, recorded in the registry (default "vpn"). */
   format?: ClientFormat;
+  /**
+   * The client's private key (PKCS#8 PEM, ECDSA P-256, e.g. from `generateClientKey()`) to
+   * certify instead of a new one. A load test issues thousands of certificates for one key:
+   * the server verifies each certificate and each proof of possession all the same.
+   */
+  keyPem?: string;
 }
 
 /** A newly issued client identity: everything a client profile needs. */
@@ -1043,31 +1049,130 @@ export async function issueClient(
       );
     }
     const ca = await loadSigningCa(dir);
-    const keys = await generateKeyPair();
-    const now = Date.now();
-    const notAfter = options.notAfter ??
-      new Date(Math.min(now + days * DAY_MS, ca.cert.notAfter.getTime()));
-    const cert = await createLeaf(ca, keys.publicKey, {
-      cn: name,
-      usage: x509.ExtendedKeyUsage.clientAuth,
-      notBefore: options.notBefore ?? new Date(now - BACKDATE_MS),
-      notAfter,
-    });
-    const serial = cert.serialNumber.toLowerCase();
-    clients.push({
-      name,
-      serial,
-      notAfter: cert.notAfter.toISOString(),
-      format: options.format ?? "vpn",
-    });
+    const key = await clientKey(options.keyPem);
+    const issued = await signClient(ca, name, key, options, days, clients);
     await writeRegistry(dir, clients);
-    return {
-      certPem: certPem(cert),
-      keyPem: await privateKeyPem(keys.privateKey),
-      caPem: certPem(ca.cert),
-      serial,
-    };
+    return issued;
   });
+}
+
+/**
+ * Issues a client certificate for each of `names` as `issueClient()` does for one, under one
+ * lock and with one registry write: issuing thousands one by one would rewrite the registry
+ * each time. All or nothing: an invalid or taken name issues none. With `options.keyPem`,
+ * every certificate is for that one key.
+ *
+ * @returns the issued clients, in the order of `names`.
+ * @throws {PkiError} if a name is invalid or given twice, a non-revoked client of that name
+ *   exists, or `dir` holds no PKI.
+ * @example
+ * ```ts
+ * import { generateClientKey, issueClients } from "./pki.ts";
+ * const keyPem = await generateClientKey();
+ * const clients = await issueClients("/etc/vpn", ["load-a-0", "load-a-1"], { keyPem });
+ * ```
+ */
+export async function issueClients(
+  dir: string,
+  names: readonly string[],
+  options: IssueOptions = {},
+): Promise<IssuedClient[]> {
+  const wanted = new Set<string>();
+  for (const name of names) {
+    checkClientName(name);
+    if (wanted.has(name)) throw new PkiError(`Cannot issue "${name}" twice in one batch`);
+    wanted.add(name);
+  }
+  const days = checkDays(options.days ?? LEAF_DAYS);
+  return await withRegistry(dir, async () => {
+    const clients = await readRegistry(dir);
+    const taken = clients.find((c) => c.revokedAt === undefined && wanted.has(c.name));
+    if (taken !== undefined) {
+      throw new PkiError(
+        `Client "${taken.name}" already exists; revoke it first (vpn client revoke ` +
+          `${taken.name} --dir ${dir}) or choose other names`,
+      );
+    }
+    const ca = await loadSigningCa(dir);
+    const shared = options.keyPem === undefined ? undefined : await clientKey(options.keyPem);
+    const issued: IssuedClient[] = [];
+    for (const name of names) {
+      issued.push(
+        await signClient(ca, name, shared ?? await clientKey(undefined), options, days, clients),
+      );
+    }
+    await writeRegistry(dir, clients);
+    return issued;
+  });
+}
+
+/** A new client private key, PKCS#8 PEM, for {@linkcode IssueOptions.keyPem}. */
+export async function generateClientKey(): Promise<string> {
+  return await privateKeyPem((await generateKeyPair()).privateKey);
+}
+
+/** A client key to certify: its public half, and the private one as PEM for the profile. */
+interface ClientKey {
+  publicKey: CryptoKey;
+  keyPem: string;
+}
+
+/** A new key pair, or the one of `keyPem` (its public half derived from the private key). */
+async function clientKey(keyPem: string | undefined): Promise<ClientKey> {
+  if (keyPem === undefined) {
+    const keys = await generateKeyPair();
+    return { publicKey: keys.publicKey, keyPem: await privateKeyPem(keys.privateKey) };
+  }
+  let der: ArrayBuffer;
+  try {
+    der = x509.PemConverter.decodeFirst(keyPem);
+  } catch {
+    throw new PkiError("Cannot certify the given client key: not a PEM private key");
+  }
+  let jwk: JsonWebKey;
+  try {
+    const key = await crypto.subtle.importKey("pkcs8", der, EC_KEY, true, ["sign"]);
+    jwk = await crypto.subtle.exportKey("jwk", key);
+  } catch {
+    throw new PkiError("Cannot certify the given client key: not a PKCS#8 ECDSA P-256 key");
+  }
+  // The private key's JWK carries the public point (x, y) beside d: without d (and without
+  // its "sign" usage) it is the public key.
+  delete jwk.d;
+  delete jwk.key_ops;
+  const publicKey = await crypto.subtle.importKey("jwk", jwk, EC_KEY, true, ["verify"]);
+  return { publicKey, keyPem };
+}
+
+/**
+ * Signs the certificate of client `name` for `key` and appends its entry to `clients`; the
+ * caller holds the registry lock and writes the registry.
+ */
+async function signClient(
+  ca: SigningCa,
+  name: string,
+  key: ClientKey,
+  options: IssueOptions,
+  days: number,
+  clients: ClientEntry[],
+): Promise<IssuedClient> {
+  const now = Date.now();
+  const notAfter = options.notAfter ??
+    new Date(Math.min(now + days * DAY_MS, ca.cert.notAfter.getTime()));
+  const cert = await createLeaf(ca, key.publicKey, {
+    cn: name,
+    usage: x509.ExtendedKeyUsage.clientAuth,
+    notBefore: options.notBefore ?? new Date(now - BACKDATE_MS),
+    notAfter,
+  });
+  const serial = cert.serialNumber.toLowerCase();
+  clients.push({
+    name,
+    serial,
+    notAfter: cert.notAfter.toISOString(),
+    format: options.format ?? "vpn",
+  });
+  return { certPem: certPem(cert), keyPem: key.keyPem, caPem: certPem(ca.cert), serial };
 }
 
 /**
@@ -1129,6 +1234,37 @@ export async function revokeSerial(dir: string, serial: string): Promise<ClientE
       throw new PkiError(`Certificate ${wanted} ("${entry.name}") is already revoked`);
     }
     return await markRevoked(dir, clients, entry);
+  });
+}
+
+/**
+ * Revokes every certificate of `serials` (hex, any case) with one registry write: what
+ * `revokeSerial()` does for one, for a load test's thousands. All or nothing for serials the
+ * registry lacks; one already revoked is left as it is.
+ *
+ * @returns the entries this call revoked, in registry order.
+ * @throws {PkiError} if a serial is not in the registry (nothing is revoked then).
+ */
+export async function revokeSerials(
+  dir: string,
+  serials: Iterable<string>,
+): Promise<ClientEntry[]> {
+  const wanted = new Set(Array.from(serials, (serial) => serial.toLowerCase()));
+  return await withRegistry(dir, async () => {
+    const clients = await readRegistry(dir);
+    const known = new Set(clients.map((c) => c.serial));
+    const missing = [...wanted].find((serial) => !known.has(serial));
+    if (missing !== undefined) {
+      throw new PkiError(
+        `No certificate with serial ${missing} in ${dir}, so none was revoked; ` +
+          `"vpn client list --dir ${dir}" shows the serials`,
+      );
+    }
+    const revokedAt = new Date().toISOString();
+    const revoked = clients.filter((c) => wanted.has(c.serial) && c.revokedAt === undefined);
+    for (const entry of revoked) entry.revokedAt = revokedAt;
+    if (revoked.length > 0) await writeRegistry(dir, clients);
+    return revoked;
   });
 }
 

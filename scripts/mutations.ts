@@ -905,6 +905,31 @@ export const MUTATIONS: Mutation[] = [
     replace: "",
     tests: ["tests/privileges_e2e_test.ts"],
   },
+  // --- pre-auth places and buffers ------------------------------------------------------
+  {
+    name: "preauth-no-source-cap",
+    breaks: "one source holds at most 8 handshakes, its newest replacing its oldest",
+    file: "mod/core/preauth.ts",
+    find: "    if (own !== undefined && own.count >= this.caps.perSource) {\n",
+    replace: "    if (own !== undefined && own.count > this.caps.total) {\n",
+    tests: ["tests/preauth_test.ts"],
+  },
+  {
+    name: "preauth-evicts-newest",
+    breaks: "at the total cap the noisiest source's oldest handshake makes room",
+    file: "mod/core/preauth.ts",
+    find: "      const dropped = noisiest.oldest!.item;\n",
+    replace: "      const dropped = noisiest.newest!.item;\n",
+    tests: ["tests/preauth_test.ts"],
+  },
+  {
+    name: "writer-never-shrinks",
+    breaks: "an idle session's send buffers are given back",
+    file: "mod/native/wire.ts",
+    find: "      const size = this.#peak === 0 ? 0 : this.#sizeFor(this.#peak);\n",
+    replace: "      const size = this.#buffer.length;\n",
+    tests: ["tests/wire_test.ts"],
+  },
   // --- offload -------------------------------------------------------------------------
   {
     name: "checksum-odd-byte-dropped",

@@ -264,25 +264,25 @@ Deno.test("Server holds back a second refusal for the same reason from the same 
   });
 });
 
-Deno.test("Server logs a connection refused at the cap of 64 handshakes at once", async () => {
+Deno.test("Server logs a connection that a newer one of its source replaced at the cap of 8 handshakes per source", async () => {
   await withLab(async (lab) => {
     lines.length = 0;
     const idle: Deno.TcpConn[] = [];
     try {
-      for (let i = 0; i < 65; i++) {
+      for (let i = 0; i < 9; i++) {
         idle.push(
           await within(Deno.connect({ hostname: HOST, port: lab.port }), SHORT_MS, "connect"),
         );
       }
       await logged(
-        /^\[warning\] refused 127\.0\.0\.1:\d+: busy: 64 connections are in their handshake already$/,
-        "the refusal of the 65th connection",
+        /^\[warning\] refused 127\.0\.0\.1:\d+: busy-source: replaced by a newer connection from the same source \(8 in their handshake at most per source\)$/,
+        "the refusal of the oldest connection",
       );
       assertEquals(lab.server.stats.refused, 1);
     } finally {
       for (const conn of idle) conn.close();
     }
-    await waitFor(() => lab.server.preAuthCount === 0, SHORT_MS, "the 64 connections leave");
+    await waitFor(() => lab.server.preAuthCount === 0, SHORT_MS, "the 8 connections leave");
   });
 });
 

@@ -151,45 +151,46 @@ Deno.test("Server closes a connection that has not authenticated after 10 s (not
   });
 });
 
-/** Opens 64 raw TCP connections and waits until the server has them all in their handshake. */
+/**
+ * Opens 8 raw TCP connections, all from 127.0.0.1 (one source), and waits until the server has
+ * them all in their handshake.
+ */
 async function fillHandshakes(lab: Lab, keep: Keep): Promise<Deno.TcpConn[]> {
   const idle: Deno.TcpConn[] = [];
-  for (let i = 0; i < 64; i++) idle.push(await idleTcp(lab, keep));
-  await waitFor(() => lab.server.preAuthCount === 64, SHORT_MS, "64 connections in handshake");
+  for (let i = 0; i < 8; i++) idle.push(await idleTcp(lab, keep));
+  await waitFor(() => lab.server.preAuthCount === 8, SHORT_MS, "8 connections in handshake");
   assertEquals(lab.server.stats.refused, 0);
   return idle;
 }
 
-Deno.test("Server keeps at most 64 connections in their handshake: a 65th is refused at accept, a freed place is taken again", async () => {
+Deno.test("Server keeps at most 8 connections of one source in their handshake: a 9th takes the place of the oldest, counted busy-source, and a client of that source still gets in", async () => {
   await attack(async (lab, keep) => {
     const { server } = lab;
     const idle = await fillHandshakes(lab, keep);
-    await idleTcp(lab, keep);
-    await waitFor(() => server.stats.refused === 1, SHORT_MS, "the 65th connection is refused");
-    assertEquals(server.preAuthCount, 64);
-
-    closeQuietly(idle.shift()!);
-    await waitFor(() => server.preAuthCount === 63, SHORT_MS, "a connection leaves its handshake");
+    const oldestEnd = endOf(idle[0]!);
     idle.push(await idleTcp(lab, keep));
-    await waitFor(() => server.preAuthCount === 64, SHORT_MS, "a new connection takes the place");
-    assertEquals(server.stats.refused, 2, "only the connection that left was counted");
+    await within(oldestEnd, SHORT_MS, "the server closes the oldest of the source's 8");
+    await waitFor(() => server.stats.refused === 1, SHORT_MS, "the oldest is counted");
+    assertEquals(server.preAuthCount, 8);
+    assertEquals(server.status().handshakes["busy-source"], 1);
 
-    for (const conn of idle) closeQuietly(conn);
-    await waitFor(() => server.preAuthCount === 0, SHORT_MS, "the 64 connections leave");
+    // A client of the same source, with 8 idle connections of its source in place.
     const alice = await lab.connected("alice");
     await assertStillServes(lab, alice.tun, alice.client.address!);
+    assertEquals(server.stats.refused, 2, "alice's connection replaced the next oldest");
+    for (const conn of idle) closeQuietly(conn);
+    await waitFor(() => server.preAuthCount === 0, SHORT_MS, "the idle connections leave");
   });
 });
 
-// Closing a TlsConn whose handshake is pending leaves its socket open (ffi/socket.ts), and a
-// connection refused at accept never gets the pre-auth timer: the accept loop must shut it down.
-Deno.test("Server closes a connection refused at the cap of 64 handshakes at once, not after 10 s", async () => {
+// Closing a TlsConn whose handshake is pending leaves its socket open (ffi/socket.ts): a
+// connection that lost its place must be shut down, not left to its pre-auth timer.
+Deno.test("Server closes the connection a 9th of the same source takes the place of at once, not after 10 s", async () => {
   await attack(async (lab, keep) => {
-    await fillHandshakes(lab, keep);
-    const extra = await idleTcp(lab, keep);
-    // An idle peer beyond the cap must not keep a socket of the server open: far sooner than the
-    // 10 s pre-auth timeout, which does not even apply to it.
-    await within(endOf(extra), 3000, "the server closes the 65th connection");
+    const idle = await fillHandshakes(lab, keep);
+    await idleTcp(lab, keep);
+    // Far sooner than the 10 s pre-auth timeout.
+    await within(endOf(idle[0]!), 3000, "the server closes the oldest connection");
     assertEquals(lab.server.stats.refused, 1);
   });
 });

@@ -7,6 +7,7 @@ import {
   FrameWriter,
   HEADER_LEN,
   MAX_PAYLOAD,
+  MIN_FRAME_BUFFER,
 } from "../mod/native/wire.ts";
 import {
   decodeAuth,
@@ -20,10 +21,20 @@ import {
   type Push,
 } from "../mod/native/messages.ts";
 
-function feed(reader: FrameReader, bytes: Uint8Array): void {
-  const space = reader.space();
-  space.set(bytes);
-  reader.commit(bytes.length);
+/**
+ * Reads `bytes` into `reader` as a socket would: at most what each `space()` offers. Without
+ * `onFrame` the bytes must fit the reader's capacity; with it, frames are parsed as they come.
+ */
+function feed(reader: FrameReader, bytes: Uint8Array, onFrame?: () => void): void {
+  for (let off = 0; off < bytes.length;) {
+    const space = reader.space();
+    if (space.length === 0) throw new Error("the reader is full: parse its frames");
+    const count = Math.min(space.length, bytes.length - off);
+    space.set(bytes.subarray(off, off + count));
+    reader.commit(count);
+    off += count;
+    while (onFrame !== undefined && reader.next()) onFrame();
+  }
 }
 
 Deno.test("encodeFrame() writes type and a 24-bit big-endian length", () => {
@@ -100,6 +111,68 @@ Deno.test("FrameWriter.add() refuses a frame that does not fit, then takes it af
   writer.reset();
   assertEquals(writer.length, 0);
   assert(writer.add(FrameType.DATA, new Uint8Array(1)));
+});
+
+Deno.test("FrameReader starts at 4 KiB, grows for a burst and a large frame, and trim() takes it back once quiet", () => {
+  const reader = new FrameReader();
+  assertEquals(reader.buffer.length, MIN_FRAME_BUFFER);
+  // A burst: reads that fill what they are offered double the buffer, up to its capacity.
+  const burst = new FrameWriter(1 << 20);
+  for (let i = 0; i < 200; i++) burst.add(FrameType.DATA, new Uint8Array(1400).fill(i));
+  let frames = 0;
+  feed(reader, burst.bytes(), () => frames++);
+  assertEquals(frames, 200);
+  const grown = reader.buffer.length;
+  assert(grown >= 256 * 1024, `grew to ${grown}`);
+  // A trim right after the burst keeps the buffer: that interval needed it.
+  reader.trim();
+  feed(reader, encodeFrame(FrameType.PING, new Uint8Array(8)));
+  assert(reader.next());
+  assertEquals(reader.buffer.length, grown);
+  // A quiet interval (only small reads): the next space() of an empty buffer shrinks it.
+  reader.trim();
+  reader.space();
+  assertEquals(reader.buffer.length, MIN_FRAME_BUFFER);
+  // A largest frame arriving in pieces makes room for itself.
+  const large = encodeFrame(FrameType.DATA, new Uint8Array(MAX_PAYLOAD).fill(7));
+  feed(reader, large.subarray(0, 100));
+  assert(!reader.next());
+  feed(reader, large.subarray(100));
+  assert(reader.next());
+  assertEquals(reader.payload().length, MAX_PAYLOAD);
+  assertEquals(reader.payload()[MAX_PAYLOAD - 1], 7);
+});
+
+Deno.test("FrameWriter holds no buffer until its first frame, grows up to its capacity, and trim() sizes an empty one for the last interval", () => {
+  const writer = new FrameWriter(256 * 1024);
+  assertEquals(writer.allocated, 0);
+  writer.trim();
+  assertEquals(writer.allocated, 0, "nothing sent: still nothing held");
+  let added = 0;
+  while (writer.add(FrameType.DATA, new Uint8Array(1400).fill(added))) {
+    if (added++ === 0) assertEquals(writer.allocated, MIN_FRAME_BUFFER);
+  }
+  assertEquals(added, Math.floor(256 * 1024 / (HEADER_LEN + 1400)));
+  assertEquals(writer.allocated, 256 * 1024);
+  // The frames survive each growth.
+  const reader = new FrameReader(1 << 20);
+  const firsts: number[] = [];
+  feed(reader, writer.bytes(), () => firsts.push(reader.payload()[0]!));
+  assertEquals(firsts, Array.from({ length: added }, (_, i) => i & 0xff));
+  writer.reset();
+  writer.trim();
+  assertEquals(writer.allocated, 256 * 1024, "the last interval needed it");
+  writer.add(FrameType.PING, new Uint8Array(8));
+  writer.trim();
+  assertEquals(writer.allocated, 256 * 1024, "a writer holding frames keeps its buffer");
+  writer.reset();
+  writer.add(FrameType.PING, new Uint8Array(8));
+  writer.reset();
+  writer.trim();
+  assertEquals(writer.allocated, MIN_FRAME_BUFFER, "a quiet interval needed 4 KiB");
+  writer.trim();
+  assertEquals(writer.allocated, 0, "an idle interval needed none");
+  assert(writer.add(FrameType.DATA, new Uint8Array(MAX_PAYLOAD)), "a largest frame still fits");
 });
 
 /** A PUSH as a server sends it. */

@@ -200,6 +200,8 @@ export class Router {
   #revocationCheck: Promise<void> | undefined;
   readonly #timers: ReturnType<typeof setInterval>[];
   #keepaliveTimer: ReturnType<typeof setInterval>;
+  /** The earliest certificate expiry among the sessions (ms); it may be of one that ended. */
+  #nextExpiry = Infinity;
   readonly #counters = new CounterLine(COUNTERS);
   readonly #refusals = new RateLimit(REFUSAL_LOG_WINDOW_MS, REFUSAL_LOG_SOURCES);
   #stopped = false;
@@ -383,6 +385,7 @@ export class Router {
     }
     for (const site of network.sites) this.#sites.add(site, session);
     this.#bySerial.set(serial, session);
+    this.#nextExpiry = Math.min(this.#nextExpiry, session.notAfter.getTime());
     this.#touchLease(serial);
     const text = JSON.stringify(settings);
     const before = this.#applied.get(serial);
@@ -774,14 +777,25 @@ export class Router {
     });
   }
 
-  /** Ends each session whose certificate has expired: a certificate's validity bounds it. */
+  /**
+   * Ends the sessions whose certificate has expired. Each second costs one comparison until
+   * the earliest expiry comes (then one pass over the sessions, which finds the next), not a
+   * pass over thousands of sessions.
+   */
   #endExpired(): void {
     const now = Date.now();
+    if (now < this.#nextExpiry) return;
+    let next = Infinity;
     for (const session of this.sessions()) {
-      if (session.notAfter.getTime() > now) continue;
+      const notAfter = session.notAfter.getTime();
+      if (notAfter > now) {
+        next = Math.min(next, notAfter);
+        continue;
+      }
       logger.warn("{name}: certificate expired, ending its session", { name: session.name });
       session.end("expired", `certificate expired at ${session.notAfter.toISOString()}`);
     }
+    this.#nextExpiry = next;
   }
 
   /** Re-reads the revocation list if the registry changed; one check at a time. */

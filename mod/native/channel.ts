@@ -199,6 +199,17 @@ export class Channel {
     return true;
   }
 
+  /**
+   * Gives back the memory of buffers grown for a burst once the burst is over: each buffer
+   * shrinks if nothing since the last call needed more than its first size. Called once per
+   * keepalive interval; a write in flight keeps its buffer.
+   */
+  trim(): void {
+    this.#reader.trim();
+    this.#filling.trim();
+    this.#flushing.trim();
+  }
+
   /** Closes the connection; safe to call twice. */
   close(): void {
     if (this.#closed) return;

@@ -8,6 +8,7 @@
 
 import { setListenerNoDelay, shutdownTcp } from "../../ffi/socket.ts";
 import { formatPeer } from "../core/ip.ts";
+import { PreAuthLimiter } from "../core/preauth.ts";
 import type { Router } from "../core/router.ts";
 import { describeNetwork } from "../core/session.ts";
 import { log } from "../log.ts";
@@ -29,8 +30,40 @@ const logger = log("server");
 
 /** A connection must finish TLS and AUTH within this time (ms), or it is closed. */
 const PRE_AUTH_TIMEOUT_MS = 10_000;
-/** Connections still in their handshake at once; more are closed at accept. */
+/** Connections in their handshake at once, every source together (mod/core/preauth.ts). */
 const MAX_PRE_AUTH = 64;
+/** Connections in their handshake from one source (an IPv4 address, an IPv6 /64) at once. */
+const MAX_PRE_AUTH_PER_SOURCE = 8;
+
+/** Why the server ended a connection in its handshake: the reason and detail of its refusal. */
+type Cause = [reason: string, detail: string];
+
+/** A connection in its handshake, with its place among them (mod/core/preauth.ts). */
+class Handshake {
+  readonly conn: Deno.TlsConn;
+  #channel: Channel | undefined;
+  /** Set once TLS is done: from then on close() alone ends the socket. */
+  tlsDone = false;
+  /** Why the server ended it, the first cause given; undefined while it has not. */
+  cause: Cause | undefined;
+
+  constructor(conn: Deno.TlsConn) {
+    this.conn = conn;
+  }
+
+  /** The framed connection; made once the connection has a place, not for one refused. */
+  get channel(): Channel {
+    return this.#channel ??= new Channel(this.conn);
+  }
+
+  /** Ends the connection; its handshake then fails, and `cause` is what its refusal says. */
+  drop(cause?: Cause): void {
+    this.cause ??= cause;
+    this.channel.close();
+    // A TlsConn closed mid-handshake keeps its socket open (ffi/socket.ts says why).
+    if (!this.tlsDone) shutdownTcp(this.conn.localAddr, this.conn.remoteAddr);
+  }
+}
 
 /** Accepts our protocol's clients on TLS listeners (one, or IPv6 and IPv4 on one port). */
 export class NativeListener {
@@ -38,8 +71,11 @@ export class NativeListener {
   readonly #listeners: Deno.TlsListener[];
   readonly #trust: ServerTrust;
   readonly #udp: ServerUdp | string;
-  /** Connections still in their handshake, each with its way to be dropped. */
-  readonly #preAuth = new Set<() => void>();
+  /** Connections still in their handshake, within the caps per source and in all. */
+  readonly #preAuth = new PreAuthLimiter<Handshake>({
+    perSource: MAX_PRE_AUTH_PER_SOURCE,
+    total: MAX_PRE_AUTH,
+  });
   #stopped = false;
   readonly #done: Promise<void>;
 
@@ -74,7 +110,7 @@ export class NativeListener {
   async stop(): Promise<void> {
     this.#stopped = true;
     for (const listener of this.#listeners) listener.close();
-    for (const drop of this.#preAuth) drop();
+    for (const handshake of this.#preAuth.items()) handshake.drop();
     await this.#done;
   }
 
@@ -84,47 +120,71 @@ export class NativeListener {
     setListenerNoDelay(listener.addr);
     try {
       for await (const conn of listener) {
-        if (this.#preAuth.size >= MAX_PRE_AUTH) {
-          this.#router.stats.refused++;
-          const { hostname, port } = conn.remoteAddr;
-          this.#router.logRefusal(
-            hostname,
-            formatPeer(hostname, port),
-            "busy",
-            `${MAX_PRE_AUTH} connections are in their handshake already`,
-          );
-          conn.close();
-          // Its TLS handshake is pending, so close() alone leaves the socket open (ffi/socket.ts).
-          shutdownTcp(conn.localAddr, conn.remoteAddr);
-          continue;
-        }
-        this.#handshake(conn);
+        const handshake = new Handshake(conn);
+        if (this.#place(handshake)) this.#handshake(handshake);
       }
     } catch (error) {
       if (!this.#stopped) logger.error("listener failed: {error}", { error: String(error) });
     }
   }
 
-  async #handshake(conn: Deno.TlsConn): Promise<void> {
+  /**
+   * Gives a new connection its place among those in their handshake (mod/core/preauth.ts),
+   * before any TLS work; ends the one it takes the place of, or, when it gets none, itself.
+   */
+  #place(handshake: Handshake): boolean {
+    const { conn } = handshake;
+    const admission = this.#preAuth.admit(conn.remoteAddr.hostname, handshake);
+    switch (admission.verdict) {
+      case "admitted":
+        return true;
+      case "replaced":
+        admission.dropped.drop([
+          "busy-source",
+          "replaced by a newer connection from the same source " +
+          `(${MAX_PRE_AUTH_PER_SOURCE} in their handshake at most per source)`,
+        ]);
+        return true;
+      case "displaced":
+        admission.dropped.drop([
+          "busy",
+          `${MAX_PRE_AUTH} connections are in their handshake, the most of them from this ` +
+          "source: its oldest made room for another source's",
+        ]);
+        return true;
+      case "refused": {
+        this.#router.stats.refused++;
+        const { hostname, port } = conn.remoteAddr;
+        this.#router.logRefusal(
+          hostname,
+          formatPeer(hostname, port),
+          "busy",
+          `${MAX_PRE_AUTH} connections are in their handshake already, as many from this ` +
+            "source as from any other",
+        );
+        conn.close();
+        // Its TLS handshake is pending, so close() alone leaves the socket open (ffi/socket.ts).
+        shutdownTcp(conn.localAddr, conn.remoteAddr);
+        return false;
+      }
+    }
+  }
+
+  async #handshake(handshake: Handshake): Promise<void> {
+    const { conn, channel } = handshake;
     const { hostname } = conn.remoteAddr;
     const peer = formatPeer(hostname, conn.remoteAddr.port);
-    const channel = new Channel(conn);
-    let tlsDone = false;
-    let timedOut = false;
-    const drop = () => {
-      channel.close();
-      // A TlsConn closed mid-handshake keeps its socket open (ffi/socket.ts says why).
-      if (!tlsDone) shutdownTcp(conn.localAddr, conn.remoteAddr);
-    };
-    const expire = () => {
-      timedOut = true;
-      drop();
-    };
-    this.#preAuth.add(drop);
-    const timer = setTimeout(expire, PRE_AUTH_TIMEOUT_MS);
+    const timer = setTimeout(
+      () =>
+        handshake.drop([
+          "timeout",
+          `no TLS handshake and AUTH within ${PRE_AUTH_TIMEOUT_MS / 1000} s`,
+        ]),
+      PRE_AUTH_TIMEOUT_MS,
+    );
     try {
       const { alpnProtocol } = await conn.handshake();
-      tlsDone = true;
+      handshake.tlsDone = true;
       if (alpnProtocol !== ALPN) throw new FrameError(`client offered no "${ALPN}" ALPN id`);
       logger.debug("TLS from {peer}", { peer });
       // A revocation made a moment ago must already count for this client.
@@ -134,13 +194,15 @@ export class NativeListener {
     } catch (error) {
       this.#router.stats.refused++;
       // At stop, every pending handshake is dropped: that is no client's failure.
-      if (!this.#stopped) this.#router.logRefusal(hostname, peer, ...refusal(error, timedOut));
+      if (!this.#stopped) {
+        this.#router.logRefusal(hostname, peer, ...(handshake.cause ?? refusal(error)));
+      }
       if (error instanceof AuthError) await refuse(channel, error.reason, error.message);
       else if (error instanceof FrameError) await refuse(channel, "protocol", error.message);
-      drop();
+      handshake.drop();
     } finally {
       clearTimeout(timer);
-      this.#preAuth.delete(drop);
+      this.#preAuth.release(handshake);
     }
   }
 
@@ -210,10 +272,7 @@ const CERTIFICATE_ALERTS = new Map([
  * name what the peer sent: it goes into the detail, escaped by the caller, never into the
  * reason.
  */
-function refusal(error: unknown, timedOut: boolean): [reason: string, detail: string] {
-  if (timedOut) {
-    return ["timeout", `no TLS handshake and AUTH within ${PRE_AUTH_TIMEOUT_MS / 1000} s`];
-  }
+function refusal(error: unknown): Cause {
   if (error instanceof AuthError) return [error.reason, error.message];
   if (error instanceof FrameError) return ["protocol", error.message];
   const message = error instanceof Error ? error.message : String(error);

@@ -121,6 +121,7 @@ export class NativeSession implements TunnelSession {
       return;
     }
     this.channel.sendControl(FrameType.PING);
+    this.channel.trim();
     this.#udp?.tick(this);
   }
 

@@ -82,28 +82,49 @@ function isFrameType(type: number): type is FrameType {
 }
 
 /**
+ * The smallest frame buffer: where a reader starts and what its {@linkcode FrameReader.trim}
+ * takes it back to, and a writer's first size once it has a frame to hold.
+ */
+export const MIN_FRAME_BUFFER = 4 * 1024;
+
+/** An empty writer's buffer: an idle session holds no send buffer at all. */
+const NO_BUFFER = new Uint8Array(0);
+
+/**
  * Parses frames out of a byte stream. Read into {@linkcode space}, {@linkcode commit} the
  * count, then call {@linkcode next} until it returns false; each frame's payload is
  * `buffer[payloadStart, payloadEnd)` until the next call.
+ *
+ * The buffer starts small (an idle session holds 4 KiB, not the 256 KiB of a busy one) and
+ * doubles, up to its capacity, when a read fills all it was offered or a frame needs more; a
+ * {@linkcode trim} after a quiet period takes it back.
  */
 export class FrameReader {
-  /** The receive buffer; a payload is only valid until the next call to `next()`. */
-  readonly buffer: Uint8Array<ArrayBuffer>;
+  /** The receive buffer, replaced when it grows or shrinks; views are valid until `space()`. */
+  buffer: Uint8Array<ArrayBuffer>;
   /** Type of the current frame. */
   type: FrameType = FrameType.DATA;
   /** Start of the current frame's payload in `buffer`. */
   payloadStart = 0;
   /** End of the current frame's payload in `buffer`. */
   payloadEnd = 0;
+  readonly #capacity: number;
   #start = 0; // first unparsed byte
   #end = 0; // end of received bytes
+  /** The length of the last {@linkcode space}, and whether its read filled it. */
+  #offered = 0;
+  #filled = false;
+  /** The largest read since the last {@linkcode trim}. */
+  #peak = 0;
+  #shrink = false;
 
   /** `capacity` must hold at least one largest frame. */
   constructor(capacity = 4 * (HEADER_LEN + MAX_PAYLOAD)) {
     if (capacity < HEADER_LEN + MAX_PAYLOAD) {
       throw new RangeError(`FrameReader capacity ${capacity} cannot hold a largest frame`);
     }
-    this.buffer = new Uint8Array(capacity);
+    this.#capacity = capacity;
+    this.buffer = new Uint8Array(Math.min(capacity, MIN_FRAME_BUFFER));
   }
 
   /** Where the next read should go: the free tail, after moving unparsed bytes to the front. */
@@ -113,12 +134,41 @@ export class FrameReader {
       this.#end -= this.#start;
       this.#start = 0;
     }
+    const size = this.buffer.length;
+    if (this.#shrink && this.#end === 0 && size > MIN_FRAME_BUFFER) {
+      this.buffer = new Uint8Array(MIN_FRAME_BUFFER);
+    } else if (size < this.#capacity) {
+      const frame = this.#end >= HEADER_LEN
+        ? HEADER_LEN + ((this.buffer[1]! << 16) | (this.buffer[2]! << 8) | this.buffer[3]!)
+        : 0;
+      const wanted = Math.max(this.#filled ? size * 2 : size, frame <= this.#capacity ? frame : 0);
+      if (wanted > size) {
+        let grown = size;
+        while (grown < wanted) grown *= 2;
+        const buffer = new Uint8Array(Math.min(this.#capacity, grown));
+        buffer.set(this.buffer.subarray(0, this.#end));
+        this.buffer = buffer;
+      }
+    }
+    this.#shrink = false;
+    this.#offered = this.buffer.length - this.#end;
     return this.buffer.subarray(this.#end);
+  }
+
+  /**
+   * Takes the buffer back to its first size at the next {@linkcode space} that finds it empty,
+   * unless a read since the last call was larger than that: called once per keepalive interval.
+   */
+  trim(): void {
+    this.#shrink = this.#peak < MIN_FRAME_BUFFER;
+    this.#peak = 0;
   }
 
   /** Records that `count` bytes were read into the last {@linkcode space}. */
   commit(count: number): void {
     this.#end += count;
+    this.#filled = count === this.#offered;
+    if (count > this.#peak) this.#peak = count;
   }
 
   /** The current frame's payload as a view. */
@@ -150,17 +200,24 @@ export class FrameReader {
 /**
  * Collects frames into one buffer so that a batch leaves in one TLS write. `add*()` return
  * false when the frame does not fit; flush the {@linkcode bytes} and {@linkcode reset} first.
+ * The buffer is made for the first frame (4 KiB) and doubles up to its capacity as batches
+ * need it; each {@linkcode trim} sizes an empty one for what the last interval needed, none
+ * at all for an idle session.
  */
 export class FrameWriter {
-  readonly #buffer: Uint8Array<ArrayBuffer>;
+  #buffer: Uint8Array<ArrayBuffer>;
   #length = 0;
+  readonly #capacity: number;
+  /** The largest batch since the last {@linkcode trim}. */
+  #peak = 0;
 
   /** `capacity` must hold at least one largest frame. */
   constructor(capacity = 256 * 1024) {
     if (capacity < HEADER_LEN + MAX_PAYLOAD) {
       throw new RangeError(`FrameWriter capacity ${capacity} cannot hold a largest frame`);
     }
-    this.#buffer = new Uint8Array(capacity);
+    this.#capacity = capacity;
+    this.#buffer = NO_BUFFER;
   }
 
   /** Bytes collected so far. */
@@ -168,16 +225,54 @@ export class FrameWriter {
     return this.#length;
   }
 
+  /** Bytes the buffer holds now, used or not: what this writer costs. */
+  get allocated(): number {
+    return this.#buffer.length;
+  }
+
   /** Appends a frame whose payload is `source[0, length)`; false when it does not fit. */
   add(type: FrameType, source: Uint8Array, length = source.length): boolean {
-    if (this.#length + HEADER_LEN + length > this.#buffer.length) return false;
+    const end = this.#length + HEADER_LEN + length;
+    if (end > this.#buffer.length && !this.#grow(end)) return false;
     writeHeader(this.#buffer, this.#length, type, length);
     this.#buffer.set(
       length === source.length ? source : source.subarray(0, length),
       this.#length + HEADER_LEN,
     );
-    this.#length += HEADER_LEN + length;
+    this.#length = end;
+    if (end > this.#peak) this.#peak = end;
     return true;
+  }
+
+  /** Doubles the buffer (from 4 KiB) until `end` fits; false at the capacity. */
+  #grow(end: number): boolean {
+    if (end > this.#capacity) return false;
+    const buffer = new Uint8Array(this.#sizeFor(end));
+    buffer.set(this.#buffer.subarray(0, this.#length));
+    this.#buffer = buffer;
+    return true;
+  }
+
+  /** The buffer size that holds `bytes`: 4 KiB doubled as often as needed, within capacity. */
+  #sizeFor(bytes: number): number {
+    let size = MIN_FRAME_BUFFER;
+    while (size < bytes) size *= 2;
+    return Math.min(this.#capacity, size);
+  }
+
+  /**
+   * Sizes an empty buffer for the largest batch since the last call, and gives it back when
+   * there was none: called once per keepalive interval, never with a write in flight (a
+   * writer holding frames keeps its buffer).
+   */
+  trim(): void {
+    if (this.#length === 0) {
+      const size = this.#peak === 0 ? 0 : this.#sizeFor(this.#peak);
+      if (size !== this.#buffer.length) {
+        this.#buffer = size === 0 ? NO_BUFFER : new Uint8Array(size);
+      }
+    }
+    this.#peak = 0;
   }
 
   /** The collected frames, as a view valid until the next {@linkcode reset}. */

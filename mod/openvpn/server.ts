@@ -31,6 +31,7 @@ import {
 } from "../../ffi/udp.ts";
 import { listenerIpv6Only } from "../../ffi/socket.ts";
 import { formatPeer, isUnspecified6, peerHost } from "../core/ip.ts";
+import { PreAuthLimiter } from "../core/preauth.ts";
 import type { Router } from "../core/router.ts";
 import { BatchFailures, log } from "../log.ts";
 import {
@@ -53,20 +54,42 @@ import { TlsCrypt } from "./tls_crypt.ts";
 
 const logger = log("server");
 
-/** Sessions still in their handshake at once, every source together. */
+/**
+ * Sessions still in their handshake at once, every source together; and as many TCP
+ * connections that sent no HARD_RESET yet.
+ */
 const MAX_PENDING = 256;
-/** Sessions in their handshake from one source host: a flood from one host keeps no one else out. */
+/**
+ * Of those, from one source (an IPv4 address, an IPv6 /64): a flood from one host keeps no one
+ * else out (mod/core/preauth.ts).
+ */
 const MAX_PENDING_PER_HOST = 8;
+/** The caps of both kinds of pending work above. */
+const PENDING_CAPS = { perSource: MAX_PENDING_PER_HOST, total: MAX_PENDING };
 /** Datagrams sealed before the batch leaves on its own. */
 const BATCH = 64;
 /** The largest peer id (0xFFFFFF means "none"). */
 const MAX_PEER_ID = 0xfffffe;
 /** A TCP connection must send its HARD_RESET within this time (ms). */
 const FIRST_PACKET_MS = 10_000;
-/** Bytes per direction of a TCP connection's double send buffer. */
+/** Bytes per direction of a TCP connection's double send buffer, at most. */
 const TCP_SEND_BUFFER = 256 * 1024;
 /** Bytes one TCP read takes at most. */
 const TCP_READ = 64 * 1024;
+/**
+ * A TCP connection's buffers start at this size and double, up to the two above, while it is
+ * busy; once a keepalive interval finds it quiet they go back (TcpLink.trim()).
+ */
+const TCP_MIN_BUFFER = 4 * 1024;
+/** A send buffer with nothing to hold: an idle connection holds none. */
+const NO_BUFFER = new Uint8Array(0);
+/**
+ * Where a TCP packet is sealed before it is copied behind its length: one for every connection,
+ * since sealing and copying happen in one synchronous step.
+ */
+const tcpScratch = new Uint8Array(MAX_TCP_PACKET);
+const tcpScratchTag = tcpScratch.subarray(DATA_V2_HEADER, DATA_V2_OVERHEAD);
+const tcpScratchBody = tcpScratch.subarray(DATA_V2_OVERHEAD);
 
 /** What the OpenVPN endpoints run with. */
 export interface OpenVpnServerOptions {
@@ -100,14 +123,13 @@ export class OpenVpnServer {
   /** UDP sessions by their client's address (bytes as hex), and every session by peer id. */
   readonly #byAddress = new Map<string, OpenVpnSession>();
   readonly #byPeerId = new Map<number, OpenVpnSession>();
-  /** Sessions in their handshake, per source host. */
-  readonly #pending = new Map<string, Set<OpenVpnSession>>();
-  #pendingCount = 0;
+  /** Sessions in their handshake, within the caps per source and in all. */
+  readonly #pending = new PreAuthLimiter<OpenVpnSession>(PENDING_CAPS);
   #nextPeerId = 0;
   /** Views of each receive slot at the tag and the ciphertext, made once per slot. */
   readonly #views = new WeakMap<ArrayBufferLike, { tag: Uint8Array; body: Uint8Array }>();
-  /** TCP connections that have not sent their HARD_RESET yet. */
-  readonly #silent = new Set<Deno.Conn>();
+  /** TCP connections that have not sent their HARD_RESET yet, within the same caps. */
+  readonly #silent = new PreAuthLimiter<Deno.Conn>(PENDING_CAPS);
   readonly #accepting: Promise<void>;
   #stopped = false;
 
@@ -125,7 +147,7 @@ export class OpenVpnServer {
       stats: this.stats,
       dataStats: this.dataStats,
       release: (session) => this.#release(session),
-      admitted: (session) => this.#leavePending(session),
+      admitted: (session) => this.#pending.release(session),
     };
     if (options.udp) {
       this.#batch = new DataBatch(options.udp, router.config.mtu + DATA_V2_OVERHEAD);
@@ -162,7 +184,7 @@ export class OpenVpnServer {
 
   /** Sessions in their handshake now. */
   get pendingCount(): number {
-    return this.#pendingCount;
+    return this.#pending.size;
   }
 
   /** Closes the TCP listener and every connection still in its handshake. */
@@ -170,7 +192,7 @@ export class OpenVpnServer {
     this.#stopped = true;
     for (const listener of this.#listeners) listener.close();
     await this.#accepting;
-    for (const conn of this.#silent) conn.close();
+    for (const conn of this.#silent.items()) closeQuietly(conn);
     for (const session of [...this.#byPeerId.values()]) {
       if (!session.admitted) session.end("closed", "server stopping");
     }
@@ -289,29 +311,65 @@ export class OpenVpnServer {
 
   /** A new session for a HARD_RESET, within the caps; undefined (counted) when over them. */
   #newSession(link: OpenVpnLink, sessionId: Uint8Array, host: string): OpenVpnSession | undefined {
-    const mine = this.#pending.get(host);
-    if (mine !== undefined && mine.size >= MAX_PENDING_PER_HOST) {
-      // The oldest handshake of this host makes room: its own retries cannot lock it out.
-      const oldest = mine.values().next().value!;
-      oldest.end("closed", "replaced by a newer handshake from the same host");
-    }
-    if (this.#pendingCount >= MAX_PENDING) {
-      this.#busy(link, `${MAX_PENDING} OpenVPN handshakes are in progress already`);
-      return undefined;
-    }
     const peerId = this.#allocatePeerId();
     if (peerId === undefined) {
       this.#busy(link, "every peer id is in use");
       return undefined;
     }
+    // Its TLS starts only with start(), once it has a place.
     const session = new OpenVpnSession(this.#ctx, link, sessionId, peerId);
+    const admission = this.#pending.admit(host, session);
+    if (admission.verdict === "refused") {
+      session.end("closed", "no place among the handshakes");
+      this.#busy(
+        link,
+        `${MAX_PENDING} OpenVPN handshakes are in progress already, as many from this source ` +
+          "as from any other",
+      );
+      return undefined;
+    }
+    if (admission.verdict !== "admitted") {
+      const lost = admission.dropped;
+      lost.end("closed", "its place went to a newer handshake");
+      this.#lostPlace(lost.link.host, lost.link.peer, admission.verdict, "handshake");
+    }
     this.#byPeerId.set(peerId, session);
-    let set = this.#pending.get(host);
-    if (set === undefined) this.#pending.set(host, set = new Set());
-    set.add(session);
-    this.#pendingCount++;
     session.start();
     return session;
+  }
+
+  /**
+   * Counts and logs (rate limited) a handshake, or a TCP connection that sent no reset yet,
+   * that lost its place to a newcomer (mod/core/preauth.ts): one of its own source
+   * (`replaced`), or, at the total cap, one of a quieter source (`displaced`).
+   */
+  #lostPlace(
+    host: string,
+    peer: string,
+    verdict: "replaced" | "displaced",
+    what: "handshake" | "connection",
+  ): void {
+    this.#router.stats.refused++;
+    if (verdict === "replaced") {
+      this.#router.logRefusal(
+        host,
+        peer,
+        "busy-source",
+        `replaced by a newer ${what} from the same source ` +
+          `(${MAX_PENDING_PER_HOST} at most per source)`,
+      );
+      return;
+    }
+    this.stats.busy++;
+    const total = what === "handshake"
+      ? `${MAX_PENDING} OpenVPN handshakes are in progress`
+      : `${MAX_PENDING} TCP connections sent no reset yet`;
+    this.#router.logRefusal(
+      host,
+      peer,
+      "busy",
+      `${total}, the most of them from this source: its oldest made room for another source's`,
+    );
   }
 
   /** Refuses a newcomer at a cap: counted, logged (rate limited), its link closed. */
@@ -333,21 +391,12 @@ export class OpenVpnServer {
 
   /** A session authenticated (it leaves the handshake count) or ended (it leaves everything). */
   #release(session: OpenVpnSession): void {
-    this.#leavePending(session);
+    this.#pending.release(session);
     if (this.#byPeerId.get(session.peerId) === session) this.#byPeerId.delete(session.peerId);
     const link = session.link;
     if (link instanceof UdpLink) {
       const key = addressKey(link.address);
       if (this.#byAddress.get(key) === session) this.#byAddress.delete(key);
-    }
-  }
-
-  #leavePending(session: OpenVpnSession): void {
-    for (const [host, set] of this.#pending) {
-      if (!set.delete(session)) continue;
-      this.#pendingCount--;
-      if (set.size === 0) this.#pending.delete(host);
-      return;
     }
   }
 
@@ -369,25 +418,23 @@ export class OpenVpnServer {
   async #serveTcp(conn: Deno.Conn): Promise<void> {
     const remote = conn.remoteAddr as Deno.NetAddr;
     const host = peerHost(remote.hostname);
-    const link = new TcpLink(conn, formatPeer(remote.hostname, remote.port), host);
+    const peer = formatPeer(remote.hostname, remote.port);
+    // Until its HARD_RESET makes a session (whose own hand window then runs), a connection is
+    // one of the silent ones: bounded in number per source and in all, and in time. Its place
+    // is settled first, so that one refused costs no buffers.
+    if (!this.#placeSilent(conn, host, peer)) return;
+    const link = new TcpLink(conn, peer, host);
     // Control packets stay under 1250 bytes; data packets are the tunnel's MTU and their header.
     const framer = new TcpFramer(Math.max(2048, this.#router.config.mtu + 2 * DATA_V2_OVERHEAD));
-    const buffer = new Uint8Array(TCP_READ);
     const failures = new BatchFailures(logger, "OpenVPN TCP receive");
     let session: OpenVpnSession | undefined;
-    if (this.#silent.size >= MAX_PENDING) {
-      this.#busy(link, `${MAX_PENDING} TCP connections sent no reset yet`);
-      return;
-    }
-    // Until its HARD_RESET makes a session (whose own hand window then runs), a connection is
-    // one of the silent ones: bounded in number and in time.
-    this.#silent.add(conn);
+    // Quietly: the connection may have lost its place, and been closed, a moment ago.
     const timer = setTimeout(() => {
-      if (session === undefined) conn.close();
+      if (session === undefined) closeQuietly(conn);
     }, FIRST_PACKET_MS);
     try {
-      for (let n; (n = await conn.read(buffer)) !== null;) {
-        for (const packet of framer.push(buffer.subarray(0, n))) {
+      for (let bytes; (bytes = await link.read()) !== null;) {
+        for (const packet of framer.push(bytes)) {
           let next: OpenVpnSession | undefined | null = session;
           try {
             next = this.#tcpPacket(session, link, host, packet);
@@ -395,7 +442,7 @@ export class OpenVpnServer {
             failures.report(error);
           }
           if (next === null) return;
-          if (next !== undefined) this.#silent.delete(conn);
+          if (next !== undefined) this.#silent.release(conn);
           session = next;
         }
         this.#router.flush();
@@ -408,9 +455,42 @@ export class OpenVpnServer {
       } else session?.end("closed", `connection lost: ${(error as Error).message ?? error}`);
     } finally {
       clearTimeout(timer);
-      this.#silent.delete(conn);
+      this.#silent.release(conn);
       if (session === undefined) link.close();
     }
+  }
+
+  /**
+   * Gives a new TCP connection its place among the silent ones, and closes the one it takes
+   * the place of; false (counted, logged, the connection closed) when it gets none.
+   */
+  #placeSilent(conn: Deno.Conn, host: string, peer: string): boolean {
+    const admission = this.#silent.admit(host, conn);
+    if (admission.verdict === "admitted") return true;
+    if (admission.verdict === "refused") {
+      this.stats.busy++;
+      this.#router.stats.refused++;
+      this.#router.logRefusal(
+        host,
+        peer,
+        "busy",
+        `${MAX_PENDING} TCP connections sent no reset yet, as many from this source as from ` +
+          "any other",
+      );
+      conn.close();
+      return false;
+    }
+    const lost = admission.dropped;
+    const { hostname, port } = lost.remoteAddr as Deno.NetAddr;
+    // Its read fails, and its own serveTcp ends it; its timer may have closed it already.
+    closeQuietly(lost);
+    this.#lostPlace(
+      peerHost(hostname),
+      formatPeer(hostname, port),
+      admission.verdict,
+      "connection",
+    );
+    return true;
   }
 
   /** One packet of a TCP connection; the session it belongs to afterwards, null to hang up. */
@@ -480,6 +560,22 @@ function addressKey(addr: SockAddr): string {
   return addr.subarray(0, SOCKADDR_LEN).toHex();
 }
 
+/** A send buffer's size for `bytes`: 4 KiB doubled as often as needed. */
+function sendBufferFor(bytes: number): number {
+  let size = TCP_MIN_BUFFER;
+  while (size < bytes) size *= 2;
+  return Math.min(TCP_SEND_BUFFER, size);
+}
+
+/** Closes `conn` unless it is closed already (by its timer, or when it lost its place). */
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Closed already.
+  }
+}
+
 /** An all-zero session id means "none" (OPENVPN.md 1.4): no session may have it. */
 function isZero(id: Uint8Array): boolean {
   return id.every((b) => b === 0);
@@ -529,6 +625,8 @@ class UdpLink implements OpenVpnLink {
     return Promise.resolve();
   }
 
+  trim(): void {}
+
   close(): void {}
 }
 
@@ -570,25 +668,31 @@ class DataBatch {
   }
 }
 
-/** A TCP client: its connection, with a double send buffer written once per batch. */
+/**
+ * A TCP client: its connection, with a double send buffer written once per batch. Its buffers
+ * grow while it is busy and go back once it is quiet, so that an idle connection holds a 4 KiB
+ * read buffer and nothing else.
+ */
 class TcpLink implements OpenVpnLink {
   readonly protocol = "openvpn/tcp";
   readonly peer: string;
   readonly host: string;
   movedAt = 0;
   readonly #conn: Deno.Conn;
-  // Allocated by the first packet out: a connection that never sends a reset costs little.
-  #filling = new Uint8Array(0);
-  #spare = new Uint8Array(0);
+  #filling = NO_BUFFER;
+  #spare = NO_BUFFER;
   #filled = 0;
+  /** The most bytes the send buffer held since the last trim(). */
+  #sendPeak = 0;
   #writing = false;
   #closing = false;
   #closed = false;
   readonly #waiters: (() => void)[] = [];
-  /** Where a packet is sealed before it is copied behind its length. */
-  readonly #scratch = new Uint8Array(MAX_TCP_PACKET);
-  readonly #scratchTag = this.#scratch.subarray(DATA_V2_HEADER, DATA_V2_OVERHEAD);
-  readonly #scratchBody = this.#scratch.subarray(DATA_V2_OVERHEAD);
+  #readBuffer = new Uint8Array(TCP_MIN_BUFFER);
+  /** Whether the last read filled the read buffer: the next one gets twice the room. */
+  #readFilled = false;
+  /** The largest read since the last trim(). */
+  #readPeak = 0;
 
   constructor(conn: Deno.Conn, peer: string, host: string) {
     this.#conn = conn;
@@ -596,17 +700,55 @@ class TcpLink implements OpenVpnLink {
     this.host = host;
   }
 
-  #append(packet: Uint8Array, length: number): boolean {
-    if (this.#filling.length === 0) {
-      this.#filling = new Uint8Array(TCP_SEND_BUFFER);
-      this.#spare = new Uint8Array(TCP_SEND_BUFFER);
+  /** The next bytes from the client, null at the end: a view valid until the next read. */
+  async read(): Promise<Uint8Array | null> {
+    if (this.#readFilled && this.#readBuffer.length < TCP_READ) {
+      this.#readBuffer = new Uint8Array(this.#readBuffer.length * 2);
     }
-    if (this.#closed || this.#filled + 2 + length > this.#filling.length) return false;
+    const buffer = this.#readBuffer;
+    const count = await this.#conn.read(buffer);
+    if (count === null) return null;
+    this.#readFilled = count === buffer.length;
+    if (count > this.#readPeak) this.#readPeak = count;
+    return buffer.subarray(0, count);
+  }
+
+  /**
+   * Gives back what a burst grew, once per keepalive interval: the read buffer unless a read
+   * since the last call needed more than its first size (it takes effect at the next read),
+   * the send buffers when nothing is being written (the filling one kept at what the interval
+   * needed).
+   */
+  trim(): void {
+    if (this.#readPeak < TCP_MIN_BUFFER && this.#readBuffer.length > TCP_MIN_BUFFER) {
+      this.#readBuffer = new Uint8Array(TCP_MIN_BUFFER);
+      this.#readFilled = false;
+    }
+    this.#readPeak = 0;
+    if (!this.#writing && this.#filled === 0) {
+      this.#spare = NO_BUFFER;
+      const size = this.#sendPeak === 0 ? 0 : sendBufferFor(this.#sendPeak);
+      if (size !== this.#filling.length) {
+        this.#filling = size === 0 ? NO_BUFFER : new Uint8Array(size);
+      }
+    }
+    this.#sendPeak = 0;
+  }
+
+  #append(packet: Uint8Array, length: number): boolean {
+    const end = this.#filled + 2 + length;
+    if (this.#closed || end > TCP_SEND_BUFFER) return false;
+    if (end > this.#filling.length) {
+      const grown = new Uint8Array(sendBufferFor(end));
+      grown.set(this.#filling.subarray(0, this.#filled));
+      this.#filling = grown;
+    }
     const at = this.#filled;
     this.#filling[at] = length >> 8;
     this.#filling[at + 1] = length & 0xff;
     this.#filling.set(packet.subarray(0, length), at + 2);
-    this.#filled = at + 2 + length;
+    this.#filled = end;
+    if (end > this.#sendPeak) this.#sendPeak = end;
     return true;
   }
 
@@ -620,8 +762,8 @@ class TcpLink implements OpenVpnLink {
     if (this.#closed || this.#filled + 2 + length + DATA_V2_OVERHEAD > TCP_SEND_BUFFER) {
       return false;
     }
-    const size = key.seal(plain, length, this.#scratch, this.#scratchTag, this.#scratchBody);
-    return size > 0 && this.#append(this.#scratch, size);
+    const size = key.seal(plain, length, tcpScratch, tcpScratchTag, tcpScratchBody);
+    return size > 0 && this.#append(tcpScratch, size);
   }
 
   flush(): void {

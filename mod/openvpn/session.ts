@@ -110,6 +110,8 @@ export interface OpenVpnLink {
   drained(): Promise<void>;
   /** When the pending write last moved. */
   readonly movedAt: number;
+  /** Gives back buffers a busy link grew (TCP); called once per keepalive interval. */
+  trim(): void;
   /** Closes the link's own resources (a TCP connection); the UDP socket is shared. */
   close(): void;
 }
@@ -766,6 +768,8 @@ export class OpenVpnSession implements TunnelSession {
 
   /** Every keepalive interval: a ping (the client's ping-restart counts on it), and rekeying. */
   keepalive(): void {
+    // Before the ping: a write in flight keeps the buffers it uses.
+    this.#link.trim();
     const key = this.#sendKey;
     if (key !== undefined) {
       this.#link.sealData(key, PING_PAYLOAD, PING_PAYLOAD.length);
