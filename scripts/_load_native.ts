@@ -14,7 +14,6 @@
  */
 
 import { encodeSockAddr, newSockAddr, type SockAddr, UdpSocket } from "../ffi/udp.ts";
-import type { CipherName } from "../ffi/crypto.ts";
 import { Channel } from "../mod/native/channel.ts";
 import {
   DatagramBatch,
@@ -27,6 +26,7 @@ import {
   KeyHalf,
   MAX_DATAGRAM,
 } from "../mod/native/datagram.ts";
+import { acceptedCrypto } from "../mod/native/client_udp.ts";
 import { authenticate } from "../mod/native/handshake.ts";
 import {
   ALPN,
@@ -298,21 +298,11 @@ export class NativeLoadSession implements LoadSession, UdpPeer {
     );
   }
 
-  /** The server's UDP_ACCEPT: the keys of epoch 0 (as mod/native/client_udp.ts makes them). */
+  /** The server's UDP_ACCEPT: the keys of epoch 0, made as `vpn connect` makes them. */
   #startUdp(accept: UdpAccept): void {
     const half = this.#udpHalf;
     if (half === undefined || this.#crypto !== undefined) return;
-    const crypto = new DatagramCrypto(accept.session, accept.cipher as CipherName, true);
-    const keys = deriveKeys(
-      half.random,
-      Uint8Array.fromBase64(accept.random),
-      accept.session,
-      0,
-      half.agree(Uint8Array.fromBase64(accept.share)),
-    );
-    crypto.installReceive(keys);
-    crypto.installSend(keys);
-    this.#crypto = crypto;
+    this.#crypto = acceptedCrypto(accept, half);
     this.#udp!.add(this);
     this.#probe();
   }

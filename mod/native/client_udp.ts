@@ -98,16 +98,7 @@ export class ClientUdp implements Disposable {
     // Joined reads where the kernel can (UDP GRO); `#receive` handles both kinds.
     socket.enableGro();
     try {
-      const crypto = new DatagramCrypto(accept.session, accept.cipher as CipherName, true);
-      const keys = deriveKeys(
-        half.random,
-        Uint8Array.fromBase64(accept.random),
-        accept.session,
-        0,
-        half.agree(Uint8Array.fromBase64(accept.share)),
-      );
-      crypto.installReceive(keys);
-      crypto.installSend(keys);
+      const crypto = acceptedCrypto(accept, half);
       const serverAddr = encodeSockAddr(host, port, newSockAddr(), socket.family);
       return new ClientUdp(socket, serverAddr, crypto, sink, timeoutMs);
     } catch (error) {
@@ -259,4 +250,22 @@ export class ClientUdp implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/**
+ * A client's datagram keys after the server's UDP_ACCEPT: epoch 0, from `half` (what its
+ * UDP_OFFER sent) and the server's share, for both directions.
+ */
+export function acceptedCrypto(accept: UdpAccept, half: KeyHalf): DatagramCrypto {
+  const crypto = new DatagramCrypto(accept.session, accept.cipher as CipherName, true);
+  const keys = deriveKeys(
+    half.random,
+    Uint8Array.fromBase64(accept.random),
+    accept.session,
+    0,
+    half.agree(Uint8Array.fromBase64(accept.share)),
+  );
+  crypto.installReceive(keys);
+  crypto.installSend(keys);
+  return crypto;
 }
